@@ -1,0 +1,1 @@
+//! Examples of the vdi crates; run them with `cargo run -p examples --example NAME`.
