@@ -193,6 +193,8 @@ impl fmt::Display for AbortReason {
 pub enum InvalidReason {
     /// The set name breaks a naming rule.
     Name(NameError),
+    /// No device set of this name exists (or it is not reachable by this user).
+    NoSuchSet,
     /// No device of the set has this name.
     DeviceName,
     /// The command is not an active command of this device: it belongs to another device or
@@ -211,8 +213,6 @@ pub enum InvalidReason {
     TransferSize,
     /// The byte count of a completion is larger than the command's size.
     BytesTransferred,
-    /// A `VDC_ClearError` completed with anything but success.
-    ClearErrorFailed,
     /// The instance name is not accepted by this backend.
     InstanceName,
     /// A COM implementation returned `VD_E_INVALID` with no more detail.
@@ -223,6 +223,7 @@ impl fmt::Display for InvalidReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(e) => write!(f, "bad set name: {e}"),
+            Self::NoSuchSet => f.write_str("no device set of this name exists"),
             Self::DeviceName => f.write_str("no device of the set has this name"),
             Self::NotActiveCommand => f.write_str(
                 "not an active command of this device (another device's, or already completed)",
@@ -235,7 +236,6 @@ impl fmt::Display for InvalidReason {
                 f.write_str("the transfer size does not fit the buffer or block size")
             }
             Self::BytesTransferred => f.write_str("more bytes reported than the command asked for"),
-            Self::ClearErrorFailed => f.write_str("VDC_ClearError must be completed with success"),
             Self::InstanceName => f.write_str("this backend does not take an instance name"),
             Self::Unspecified => f.write_str("no detail given"),
         }

@@ -385,12 +385,15 @@ impl ServerSetState {
 /// | RequestBuffers | PROTOCOL | PROTOCOL | OK (summed) | OK (at once) | OK (at once) | ABORT |
 /// | QueryAvailableBuffers | PROTOCOL | PROTOCOL | PROTOCOL | OK | OK | ABORT |
 /// | EndConfiguration | PROTOCOL | PROTOCOL | OK→Initializing | PROTOCOL | PROTOCOL | ABORT |
-/// | OpenDevice | PROTOCOL | PROTOCOL | PROTOCOL | OK→Active | OK, or OPEN | ABORT |
+/// | OpenDevice | PROTOCOL | PROTOCOL | OK (stays) | OK→Active | OK, or OPEN | ABORT |
 /// | AllocateBuffer | PROTOCOL | PROTOCOL | PROTOCOL | OK | OK | ABORT |
 /// | FreeBuffer | PROTOCOL | PROTOCOL | PROTOCOL | OK | OK | OK |
 /// | SignalAbort | PROTOCOL | OK→Aborted | OK→Aborted | OK→Aborted | OK→Aborted | OK |
 /// | Close | PROTOCOL | OK→DNE | OK→DNE | OK→DNE | OK or PROTOCOL→DNE | OK→DNE |
 ///
+/// The server may open its devices while configuring, so that every device name is known when
+/// the client's `GetConfiguration` returns; the set becomes Active at the first `OpenDevice`
+/// after `EndConfiguration`.
 /// `Close` with devices still open answers `VD_E_PROTOCOL`, aborts, and releases the set anyway.
 /// `FreeBuffer` works after an abort because buffers stay usable by their holder until `Close`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -517,6 +520,7 @@ impl ServerSetMachine {
             (C::BeginConfiguration, S::Connected) => Ok(S::Configurable),
             (C::RequestBuffers, S::Configurable | S::Initializing | S::Active) => Ok(s),
             (C::EndConfiguration, S::Configurable) => Ok(S::Initializing),
+            (C::OpenDevice, S::Configurable) => Ok(S::Configurable),
             (C::OpenDevice, S::Initializing | S::Active) => Ok(S::Active),
             (
                 C::QueryAvailableBuffers | C::AllocateBuffer | C::FreeBuffer,

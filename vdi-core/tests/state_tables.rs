@@ -311,7 +311,14 @@ fn server_table_every_cell() {
         ),
         (
             OpenDevice,
-            [Err(P), Err(P), Err(P), Ok(S::Active), Ok(S::Active), Err(A)],
+            [
+                Err(P),
+                Err(P),
+                Ok(S::Configurable),
+                Ok(S::Active),
+                Ok(S::Active),
+                Err(A),
+            ],
         ),
         (
             AllocateBuffer,
