@@ -393,13 +393,14 @@ impl ServerSetState {
 ///
 /// The server may open its devices while configuring, so that every device name is known when
 /// the client's `GetConfiguration` returns; the set becomes Active at the first `OpenDevice`
-/// after `EndConfiguration`.
+/// after `EndConfiguration`, or at `EndConfiguration` when devices were opened before it.
 /// `Close` with devices still open answers `VD_E_PROTOCOL`, aborts, and releases the set anyway.
 /// `FreeBuffer` works after an abort because buffers stay usable by their holder until `Close`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSetMachine {
     state: ServerSetState,
     abort_reason: AbortReason,
+    devices_opened: bool,
 }
 
 impl Default for ServerSetMachine {
@@ -474,6 +475,7 @@ impl ServerSetMachine {
         Self {
             state: ServerSetState::DoesNotExist,
             abort_reason: AbortReason::Signalled,
+            devices_opened: false,
         }
     }
 
@@ -519,7 +521,11 @@ impl ServerSetMachine {
             (C::GetConfiguration, _) => Ok(s),
             (C::BeginConfiguration, S::Connected) => Ok(S::Configurable),
             (C::RequestBuffers, S::Configurable | S::Initializing | S::Active) => Ok(s),
-            (C::EndConfiguration, S::Configurable) => Ok(S::Initializing),
+            (C::EndConfiguration, S::Configurable) => Ok(if self.devices_opened {
+                S::Active
+            } else {
+                S::Initializing
+            }),
             (C::OpenDevice, S::Configurable) => Ok(S::Configurable),
             (C::OpenDevice, S::Initializing | S::Active) => Ok(S::Active),
             (
@@ -545,6 +551,9 @@ impl ServerSetMachine {
     pub fn apply(&mut self, call: ServerCall) -> Result<ServerSetState, Error> {
         let next = self.check(call)?;
         self.state = next;
+        if call == ServerCall::OpenDevice {
+            self.devices_opened = true;
+        }
         Ok(next)
     }
 

@@ -383,6 +383,17 @@ fn server_table_every_cell() {
 }
 
 #[test]
+fn server_devices_opened_while_configuring() {
+    let mut m = server_in(S::Configurable);
+    m.apply(ServerCall::OpenDevice).unwrap();
+    assert_eq!(m.state(), S::Configurable);
+    assert_eq!(m.apply(ServerCall::EndConfiguration), Ok(S::Active));
+    let action = m.close(false);
+    assert_eq!(action.result, Ok(()));
+    assert!(!action.abort_peer, "the devices ran and were closed");
+}
+
+#[test]
 fn server_close_rules() {
     let mut m = server_in(S::Active);
     let action = m.close(true);

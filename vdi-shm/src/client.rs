@@ -1,0 +1,815 @@
+//! The client side: `CreateEx`, `OpenInSecondary`, `GetConfiguration`, `OpenDevice`,
+//! `GetCommand`, `CompleteCommand`, buffer handles, `SignalAbort` and `Close`.
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, trace, warn};
+use vdi_core::{
+    AbortReason, BufferHandle, Call, ClientConfig, ClientDeviceMachine, ClientSetMachine,
+    ClientSetState, CommandCode, Completion, CompletionCode, Config, Delivery, Error,
+    InvalidReason, ProtocolReason, Timeout,
+};
+
+use crate::{
+    Options,
+    layout::{Control, DEV_CLOSED, Descriptor, STATE_CONFIGURED},
+    monitor::{self, Monitor},
+    pool,
+    queue::{self, RingIndex},
+    segments::Segments,
+    sys::{self, Socket},
+    view::BufView,
+    wire::Role,
+};
+
+/// How long a client waits for a buffer segment that a command names but the monitor has not
+/// mapped yet. The server sends the segment before any command that uses it, so this is only
+/// reached when the server misbehaves.
+const SEGMENT_WAIT: Duration = Duration::from_secs(5);
+
+/// Creates and joins device sets over shared memory: the client side of [`vdi_core`]'s traits.
+///
+/// ```no_run
+/// use vdi_core::{ClientBackend, ClientConfig, ClientDevice, ClientDeviceSet, Completion, Timeout};
+/// use vdi_shm::ShmClient;
+///
+/// let set = ShmClient::new().create(None, "MyBackup-1", &ClientConfig::default())?;
+/// let config = set.configuration(Timeout::from_millis(60_000))?;
+/// let device = set.open_device("MyBackup-1")?;
+/// loop {
+///     match device.command(Timeout::INFINITE) {
+///         Ok(cmd) => device.complete(cmd, Completion::not_supported())?,
+///         Err(vdi_core::Error::Closed) => break,
+///         Err(e) => return Err(e.into()),
+///     }
+/// }
+/// set.close()?;
+/// # let _ = config;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShmClient {
+    options: Options,
+}
+
+impl ShmClient {
+    /// A backend with default [`Options`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A backend with the given options.
+    pub fn with_options(options: Options) -> Self {
+        Self { options }
+    }
+}
+
+impl vdi_core::ClientBackend for ShmClient {
+    type Set = ClientSet;
+
+    fn create(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+        config: &ClientConfig,
+    ) -> Result<ClientSet, Error> {
+        check_instance(instance)?;
+        vdi_core::validate_name(name)?;
+        config.validate()?;
+        let listener = Socket::listen(name)?;
+        listener.set_nonblocking()?;
+        let control = Control::create(config, sys::random_u32())?;
+        let mut machine = ClientSetMachine::new();
+        machine.create(config.device_count)?;
+        let shared = Arc::new(Shared::new(
+            name,
+            control,
+            *config,
+            machine,
+            true,
+            &self.options,
+        ));
+        let monitor = monitor::spawn_primary(Arc::clone(&shared), listener, self.options.clone())?;
+        *shared
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(monitor);
+        debug!(
+            set = name,
+            devices = config.device_count,
+            "device set created"
+        );
+        Ok(ClientSet { shared })
+    }
+
+    fn open_secondary(&self, instance: Option<&str>, name: &str) -> Result<ClientSet, Error> {
+        check_instance(instance)?;
+        vdi_core::validate_name(name)?;
+        let sock = match Socket::connect(name) {
+            Ok(s) => s,
+            Err(sys::ConnectError::NotFound) => {
+                return Err(Error::Protocol(ProtocolReason::NotReady));
+            }
+            Err(sys::ConnectError::Os(e)) => return Err(e),
+        };
+        let (control, sock) = monitor::handshake(sock, Role::Secondary)?;
+        let client_cfg = control.client_config();
+        client_cfg
+            .validate()
+            .map_err(|_| Error::Protocol(ProtocolReason::PeerMisbehaved))?;
+        let machine = ClientSetMachine::secondary(control.device_count());
+        let shared = Arc::new(Shared::new(
+            name,
+            control,
+            client_cfg,
+            machine,
+            false,
+            &self.options,
+        ));
+        let monitor = monitor::spawn_secondary(Arc::clone(&shared), sock)?;
+        *shared
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(monitor);
+        debug!(set = name, "joined as a secondary client");
+        Ok(ClientSet { shared })
+    }
+}
+
+fn check_instance(instance: Option<&str>) -> Result<(), Error> {
+    // As on SQL Server on Linux, there are no named instances; the default instance is `None`
+    // (or an empty name).
+    match instance {
+        None | Some("") => Ok(()),
+        Some(_) => Err(Error::InstanceName),
+    }
+}
+
+/// What the set's handles, devices, commands and the monitor thread share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) control: Control,
+    pub(crate) client_config: ClientConfig,
+    pub(crate) segments: Segments,
+    machine: Mutex<ClientSetMachine>,
+    config: OnceLock<Config>,
+    pub(crate) primary: bool,
+    pub(crate) monitor: Mutex<Option<Monitor>>,
+    pub(crate) secondaries_lost: AtomicU64,
+    spins: u32,
+}
+
+impl Shared {
+    fn new(
+        name: &str,
+        control: Control,
+        client_config: ClientConfig,
+        machine: ClientSetMachine,
+        primary: bool,
+        options: &Options,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            control,
+            client_config,
+            segments: Segments::new(),
+            machine: Mutex::new(machine),
+            config: OnceLock::new(),
+            primary,
+            monitor: Mutex::new(None),
+            secondaries_lost: AtomicU64::new(0),
+            spins: options.spins,
+        }
+    }
+
+    fn machine(&self) -> MutexGuard<'_, ClientSetMachine> {
+        let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
+        // An abort recorded in shared memory (by the peer, or by a monitor that saw a peer
+        // die) reaches the local machine here.
+        if let Some(reason) = self.control.abort_reason() {
+            let _ = m.signal_abort(reason);
+        }
+        m
+    }
+
+    /// Whether the set was aborted, by anyone.
+    pub(crate) fn aborted(&self) -> bool {
+        self.control.abort_reason().is_some()
+    }
+
+    /// Aborts the set because the peer broke the protocol.
+    pub(crate) fn peer_misbehaved(&self) -> Error {
+        warn!(set = %self.name, "the server wrote invalid values into shared memory; aborting");
+        self.control.abort(AbortReason::PeerMisbehaved);
+        Error::Aborted(
+            self.control
+                .abort_reason()
+                .unwrap_or(AbortReason::PeerMisbehaved),
+        )
+    }
+
+    /// Whether the set is configured (the server published its configuration).
+    pub(crate) fn is_configured(&self) -> bool {
+        self.control.state().load(Ordering::Acquire) == STATE_CONFIGURED
+    }
+}
+
+/// A device set as a client process sees it (`IClientVirtualDeviceSet2`).
+///
+/// Cheap to share between threads (`Sync`); every device and command keeps the set's shared
+/// state alive.
+#[derive(Debug)]
+pub struct ClientSet {
+    shared: Arc<Shared>,
+}
+
+impl ClientSet {
+    /// The set's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The state of the set as this process sees it.
+    pub fn state(&self) -> ClientSetState {
+        self.shared.machine().state()
+    }
+
+    /// How many secondary client processes that joined this set have since disconnected
+    /// (exited, or closed the set). Only the primary tracks this; VDI itself notices only the
+    /// death of the server or the primary (vdi-spec.md §9.5), so a primary that hands work to
+    /// secondaries checks this and calls `signal_abort` when one is lost.
+    pub fn secondaries_lost(&self) -> u64 {
+        self.shared.secondaries_lost.load(Ordering::Acquire)
+    }
+
+    fn configured(&self) -> Result<Config, Error> {
+        self.shared
+            .config
+            .get()
+            .copied()
+            .ok_or(Error::Protocol(ProtocolReason::WrongState(
+                Call::OpenDevice,
+            )))
+    }
+
+    fn device_index(&self, name: &str) -> Result<u32, Error> {
+        let c = &self.shared.control;
+        if name == self.shared.name {
+            return Ok(0);
+        }
+        (1..c.device_count())
+            .find(|&i| c.device_name(i).as_deref() == Some(name))
+            .ok_or(Error::Invalid(InvalidReason::DeviceName))
+    }
+
+    fn descriptor_view(&self, index: u32, generation: u16) -> Result<(Descriptor, BufView), Error> {
+        let invalid = Error::Invalid(InvalidReason::BufferHandle);
+        let words = self.shared.control.descriptor(index).ok_or(invalid)?;
+        let d = Descriptor::read(words, generation).ok_or(invalid)?;
+        let map = self
+            .shared
+            .segments
+            .get(u32::from(d.segment))
+            .ok_or(invalid)?;
+        let view = BufView::new(map, d.offset, u64::from(d.size)).ok_or(invalid)?;
+        Ok((d, view))
+    }
+}
+
+impl vdi_core::ClientDeviceSet for ClientSet {
+    type Device = ClientDevice;
+    type Mapped = MappedBuffer;
+
+    fn configuration(&self, timeout: Timeout) -> Result<Config, Error> {
+        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        loop {
+            self.shared.machine().check_get_configuration()?;
+            if let Some(cfg) = self.shared.config.get() {
+                return Ok(*cfg);
+            }
+            let state = self.shared.control.state().load(Ordering::Acquire);
+            if state == STATE_CONFIGURED {
+                let server = self.shared.control.server_config();
+                let Ok(cfg) = Config::combine(&self.shared.client_config, &server) else {
+                    return Err(self.shared.peer_misbehaved());
+                };
+                let cfg = *self.shared.config.get_or_init(|| cfg);
+                self.shared.machine().configured();
+                debug!(set = %self.shared.name, features = ?cfg.features, block = cfg.block_size, max_transfer = cfg.max_transfer_size, "configured");
+                return Ok(cfg);
+            }
+            let slice = match deadline {
+                None => monitor::SLEEP_SLICE,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::Timeout);
+                    }
+                    (d - now).min(monitor::SLEEP_SLICE)
+                }
+            };
+            sys::futex_wait(self.shared.control.state(), state, slice);
+        }
+    }
+
+    fn open_device(&self, name: &str) -> Result<ClientDevice, Error> {
+        vdi_core::validate_name(name)?;
+        let c = &self.shared.control;
+        let mut m = self.shared.machine();
+        if m.state() != ClientSetState::Initializing && m.state() != ClientSetState::Active {
+            // Let the machine give the table's answer.
+            m.open_device(0, false, false)?;
+        }
+        self.configured()?;
+        let index = self.device_index(name)?;
+        let all_open =
+            (0..c.device_count()).all(|i| c.device_client(i).load(Ordering::Acquire) != 0);
+        let this_open = c.device_client(index).load(Ordering::Acquire) != 0;
+        if !all_open && !this_open {
+            // Claim the device in shared memory first, so two processes cannot both open it.
+            let pid = sys::current_pid() as u32;
+            if c.device_client(index)
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Err(Error::Protocol(ProtocolReason::DeviceAlreadyOpen));
+            }
+        }
+        if let Err(e) = m.open_device(index, all_open, this_open) {
+            if !all_open && !this_open {
+                c.device_client(index).store(0, Ordering::Release);
+            }
+            return Err(e);
+        }
+        drop(m);
+        trace!(set = %self.shared.name, device = name, index, "device opened");
+        Ok(ClientDevice {
+            inner: Arc::new(DeviceInner {
+                set: Arc::clone(&self.shared),
+                index,
+                name: name.to_owned(),
+                state: Mutex::new(DeviceState {
+                    sq: RingIndex::default(),
+                    cq: RingIndex::default(),
+                    machine: ClientDeviceMachine::new(),
+                    held: None,
+                    ended: false,
+                }),
+            }),
+        })
+    }
+
+    fn buffer_handle(&self, command: &Command) -> Result<BufferHandle, Error> {
+        if !Arc::ptr_eq(&command.device.set, &self.shared) {
+            return Err(Error::Invalid(InvalidReason::NotActiveCommand));
+        }
+        let Some(buf) = &command.buffer else {
+            return Err(Error::Invalid(InvalidReason::Buffer));
+        };
+        let h = pool::encode_handle(
+            buf.index as u16,
+            buf.generation,
+            self.shared.control.handle_key(),
+        );
+        Ok(BufferHandle(h))
+    }
+
+    fn map_buffer_handle(&self, handle: BufferHandle) -> Result<MappedBuffer, Error> {
+        if self.shared.machine().state() == ClientSetState::DoesNotExist {
+            return Err(Error::Protocol(ProtocolReason::WrongState(
+                Call::MapBufferHandle,
+            )));
+        }
+        let (index, generation) = pool::decode_handle(handle.0, self.shared.control.handle_key());
+        let (_, view) = self.descriptor_view(u32::from(index), generation)?;
+        Ok(MappedBuffer {
+            handle,
+            view,
+            _set: Arc::clone(&self.shared),
+        })
+    }
+
+    fn signal_abort(&self) -> Result<(), Error> {
+        self.shared.machine().signal_abort(AbortReason::Signalled)?;
+        debug!(set = %self.shared.name, "SignalAbort");
+        self.shared.control.abort(AbortReason::Signalled);
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        let c = &self.shared.control;
+        let devices_open = (0..c.device_count()).any(|i| {
+            c.device_client(i).load(Ordering::Acquire) != 0
+                && c.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED == 0
+        });
+        let action = self.shared.machine().close(devices_open);
+        if action.result.as_ref().err().map(Error::hresult)
+            == Some(vdi_core::HResult::VD_E_PROTOCOL)
+        {
+            return action.result;
+        }
+        if action.abort_peer && self.shared.primary {
+            self.shared.control.abort(AbortReason::Signalled);
+        }
+        if let Some(m) = self
+            .shared
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            m.stop();
+        }
+        debug!(set = %self.shared.name, result = ?action.result, "Close");
+        action.result
+    }
+}
+
+impl Drop for ClientSet {
+    fn drop(&mut self) {
+        // A set dropped without Close is closed here; commands and devices still alive keep
+        // the mappings until they go.
+        if self.shared.machine().state() != ClientSetState::DoesNotExist {
+            let _ = vdi_core::ClientDeviceSet::close(self);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    sq: RingIndex,
+    cq: RingIndex,
+    machine: ClientDeviceMachine,
+    held: Option<[u64; 4]>,
+    ended: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct DeviceInner {
+    set: Arc<Shared>,
+    index: u32,
+    name: String,
+    state: Mutex<DeviceState>,
+}
+
+/// A device as a client process sees it (`IClientVirtualDevice`).
+///
+/// Several threads may take and complete commands of one device at once.
+#[derive(Debug, Clone)]
+pub struct ClientDevice {
+    inner: Arc<DeviceInner>,
+}
+
+impl ClientDevice {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl DeviceInner {
+    fn lock(&self) -> MutexGuard<'_, DeviceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes a command: pushes the completion and updates the device machine.
+    fn finish(
+        &self,
+        st: &mut DeviceState,
+        code: CommandCode,
+        tag: u64,
+        c: Completion,
+    ) -> Result<(), Error> {
+        let entry = [
+            tag,
+            u64::from(c.code.0) | (u64::from(c.bytes_transferred) << 32),
+            c.position,
+            0,
+        ];
+        let control = &self.set.control;
+        if queue::push(&control.cq(self.index), &mut st.cq, entry).is_err() {
+            // The completion ring holds as many entries as commands can be outstanding; a
+            // full or inconsistent ring means the server broke the protocol.
+            return Err(self.set.peer_misbehaved());
+        }
+        st.machine.completed(code, c.code);
+        if st.held.is_some() && st.machine.outstanding() == 0 {
+            // A held ClearError may now be delivered: wake this process's waiters.
+            queue::wake(&control.sq(self.index));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a command entry into a command, validating everything the server wrote.
+fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
+    {
+        let this = inner;
+        let code = CommandCode(entry[0] as u32);
+        let size = (entry[0] >> 32) as u32;
+        let position = entry[1];
+        let tag = entry[2];
+        let has_buffer = entry[3] & (1 << 48) != 0;
+        if has_buffer != code.has_buffer() {
+            return Err(this.set.peer_misbehaved());
+        }
+        let buffer = if has_buffer {
+            let index = entry[3] as u32;
+            let generation = (entry[3] >> 32) as u16;
+            match this.buffer(index, generation, size) {
+                Some(b) => Some(b),
+                None => return Err(this.set.peer_misbehaved()),
+            }
+        } else {
+            None
+        };
+        Ok(Command {
+            device: Arc::clone(this),
+            code,
+            size,
+            position,
+            tag,
+            buffer,
+            done: false,
+        })
+    }
+}
+
+impl DeviceInner {
+    fn buffer(&self, index: u32, generation: u16, size: u32) -> Option<CommandBuffer> {
+        let set = &self.set;
+        let cfg = set.config.get()?;
+        let words = set.control.descriptor(index)?;
+        let d = Descriptor::read(words, generation)?;
+        if size > d.size || d.offset % u64::from(cfg.alignment.max(1)) != 0 {
+            return None;
+        }
+        let prefix = u64::from(set.client_config.prefix_zone_size);
+        let start = d.offset.checked_sub(prefix)?;
+        let map = set
+            .segments
+            .wait_for(u32::from(d.segment), SEGMENT_WAIT, || set.aborted())?;
+        let data = BufView::new(Arc::clone(&map), d.offset, u64::from(size))?;
+        // The whole buffer (prefix and data zone) must lie inside the segment.
+        BufView::new(Arc::clone(&map), start, prefix + u64::from(d.size))?;
+        let prefix = BufView::new(map, start, prefix)?;
+        Some(CommandBuffer {
+            index,
+            generation,
+            data,
+            prefix,
+        })
+    }
+}
+
+impl vdi_core::ClientDevice for ClientDevice {
+    type Command = Command;
+
+    fn index(&self) -> u32 {
+        self.inner.index
+    }
+
+    fn command(&self, timeout: Timeout) -> Result<Command, Error> {
+        let inner = &self.inner;
+        let set = &inner.set;
+        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        let result = loop {
+            if let Err(e) = set.machine().check_get_command(inner.index) {
+                break Err(e);
+            }
+            {
+                let mut st = inner.lock();
+                if st.ended {
+                    break Err(Error::Closed);
+                }
+                if st.machine.take_held()
+                    && let Some(entry) = st.held.take()
+                {
+                    break build(inner, entry);
+                }
+                match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
+                    Err(()) => break Err(set.peer_misbehaved()),
+                    Ok(Some(entry)) => {
+                        let code = CommandCode(entry[0] as u32);
+                        match st.machine.on_command(code) {
+                            Delivery::Deliver => break build(inner, entry),
+                            Delivery::FailIoDevice => {
+                                trace!(device = %inner.name, code = ?code, "failed unseen: device in IO-ERROR");
+                                let c = Completion::with_code(CompletionCode::IO_DEVICE);
+                                // Not delivered, so not outstanding: undo the machine's count
+                                // by completing through the ring only.
+                                let e = [entry[2], u64::from(c.code.0), 0, 0];
+                                if queue::push(&set.control.cq(inner.index), &mut st.cq, e).is_err()
+                                {
+                                    break Err(set.peer_misbehaved());
+                                }
+                                continue;
+                            }
+                            Delivery::Hold => {
+                                st.held = Some(entry);
+                                continue;
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let closed = set
+                            .control
+                            .device_flags(inner.index)
+                            .load(Ordering::Acquire)
+                            & DEV_CLOSED
+                            != 0;
+                        if closed {
+                            // The flag is set after the last command; look once more.
+                            match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
+                                Ok(None) if st.held.is_none() => {
+                                    st.ended = true;
+                                    drop(st);
+                                    set.machine().device_closed(inner.index);
+                                    trace!(device = %inner.name, "VD_E_CLOSE");
+                                    break Err(Error::Closed);
+                                }
+                                Ok(None) => {}
+                                Ok(Some(entry)) => {
+                                    // Rare: put it back by delivering it now.
+                                    let code = CommandCode(entry[0] as u32);
+                                    if st.machine.on_command(code) == Delivery::Deliver {
+                                        break build(inner, entry);
+                                    }
+                                    let e =
+                                        [entry[2], u64::from(CompletionCode::IO_DEVICE.0), 0, 0];
+                                    if queue::push(&set.control.cq(inner.index), &mut st.cq, e)
+                                        .is_err()
+                                    {
+                                        break Err(set.peer_misbehaved());
+                                    }
+                                    continue;
+                                }
+                                Err(()) => break Err(set.peer_misbehaved()),
+                            }
+                        }
+                    }
+                }
+            }
+            let slice = match deadline {
+                None => monitor::SLEEP_SLICE,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Err(Error::Timeout);
+                    }
+                    (d - now).min(monitor::SLEEP_SLICE)
+                }
+            };
+            let flags = set.control.device_flags(inner.index);
+            let seen = inner.lock().sq;
+            queue::wait(
+                &set.control.sq(inner.index),
+                seen,
+                set.spins,
+                slice,
+                &|| set.aborted() || flags.load(Ordering::Acquire) & DEV_CLOSED != 0,
+            );
+            if set.aborted() {
+                // The next turn of the loop reports the abort through the machine.
+                continue;
+            }
+        };
+        if let Err(e) = &result
+            && !matches!(e, Error::Timeout | Error::Closed)
+        {
+            debug!(device = %inner.name, error = %e, "GetCommand failed");
+        }
+        result
+    }
+
+    fn complete(&self, mut command: Command, completion: Completion) -> Result<(), Error> {
+        if !Arc::ptr_eq(&command.device, &self.inner) {
+            // Dropping it completes it on its own device with ERROR_OPERATION_ABORTED.
+            return Err(Error::Invalid(InvalidReason::NotActiveCommand));
+        }
+        if command.code.has_buffer() && completion.bytes_transferred > command.size {
+            return Err(Error::Invalid(InvalidReason::BytesTransferred));
+        }
+        command.done = true;
+        complete_raw(&self.inner, command.code, command.tag, completion)
+    }
+}
+
+fn complete_raw(
+    inner: &DeviceInner,
+    code: CommandCode,
+    tag: u64,
+    completion: Completion,
+) -> Result<(), Error> {
+    inner.set.machine().check_complete_command(inner.index)?;
+    let mut st = inner.lock();
+    inner.finish(&mut st, code, tag, completion)?;
+    trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
+    Ok(())
+}
+
+#[derive(Debug)]
+struct CommandBuffer {
+    index: u32,
+    generation: u16,
+    data: BufView,
+    prefix: BufView,
+}
+
+/// A command taken with `GetCommand`: complete it with
+/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete).
+///
+/// Dropping a command without completing it completes it with `ERROR_OPERATION_ABORTED` and
+/// logs a warning, so the server is never left waiting.
+#[derive(Debug)]
+pub struct Command {
+    device: Arc<DeviceInner>,
+    code: CommandCode,
+    size: u32,
+    position: u64,
+    tag: u64,
+    buffer: Option<CommandBuffer>,
+    done: bool,
+}
+
+impl vdi_core::ClientCommand for Command {
+    fn code(&self) -> CommandCode {
+        self.code
+    }
+
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn device_index(&self) -> u32 {
+        self.device.index
+    }
+
+    fn data(&self) -> &[u8] {
+        self.buffer.as_ref().map_or(&[], |b| b.data.as_slice())
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        match &mut self.buffer {
+            Some(b) => b.data.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+
+    fn prefix_zone(&mut self) -> &mut [u8] {
+        match &mut self.buffer {
+            Some(b) => b.prefix.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for Command {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        warn!(code = ?self.code, device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
+        let _ = complete_raw(&self.device, self.code, self.tag, Completion::aborted());
+    }
+}
+
+/// A buffer mapped in this process from a handle another process took (`MapBufferHandle`).
+#[derive(Debug)]
+pub struct MappedBuffer {
+    handle: BufferHandle,
+    view: BufView,
+    _set: Arc<Shared>,
+}
+
+impl vdi_core::MappedBuffer for MappedBuffer {
+    fn handle(&self) -> BufferHandle {
+        self.handle
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.view.as_slice()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.view.as_mut_slice()
+    }
+}
+
+/// Whether every device of the set was closed by the server: the set ended normally, and a
+/// peer that goes away now leaves nothing waiting.
+pub(crate) fn ended_normally(control: &Control) -> bool {
+    (0..control.device_count())
+        .all(|i| control.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED != 0)
+}

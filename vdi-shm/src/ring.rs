@@ -1,0 +1,1100 @@
+//! Single-producer / single-consumer ring of fixed 32-byte entries in memory
+//! shared between two mutually distrusting processes, plus the spin-then-sleep
+//! wake protocol used by the consumer.
+//!
+//! # Layout
+//!
+//! A ring is two pieces of shared memory, both `#[repr(C)]`, pointer-free and
+//! made only of fixed-width atomics and padding:
+//!
+//! * a [`RingHeader`] (384 bytes, 128-byte aligned): three 128-byte lines so
+//!   that the producer-written `tail`, the consumer-written `head` and the
+//!   rarely touched sleeper bookkeeping (`waiters`, `wake_seq`) never share a
+//!   cache line;
+//! * an array of `N` [`Entry`] values (32 bytes each), `N` a power of two in
+//!   `1..=4096`.
+//!
+//! The all-zero byte pattern is the valid initial state of both (empty ring,
+//! no sleepers), so freshly created, zero-filled shared memory needs no
+//! initialisation. [`RingHeader::new`] and [`Entry::new`] exist for tests.
+//!
+//! `head` and `tail` are free-running `u32` counters; the slot of index `i` is
+//! `i & (N - 1)` and the number of queued entries is `tail.wrapping_sub(head)`,
+//! which is always in `0..=N` for an honest peer.
+//!
+//! # Ordering recipe (the io_uring one)
+//!
+//! * Producer: load `head` (Acquire, so the consumer's reads of a slot happen
+//!   before we overwrite it), fill the entry's words (Relaxed), then publish
+//!   with `tail.store(t + 1, Release)`.
+//! * Consumer: load `tail` (Acquire, so the entry's words are visible), read
+//!   the words (Relaxed), then release the slot with `head.store(h + 1,
+//!   Release)`.
+//!
+//! # Sleeper handshake (like `IORING_SQ_NEED_WAKEUP`)
+//!
+//! The producer must not make a wake system call while the consumer is merely
+//! spinning, and the consumer must never sleep through a publish. This is a
+//! Dekker-style handshake on two variables, each side doing
+//! "store mine; `fence(SeqCst)`; load theirs":
+//!
+//! * producer: `tail.store(Release)`; `fence(SeqCst)`; `waiters.load()`; only
+//!   if non-zero: bump `wake_seq` and [`Wake::wake_all`] on it;
+//! * consumer: `waiters.fetch_add(1)`; `fence(SeqCst)`; load `wake_seq`;
+//!   re-check `tail`; re-check the stop predicate; only then
+//!   [`Wake::wait`] on `wake_seq` with the value it loaded.
+//!
+//! The two fences guarantee that at least one side sees the other: either the
+//! consumer sees the new `tail` and does not sleep, or the producer sees
+//! `waiters != 0` and rings. Since the producer bumps `wake_seq` *before*
+//! waking, and the futex-style wait compares `wake_seq` atomically with going
+//! to sleep, a ring that lands between the consumer's checks and its sleep is
+//! not lost either.
+//!
+//! The futex word is `wake_seq` rather than `tail` so that a third party
+//! (abort, [`wake_all_sleepers`]) can change it too: a stop request that only
+//! set a flag and woke sleepers on `tail` could fall between the consumer's
+//! stop check and its sleep and be lost for a whole sleep slice.
+//!
+//! # Untrusted-peer rules
+//!
+//! The other process may write anything at any time into any shared word.
+//!
+//! * Each side keeps its own authoritative index ([`Producer`] its tail,
+//!   [`Consumer`] its head) and never reads it back from shared memory.
+//! * Each shared value is read once into a local, validated, then used; a
+//!   peer index that would put more than `N` entries in the ring yields a
+//!   `Corrupt` error. Slot indices are always masked, so nothing can panic or
+//!   go out of bounds whatever the shared memory holds.
+//! * Entry contents are opaque `u64` words; validating them is the caller's
+//!   job.
+//! * `waiters` and `wake_seq` only steer wake-ups: garbage there costs at most
+//!   a spurious or missed wake-up, and every sleep is bounded by the caller's
+//!   slice, so a hostile peer can slow its own session down but not hang or
+//!   crash this process.
+#![forbid(unsafe_code)]
+#![allow(
+    dead_code,
+    reason = "the whole ring API is exercised by its tests and loom models; the backend uses part of it"
+)]
+
+use core::fmt;
+use core::mem::size_of;
+use core::time::Duration;
+
+use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// Number of 64-bit words in one ring entry (32 bytes).
+pub(crate) const ENTRY_WORDS: usize = 4;
+
+/// Largest supported number of entries in a ring.
+pub(crate) const MAX_ENTRIES: usize = 4096;
+
+/// Size of the cache-line-sized sections of [`RingHeader`].
+const LINE: usize = 128;
+
+/// One ring slot: four opaque 64-bit words written by the producer and read by
+/// the consumer. All-zero bytes are a valid (empty) entry.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Entry(pub(crate) [AtomicU64; ENTRY_WORDS]);
+
+impl Entry {
+    /// A zeroed entry, for rings that live on the heap (tests). In production
+    /// entries live in zero-filled shared memory and are never constructed.
+    pub(crate) fn new() -> Self {
+        Self(core::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shared control block of a ring. Every index lives on its own 128-byte
+/// line to avoid false sharing between the two processes.
+///
+/// All-zero bytes are the valid initial state: empty ring, both indices 0, no
+/// sleepers. In production it lives in zero-filled shared memory.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub(crate) struct RingHeader {
+    /// Free-running count of entries published; written only by the producer.
+    pub(crate) tail: AtomicU32,
+    /// Padding that keeps `tail` alone on its line.
+    _pad_tail: [u8; LINE - size_of::<AtomicU32>()],
+    /// Free-running count of entries consumed; written only by the consumer.
+    pub(crate) head: AtomicU32,
+    /// Padding that keeps `head` alone on its line.
+    _pad_head: [u8; LINE - size_of::<AtomicU32>()],
+    /// Number of consumer threads currently committed to sleeping (a count,
+    /// since several threads of the consumer process may wait at once).
+    /// Written by the consumer, read by the producer after each publish.
+    pub(crate) waiters: AtomicU32,
+    /// The futex word sleepers wait on. Bumped (wrapping) by the producer
+    /// before waking sleepers and by [`wake_all_sleepers`]; only ever compared
+    /// for equality, so any value is harmless.
+    pub(crate) wake_seq: AtomicU32,
+    /// Padding that fills the sleeper line.
+    _pad_sleep: [u8; LINE - 2 * size_of::<AtomicU32>()],
+}
+
+impl RingHeader {
+    /// A zeroed header, for rings that live on the heap (tests). Not a
+    /// `const fn`, because loom's atomics cannot be built in const context.
+    pub(crate) fn new() -> Self {
+        Self {
+            tail: AtomicU32::new(0),
+            _pad_tail: [0; LINE - size_of::<AtomicU32>()],
+            head: AtomicU32::new(0),
+            _pad_head: [0; LINE - size_of::<AtomicU32>()],
+            waiters: AtomicU32::new(0),
+            wake_seq: AtomicU32::new(0),
+            _pad_sleep: [0; LINE - 2 * size_of::<AtomicU32>()],
+        }
+    }
+}
+
+impl Default for RingHeader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(size_of::<Entry>() == 32);
+    assert!(align_of::<Entry>() == 8);
+    assert!(size_of::<RingHeader>() == 384);
+    assert!(align_of::<RingHeader>() == 128);
+    assert!(core::mem::offset_of!(RingHeader, tail) == 0);
+    assert!(core::mem::offset_of!(RingHeader, head) == 128);
+    assert!(core::mem::offset_of!(RingHeader, waiters) == 256);
+    assert!(core::mem::offset_of!(RingHeader, wake_seq) == 260);
+};
+
+/// Futex-style sleeping on a shared 32-bit word.
+///
+/// Production implements it with a Linux shared (non-private) futex.
+pub(crate) trait Wake {
+    /// Sleep while `word == expected`. Must return at once if `word !=
+    /// expected` at the moment of going to sleep (checked atomically with
+    /// going to sleep), may return spuriously, and returns after at most about
+    /// `timeout`.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration);
+
+    /// Wake every thread sleeping in [`Wake::wait`] on `word`.
+    fn wake_all(&self, word: &AtomicU32);
+}
+
+/// Error from [`Producer::push`] and [`Producer::free_slots`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// Every slot holds an unconsumed entry; retry later.
+    Full,
+    /// The consumer's `head` is impossible (more than capacity behind or any
+    /// amount ahead of our tail): the peer is broken or hostile.
+    Corrupt,
+}
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("ring is full"),
+            Self::Corrupt => f.write_str("ring head index is corrupt"),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
+/// Error from [`Consumer::pop`]: the producer's `tail` is impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Corrupt;
+
+impl fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ring tail index is corrupt")
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// Result of one call to [`Ring::wait`] / [`Consumer::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitOutcome {
+    /// `tail` differs from the head the caller saw: pop (which may also report
+    /// corruption).
+    Ready,
+    /// The stop predicate returned true.
+    Stopped,
+    /// Slept one slice (or woke spuriously) and the ring is still empty.
+    SliceElapsed,
+}
+
+/// A validated view of one ring: its header and its entry array.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ring<'a> {
+    /// The shared control block.
+    header: &'a RingHeader,
+    /// The shared slots; the length is a power of two in `1..=MAX_ENTRIES`.
+    entries: &'a [Entry],
+}
+
+impl<'a> Ring<'a> {
+    /// Build a view, or `None` unless `entries.len()` is a power of two in
+    /// `1..=MAX_ENTRIES`.
+    pub(crate) fn new(header: &'a RingHeader, entries: &'a [Entry]) -> Option<Self> {
+        let n = entries.len();
+        (n.is_power_of_two() && n <= MAX_ENTRIES).then_some(Self { header, entries })
+    }
+
+    /// Number of slots.
+    pub(crate) fn capacity(&self) -> u32 {
+        // Lossless: the length is at most MAX_ENTRIES.
+        self.entries.len() as u32
+    }
+
+    /// The shared header.
+    pub(crate) fn header(&self) -> &'a RingHeader {
+        self.header
+    }
+
+    /// The slot holding free-running index `index` (always in bounds).
+    fn slot(&self, index: u32) -> &'a Entry {
+        &self.entries[(index & (self.capacity() - 1)) as usize]
+    }
+
+    /// Consumer side: wait until the ring holds an entry beyond `seen_head`
+    /// (the consumer's own head as last seen by this thread), `stop()` holds,
+    /// or one sleep slice has passed.
+    ///
+    /// Spins up to `spins` times checking `tail`, then registers as a sleeper
+    /// (see the module docs), re-checks `tail` and `stop()`, sleeps at most one
+    /// `sleep_slice` and re-checks both. Takes `&self` so several threads may
+    /// wait on one ring at once; a stale `seen_head` only causes an early
+    /// [`WaitOutcome::Ready`]. The caller loops with its own deadline.
+    pub(crate) fn wait(
+        &self,
+        seen_head: u32,
+        wake: &impl Wake,
+        spins: u32,
+        sleep_slice: Duration,
+        stop: &impl Fn() -> bool,
+    ) -> WaitOutcome {
+        let h = self.header;
+        for _ in 0..spins {
+            if h.tail.load(Ordering::Acquire) != seen_head {
+                return WaitOutcome::Ready;
+            }
+            relax();
+        }
+
+        h.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        // Load the futex word before re-checking: a bump we load here was made
+        // after the matching tail store / stop request, so the checks below
+        // then see it; a bump we miss makes the sleep return or get woken.
+        let seq = h.wake_seq.load(Ordering::Acquire);
+        let outcome = if h.tail.load(Ordering::Acquire) != seen_head {
+            WaitOutcome::Ready
+        } else if stop() {
+            WaitOutcome::Stopped
+        } else {
+            wake.wait(&h.wake_seq, seq, sleep_slice);
+            if h.tail.load(Ordering::Acquire) != seen_head {
+                WaitOutcome::Ready
+            } else if stop() {
+                WaitOutcome::Stopped
+            } else {
+                WaitOutcome::SliceElapsed
+            }
+        };
+        h.waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+/// Back-off hint for one spin iteration: a CPU pause normally, a scheduler
+/// yield under loom (so the model can make progress).
+fn relax() {
+    #[cfg(loom)]
+    crate::sync::yield_now();
+    #[cfg(not(loom))]
+    crate::sync::spin_loop();
+}
+
+/// Wake every consumer thread sleeping on `ring`, whether or not `waiters`
+/// says any exist (used by abort after setting the stop condition that the
+/// sleepers' `stop` predicate reads).
+///
+/// Bumps `wake_seq` first so that a sleeper that checked `stop()` just before
+/// this call does not go to sleep on a stale value.
+pub(crate) fn wake_all_sleepers(ring: &Ring<'_>, wake: &impl Wake) {
+    let h = ring.header;
+    h.wake_seq.fetch_add(1, Ordering::Release);
+    wake.wake_all(&h.wake_seq);
+}
+
+/// The producing end of a ring. Owns the authoritative tail.
+#[derive(Debug)]
+pub(crate) struct Producer<'a> {
+    /// The ring written to.
+    ring: Ring<'a>,
+    /// Our tail: the index of the next entry to publish. Never read back.
+    tail: u32,
+}
+
+impl<'a> Producer<'a> {
+    /// Producer starting at `tail` (0 for a fresh ring). Writes nothing; the
+    /// shared `tail` must already equal `tail`.
+    pub(crate) fn new(ring: Ring<'a>, tail: u32) -> Self {
+        Self { ring, tail }
+    }
+
+    /// The ring this producer writes to.
+    pub(crate) fn ring(&self) -> Ring<'a> {
+        self.ring
+    }
+
+    /// Our authoritative tail.
+    pub(crate) fn tail(&self) -> u32 {
+        self.tail
+    }
+
+    /// Number of entries the ring holds by the (untrusted) shared `head`.
+    fn used(&self) -> Result<u32, PushError> {
+        let head = self.ring.header.head.load(Ordering::Acquire);
+        let used = self.tail.wrapping_sub(head);
+        if used > self.ring.capacity() {
+            Err(PushError::Corrupt)
+        } else {
+            Ok(used)
+        }
+    }
+
+    /// Number of free slots, or [`PushError::Corrupt`] if `head` is
+    /// impossible.
+    pub(crate) fn free_slots(&self) -> Result<u32, PushError> {
+        Ok(self.ring.capacity() - self.used()?)
+    }
+
+    /// Publish one entry, then wake sleeping consumers if (and only if) the
+    /// shared `waiters` count is non-zero.
+    pub(crate) fn push(
+        &mut self,
+        entry: [u64; ENTRY_WORDS],
+        wake: &impl Wake,
+    ) -> Result<(), PushError> {
+        if self.used()? == self.ring.capacity() {
+            return Err(PushError::Full);
+        }
+        let h = self.ring.header;
+        let slot = self.ring.slot(self.tail);
+        for (word, value) in slot.0.iter().zip(entry) {
+            word.store(value, Ordering::Relaxed);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        h.tail.store(self.tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if h.waiters.load(Ordering::Relaxed) != 0 {
+            h.wake_seq.fetch_add(1, Ordering::Release);
+            wake.wake_all(&h.wake_seq);
+        }
+        Ok(())
+    }
+}
+
+/// The consuming end of a ring. Owns the authoritative head.
+#[derive(Debug)]
+pub(crate) struct Consumer<'a> {
+    /// The ring read from.
+    ring: Ring<'a>,
+    /// Our head: the index of the next entry to consume. Never read back.
+    head: u32,
+}
+
+impl<'a> Consumer<'a> {
+    /// Consumer starting at `head` (0 for a fresh ring). Writes nothing; the
+    /// shared `head` must already equal `head`.
+    pub(crate) fn new(ring: Ring<'a>, head: u32) -> Self {
+        Self { ring, head }
+    }
+
+    /// The ring this consumer reads from.
+    pub(crate) fn ring(&self) -> Ring<'a> {
+        self.ring
+    }
+
+    /// Our authoritative head (pass it to [`Ring::wait`]).
+    pub(crate) fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// Take the oldest entry: `Ok(None)` if the ring is empty, `Err(Corrupt)`
+    /// if the shared `tail` is impossible.
+    pub(crate) fn pop(&mut self) -> Result<Option<[u64; ENTRY_WORDS]>, Corrupt> {
+        let tail = self.ring.header.tail.load(Ordering::Acquire);
+        let avail = tail.wrapping_sub(self.head);
+        if avail > self.ring.capacity() {
+            return Err(Corrupt);
+        }
+        if avail == 0 {
+            return Ok(None);
+        }
+        let slot = self.ring.slot(self.head);
+        let entry = core::array::from_fn(|i| slot.0[i].load(Ordering::Relaxed));
+        self.head = self.head.wrapping_add(1);
+        self.ring.header.head.store(self.head, Ordering::Release);
+        Ok(Some(entry))
+    }
+
+    /// [`Ring::wait`] with this consumer's head. For several threads sharing
+    /// one consumer behind a lock, copy [`Consumer::ring`] and
+    /// [`Consumer::head`] out and call [`Ring::wait`] without the lock held.
+    pub(crate) fn wait(
+        &self,
+        wake: &impl Wake,
+        spins: u32,
+        sleep_slice: Duration,
+        stop: &impl Fn() -> bool,
+    ) -> WaitOutcome {
+        self.ring.wait(self.head, wake, spins, sleep_slice, stop)
+    }
+}
+
+#[cfg(any(test, loom))]
+pub(crate) use test_wake::CondvarWake;
+
+/// In-process stand-in for a futex, for tests and loom models.
+#[cfg(any(test, loom))]
+mod test_wake {
+    use core::time::Duration;
+
+    #[cfg(loom)]
+    use loom::sync::{Condvar, Mutex};
+    #[cfg(not(loom))]
+    use std::sync::{Condvar, Mutex};
+
+    use super::Wake;
+    use crate::sync::{AtomicU32, Ordering};
+
+    /// Futex emulation with a mutex and a condition variable: the word check
+    /// and going to sleep happen under the mutex, and waking takes the mutex,
+    /// so a wake issued after the word changed cannot be lost. Under loom the
+    /// timeout is ignored (infinite sleep), turning any lost wake-up into a
+    /// detected deadlock.
+    #[derive(Debug, Default)]
+    pub(crate) struct CondvarWake {
+        /// Serialises the check-then-sleep against wake-ups.
+        lock: Mutex<()>,
+        /// Where sleepers wait.
+        cond: Condvar,
+    }
+
+    impl CondvarWake {
+        /// A wake object with no sleepers.
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+    }
+
+    impl Wake for CondvarWake {
+        fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if word.load(Ordering::SeqCst) != expected {
+                return;
+            }
+            #[cfg(loom)]
+            {
+                let _ = timeout;
+                drop(self.cond.wait(guard));
+            }
+            #[cfg(not(loom))]
+            drop(self.cond.wait_timeout(guard, timeout));
+        }
+
+        fn wake_all(&self, _word: &AtomicU32) {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.cond.notify_all();
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::AtomicBool;
+    use std::time::Instant;
+
+    /// A heap ring of `n` slots.
+    fn make(n: usize) -> (RingHeader, Vec<Entry>) {
+        (RingHeader::new(), (0..n).map(|_| Entry::new()).collect())
+    }
+
+    /// Deterministic, index-dependent entry contents.
+    fn entry(i: u64) -> [u64; ENTRY_WORDS] {
+        [
+            i,
+            !i,
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            i ^ 0xDEAD_BEEF,
+        ]
+    }
+
+    /// Counts wake calls; never sleeps.
+    #[derive(Default)]
+    struct CountingWake {
+        /// Number of `wake_all` calls.
+        wakes: AtomicU64,
+        /// Number of `wait` calls.
+        waits: AtomicU64,
+    }
+
+    impl Wake for CountingWake {
+        fn wait(&self, _word: &AtomicU32, _expected: u32, _timeout: Duration) {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
+        fn wake_all(&self, _word: &AtomicU32) {
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn ring_new_checks_length() {
+        let h = RingHeader::new();
+        for n in [0usize, 3, 5, 6, 7, 12, 100, 4095, 4097, 8192] {
+            let e: Vec<Entry> = (0..n).map(|_| Entry::new()).collect();
+            assert!(Ring::new(&h, &e).is_none(), "len {n}");
+        }
+        for shift in 0..=12 {
+            let e: Vec<Entry> = (0..1usize << shift).map(|_| Entry::new()).collect();
+            let r = Ring::new(&h, &e).expect("power of two");
+            assert_eq!(r.capacity(), 1 << shift);
+        }
+    }
+
+    #[test]
+    fn new_header_is_zero_state() {
+        let h = RingHeader::new();
+        assert_eq!(h.tail.load(Ordering::Relaxed), 0);
+        assert_eq!(h.head.load(Ordering::Relaxed), 0);
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        assert_eq!(h.wake_seq.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn fifo_across_many_wraps() {
+        let (h, e) = make(4);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let mut p = Producer::new(ring, 0);
+        let mut c = Consumer::new(ring, 0);
+        let (mut pushed, mut popped) = (0u64, 0u64);
+        let mut batch = 1;
+        while popped < 10_000 {
+            for _ in 0..batch {
+                if pushed < 10_000 {
+                    p.push(entry(pushed), &wake).unwrap();
+                    pushed += 1;
+                }
+            }
+            while let Some(got) = c.pop().unwrap() {
+                assert_eq!(got, entry(popped));
+                popped += 1;
+            }
+            batch = batch % 4 + 1;
+        }
+        assert_eq!(c.pop(), Ok(None));
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn fifo_across_u32_index_wrap() {
+        let (h, e) = make(4);
+        let start = u32::MAX - 9;
+        h.tail.store(start, Ordering::Relaxed);
+        h.head.store(start, Ordering::Relaxed);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let mut p = Producer::new(ring, start);
+        let mut c = Consumer::new(ring, start);
+        for i in 0..40u64 {
+            p.push(entry(i), &wake).unwrap();
+            if i % 3 == 0 {
+                p.push(entry(1000 + i), &wake).unwrap();
+                assert_eq!(c.pop(), Ok(Some(entry(i))));
+                assert_eq!(c.pop(), Ok(Some(entry(1000 + i))));
+            } else {
+                assert_eq!(c.pop(), Ok(Some(entry(i))));
+            }
+        }
+        assert_eq!(c.pop(), Ok(None));
+        assert_eq!(p.tail(), c.head());
+    }
+
+    #[test]
+    fn full_when_full() {
+        let (h, e) = make(8);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let mut p = Producer::new(ring, 0);
+        let mut c = Consumer::new(ring, 0);
+        for i in 0..8 {
+            assert_eq!(p.free_slots(), Ok(8 - i as u32));
+            p.push(entry(i), &wake).unwrap();
+        }
+        assert_eq!(p.free_slots(), Ok(0));
+        assert_eq!(p.push(entry(99), &wake), Err(PushError::Full));
+        assert_eq!(c.pop(), Ok(Some(entry(0))));
+        assert_eq!(p.free_slots(), Ok(1));
+        p.push(entry(8), &wake).unwrap();
+        assert_eq!(p.push(entry(99), &wake), Err(PushError::Full));
+        for i in 1..=8 {
+            assert_eq!(c.pop(), Ok(Some(entry(i))));
+        }
+        assert_eq!(c.pop(), Ok(None));
+    }
+
+    /// Offsets (relative to an honest index) and absolute values a hostile
+    /// peer might write.
+    fn hostile_values(base: u32, cap: u32) -> Vec<u32> {
+        let mut v: Vec<u32> = (0..=2 * cap + 2)
+            .flat_map(|d| [base.wrapping_add(d), base.wrapping_sub(d)])
+            .collect();
+        v.extend([
+            0,
+            1,
+            cap,
+            cap + 1,
+            u32::MAX,
+            u32::MAX - 1,
+            u32::MAX / 2,
+            1 << 31,
+        ]);
+        v.extend((0..32).map(|b| 1u32 << b));
+        v
+    }
+
+    #[test]
+    fn producer_detects_corrupt_head() {
+        for cap in [1usize, 2, 4, 4096] {
+            let (h, e) = make(cap);
+            let cap = cap as u32;
+            let ring = Ring::new(&h, &e).unwrap();
+            let wake = CountingWake::default();
+            for tail in [0u32, 3, cap, u32::MAX, u32::MAX - cap, 1 << 31] {
+                for head in hostile_values(tail, cap) {
+                    h.head.store(head, Ordering::Relaxed);
+                    let mut p = Producer::new(ring, tail);
+                    let used = tail.wrapping_sub(head);
+                    let expect = if used > cap {
+                        Err(PushError::Corrupt)
+                    } else if used == cap {
+                        Err(PushError::Full)
+                    } else {
+                        Ok(())
+                    };
+                    let free = p.free_slots();
+                    if used > cap {
+                        assert_eq!(free, Err(PushError::Corrupt));
+                    } else {
+                        assert_eq!(free, Ok(cap - used));
+                    }
+                    assert_eq!(
+                        p.push(entry(7), &wake),
+                        expect,
+                        "cap {cap} t {tail} h {head}"
+                    );
+                    // A failed push must not advance anything.
+                    let moved = u32::from(expect.is_ok());
+                    assert_eq!(p.tail(), tail.wrapping_add(moved));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn consumer_detects_corrupt_tail() {
+        for cap in [1usize, 2, 4, 4096] {
+            let (h, e) = make(cap);
+            let cap = cap as u32;
+            let ring = Ring::new(&h, &e).unwrap();
+            let wake = CountingWake::default();
+            for head in [0u32, 3, cap, u32::MAX, u32::MAX - cap, 1 << 31] {
+                for tail in hostile_values(head, cap) {
+                    h.tail.store(tail, Ordering::Relaxed);
+                    let mut c = Consumer::new(ring, head);
+                    let avail = tail.wrapping_sub(head);
+                    let got = c.pop();
+                    if avail > cap {
+                        assert_eq!(got, Err(Corrupt), "cap {cap} h {head} t {tail}");
+                        assert_eq!(c.head(), head);
+                    } else if avail == 0 {
+                        assert_eq!(got, Ok(None));
+                        // Empty ring, no stop: sleeps one (fake) slice.
+                        let out = c.wait(&wake, 2, Duration::ZERO, &|| false);
+                        assert_eq!(out, WaitOutcome::SliceElapsed);
+                    } else {
+                        assert!(matches!(got, Ok(Some(_))));
+                        assert_eq!(c.head(), head.wrapping_add(1));
+                    }
+                    if avail != 0 {
+                        // Corrupt or not, wait reports Ready so pop can tell.
+                        let out = ring.wait(head, &wake, 0, Duration::ZERO, &|| false);
+                        assert_eq!(out, WaitOutcome::Ready);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_in_every_shared_word_never_panics() {
+        let (h, e) = make(2);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let vals = [
+            0u32,
+            1,
+            2,
+            3,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            u32::MAX - 1,
+            u32::MAX,
+        ];
+        for &a in &vals {
+            for &b in &vals {
+                for &w in &vals {
+                    h.tail.store(a, Ordering::Relaxed);
+                    h.head.store(b, Ordering::Relaxed);
+                    h.waiters.store(w, Ordering::Relaxed);
+                    h.wake_seq.store(a ^ b, Ordering::Relaxed);
+                    for word in &e {
+                        for x in &word.0 {
+                            x.store(u64::from(a) << 32 | u64::from(w), Ordering::Relaxed);
+                        }
+                    }
+                    for &mine in &vals {
+                        let mut p = Producer::new(ring, mine);
+                        let _ = p.free_slots();
+                        let _ = p.push([u64::MAX; ENTRY_WORDS], &wake);
+                        let mut c = Consumer::new(ring, mine);
+                        let _ = c.pop();
+                        let _ = c.pop();
+                        let _ = c.wait(&wake, 1, Duration::ZERO, &|| true);
+                        wake_all_sleepers(&ring, &wake);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn push_wakes_only_when_waiters() {
+        let (h, e) = make(4);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let mut p = Producer::new(ring, 0);
+        let mut c = Consumer::new(ring, 0);
+        for i in 0..100 {
+            p.push(entry(i), &wake).unwrap();
+            c.pop().unwrap().unwrap();
+        }
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 0);
+        assert_eq!(h.wake_seq.load(Ordering::Relaxed), 0);
+
+        h.waiters.store(1, Ordering::Relaxed);
+        p.push(entry(0), &wake).unwrap();
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(h.wake_seq.load(Ordering::Relaxed), 1);
+
+        h.waiters.store(3, Ordering::Relaxed);
+        p.push(entry(1), &wake).unwrap();
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 2);
+
+        // A full ring wakes nobody.
+        p.push(entry(2), &wake).unwrap();
+        p.push(entry(3), &wake).unwrap();
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 4);
+        assert_eq!(p.push(entry(4), &wake), Err(PushError::Full));
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 4);
+
+        h.waiters.store(0, Ordering::Relaxed);
+        c.pop().unwrap().unwrap();
+        p.push(entry(5), &wake).unwrap();
+        assert_eq!(wake.wakes.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn wait_outcomes_and_waiters_balance() {
+        let (h, e) = make(2);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let c = Consumer::new(ring, 0);
+        // Empty, stop set: Stopped without sleeping.
+        assert_eq!(
+            c.wait(&wake, 3, Duration::ZERO, &|| true),
+            WaitOutcome::Stopped
+        );
+        assert_eq!(wake.waits.load(Ordering::Relaxed), 0);
+        // Empty, no stop: one sleep, then SliceElapsed.
+        assert_eq!(
+            c.wait(&wake, 0, Duration::ZERO, &|| false),
+            WaitOutcome::SliceElapsed
+        );
+        assert_eq!(wake.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        // Non-empty: Ready during the spin phase, even if stop is set.
+        Producer::new(ring, 0).push(entry(0), &wake).unwrap();
+        assert_eq!(
+            c.wait(&wake, 1, Duration::ZERO, &|| true),
+            WaitOutcome::Ready
+        );
+        assert_eq!(
+            c.wait(&wake, 0, Duration::ZERO, &|| true),
+            WaitOutcome::Ready
+        );
+        assert_eq!(wake.waits.load(Ordering::Relaxed), 1);
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn abort_wakes_sleeper_with_condvar_wake() {
+        let (h, e) = make(2);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CondvarWake::new();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let c = Consumer::new(ring, 0);
+                let start = Instant::now();
+                loop {
+                    // Long slices: only the abort wake-up ends this promptly,
+                    // but the loop is still bounded.
+                    let out = c.wait(&wake, 10, Duration::from_millis(500), &|| {
+                        stop.load(Ordering::SeqCst)
+                    });
+                    if out != WaitOutcome::SliceElapsed {
+                        return out;
+                    }
+                    assert!(start.elapsed() < Duration::from_secs(10), "never stopped");
+                }
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            stop.store(true, Ordering::SeqCst);
+            wake_all_sleepers(&ring, &wake);
+            assert_eq!(waiter.join().unwrap(), WaitOutcome::Stopped);
+        });
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn two_thread_stress() {
+        const N: u64 = 200_000;
+        const STALL: Duration = Duration::from_secs(10);
+        let (h, e) = make(8);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CondvarWake::new();
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let producer = s.spawn(|| {
+                let mut p = Producer::new(ring, 0);
+                let mut last = Instant::now();
+                let mut i = 0;
+                while i < N {
+                    match p.push(entry(i), &wake) {
+                        Ok(()) => {
+                            i += 1;
+                            last = Instant::now();
+                            if i % 4099 == 0 {
+                                std::thread::sleep(Duration::from_micros(300));
+                            } else if i % 97 == 0 {
+                                std::thread::yield_now();
+                            }
+                        }
+                        Err(PushError::Full) => {
+                            if failed.load(Ordering::Relaxed) || last.elapsed() > STALL {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(format!("producer stuck at {i}"));
+                            }
+                            std::thread::yield_now();
+                        }
+                        Err(PushError::Corrupt) => {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(format!("corrupt at {i}"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            let consumer = s.spawn(|| {
+                let mut c = Consumer::new(ring, 0);
+                let mut next = 0;
+                let mut last = Instant::now();
+                while next < N {
+                    match c.pop() {
+                        Ok(Some(got)) => {
+                            if got != entry(next) {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(format!("entry {next}: got {got:?}"));
+                            }
+                            next += 1;
+                            last = Instant::now();
+                        }
+                        Ok(None) => {
+                            if failed.load(Ordering::Relaxed) || last.elapsed() > STALL {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(format!("consumer stuck at {next}"));
+                            }
+                            let _ = c.wait(&wake, 0, Duration::from_millis(1), &|| false);
+                        }
+                        Err(Corrupt) => {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(format!("corrupt at {next}"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            let p = producer.join().unwrap();
+            let c = consumer.join().unwrap();
+            assert_eq!(c, Ok(()));
+            assert_eq!(p, Ok(()));
+        });
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        assert_eq!(h.tail.load(Ordering::Relaxed), N as u32);
+        assert_eq!(h.head.load(Ordering::Relaxed), N as u32);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Header and entries of one heap ring, shareable between loom threads.
+    struct Shared {
+        /// Control block.
+        header: RingHeader,
+        /// Slots.
+        entries: Vec<Entry>,
+        /// Futex stand-in.
+        wake: CondvarWake,
+        /// Stop flag read by the consumer's predicate.
+        stop: AtomicBool,
+    }
+
+    impl Shared {
+        /// A fresh ring of `n` slots.
+        fn new(n: usize) -> Arc<Self> {
+            Arc::new(Self {
+                header: RingHeader::new(),
+                entries: (0..n).map(|_| Entry::new()).collect(),
+                wake: CondvarWake::new(),
+                stop: AtomicBool::new(false),
+            })
+        }
+
+        /// The ring view.
+        fn ring(&self) -> Ring<'_> {
+            Ring::new(&self.header, &self.entries).unwrap()
+        }
+    }
+
+    /// Model builder with a preemption bound that keeps runs short.
+    fn builder() -> loom::model::Builder {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b
+    }
+
+    #[test]
+    fn loom_push_two_pop_two_with_wait() {
+        builder().check(|| {
+            let shared = Shared::new(2);
+            let producer = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let mut p = Producer::new(shared.ring(), 0);
+                    p.push([1, 2, 3, 4], &shared.wake).unwrap();
+                    p.push([5, 6, 7, 8], &shared.wake).unwrap();
+                })
+            };
+            let mut c = Consumer::new(shared.ring(), 0);
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                match c.pop().unwrap() {
+                    Some(e) => got.push(e),
+                    None => {
+                        let out = c.wait(&shared.wake, 1, Duration::from_millis(1), &|| false);
+                        assert_ne!(out, WaitOutcome::Stopped);
+                    }
+                }
+            }
+            assert_eq!(got, [[1, 2, 3, 4], [5, 6, 7, 8]]);
+            producer.join().unwrap();
+            assert_eq!(shared.header.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_two_waiters_one_push() {
+        builder().check(|| {
+            let shared = Shared::new(2);
+            let waiter = {
+                let shared = shared.clone();
+                thread::spawn(move || wait_until_ready(&shared))
+            };
+            let producer = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let mut p = Producer::new(shared.ring(), 0);
+                    p.push([9; ENTRY_WORDS], &shared.wake).unwrap();
+                })
+            };
+            wait_until_ready(&shared);
+            waiter.join().unwrap();
+            producer.join().unwrap();
+            assert_eq!(shared.header.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    /// One consumer thread waiting (without popping) until the ring is
+    /// non-empty; panics on `Stopped`.
+    fn wait_until_ready(shared: &Shared) {
+        let ring = shared.ring();
+        loop {
+            match ring.wait(0, &shared.wake, 1, Duration::from_millis(1), &|| false) {
+                WaitOutcome::Ready => return,
+                WaitOutcome::SliceElapsed => {}
+                WaitOutcome::Stopped => panic!("no stop was requested"),
+            }
+        }
+    }
+
+    #[test]
+    fn loom_stop_wakes_sleeper() {
+        builder().check(|| {
+            let shared = Shared::new(2);
+            let aborter = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    shared.stop.store(true, Ordering::Release);
+                    wake_all_sleepers(&shared.ring(), &shared.wake);
+                })
+            };
+            let c = Consumer::new(shared.ring(), 0);
+            let out = c.wait(&shared.wake, 1, Duration::from_millis(1), &|| {
+                shared.stop.load(Ordering::Acquire)
+            });
+            assert_eq!(out, WaitOutcome::Stopped);
+            aborter.join().unwrap();
+        });
+    }
+}

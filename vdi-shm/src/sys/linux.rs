@@ -1,0 +1,472 @@
+//! Linux: sealed memfd mappings, shared futexes, abstract `AF_UNIX` sockets with `SCM_RIGHTS`,
+//! peer credentials, eventfd and poll.
+//!
+//! This is the only module of the backend that talks to the kernel. It keeps the `unsafe` code
+//! to two places: mapping and unmapping a memfd, and viewing a mapped range as shared atomics.
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::AtomicU32,
+    time::Duration,
+};
+
+use rustix::{
+    event::{EventfdFlags, PollFd, PollFlags, eventfd},
+    fs::{FallocateFlags, MemfdFlags, SealFlags},
+    io::Errno,
+    mm::{MapFlags, ProtFlags},
+    net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    },
+    thread::futex,
+    time::Timespec,
+};
+use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
+
+/// The prefix of every abstract socket name this library binds: the library's own namespace.
+const SOCKET_PREFIX: &str = "vdi-shm.1/";
+/// The most file descriptors one message carries.
+pub(crate) const MAX_FDS: usize = 4;
+
+/// Maps an errno from `call` to the crate's error: out-of-memory and out-of-space conditions
+/// become `VD_E_MEMORY`, everything else `VD_E_UNEXPECTED` naming the call.
+pub(crate) fn os_error(call: &'static str, e: Errno) -> Error {
+    if e == Errno::NOMEM || e == Errno::NOSPC || e == Errno::FBIG {
+        Error::Memory
+    } else {
+        Error::System(SystemError {
+            call,
+            code: e.raw_os_error(),
+        })
+    }
+}
+
+/// Types that may be viewed in shared memory written by an untrusted process.
+///
+/// # Safety
+///
+/// Implementors must be valid for every bit pattern (including all zeroes), contain no
+/// pointers, and be mutated only through atomic operations, so that a peer writing any bytes at
+/// any time can change values but never break memory safety.
+pub(crate) unsafe trait ShmSafe: Sync {}
+
+// SAFETY: an AtomicU32 is valid for every bit pattern and is only accessed atomically.
+unsafe impl ShmSafe for AtomicU32 {}
+// SAFETY: as for AtomicU32.
+unsafe impl ShmSafe for std::sync::atomic::AtomicU64 {}
+// SAFETY: RingHeader is #[repr(C)] and made of AtomicU32 fields and padding bytes only.
+unsafe impl ShmSafe for crate::ring::RingHeader {}
+// SAFETY: Entry is #[repr(C)] and made of AtomicU64 fields only.
+unsafe impl ShmSafe for crate::ring::Entry {}
+
+/// A shared, sealed memfd mapped read-write into this process.
+///
+/// The memfd is sealed against shrinking and growing, so no process can truncate it under a
+/// mapping (which would raise SIGBUS); its pages are allocated up front (fallocate) and mapped
+/// populated, so the data path takes no page faults and running out of memory is reported at
+/// creation instead of as SIGBUS later.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain shared memory; all access through `get`/`slice` is to ShmSafe
+// (atomic) types, and raw byte access is handed out only under the protocol's ownership rules by
+// the callers of `base`.
+unsafe impl Send for Mapping {}
+// SAFETY: as for Send.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Creates a new memfd of `len` bytes (a multiple of the page size), allocates its pages,
+    /// seals it and maps it.
+    pub(crate) fn create(tag: &str, len: usize) -> Result<Self, Error> {
+        if len == 0 || !len.is_multiple_of(page_size()) {
+            return Err(Error::Invalid(InvalidReason::BufferSize));
+        }
+        let fd = rustix::fs::memfd_create(tag, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(|e| os_error("memfd_create", e))?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(|e| os_error("ftruncate", e))?;
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64)
+            .map_err(|e| os_error("fallocate", e))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(|e| os_error("fcntl(F_ADD_SEALS)", e))?;
+        Self::map(fd, len)
+    }
+
+    /// Maps a memfd received from a peer, after checking that it has exactly `expected_len`
+    /// bytes and is sealed against shrinking and growing.
+    pub(crate) fn open(fd: OwnedFd, expected_len: usize) -> Result<Self, Error> {
+        let misbehaved = Error::Protocol(ProtocolReason::PeerMisbehaved);
+        let stat = rustix::fs::fstat(&fd).map_err(|e| os_error("fstat", e))?;
+        if expected_len == 0 || u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+            return Err(misbehaved);
+        }
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| misbehaved)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(misbehaved);
+        }
+        Self::map(fd, expected_len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> Result<Self, Error> {
+        // SAFETY: a new mapping at an address the kernel chooses (null hint), so no existing
+        // memory is replaced; `fd` is a memfd of at least `len` bytes sealed against shrinking,
+        // so every page of the mapping stays backed for its lifetime.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| os_error("mmap", e))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Memory)?;
+        Ok(Self { ptr, len, fd })
+    }
+
+    /// The length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The memfd, to send to a peer.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Whether `addr` lies inside the mapping.
+    pub(crate) fn contains(&self, addr: *const u8) -> bool {
+        let start = self.ptr.as_ptr() as usize;
+        (start..start + self.len).contains(&(addr as usize))
+    }
+
+    /// A view of `count` values of `T` at byte `offset`.
+    ///
+    /// Offsets come from the local layout computation, never from shared memory, so a range
+    /// outside the mapping or a misaligned offset is a bug in this crate: it panics.
+    pub(crate) fn slice<T: ShmSafe>(&self, offset: usize, count: usize) -> &[T] {
+        let bytes = count
+            .checked_mul(size_of::<T>())
+            .expect("layout: size overflow");
+        assert!(
+            offset.checked_add(bytes).is_some_and(|end| end <= self.len),
+            "layout: range outside the mapping"
+        );
+        assert!(
+            offset.is_multiple_of(align_of::<T>()),
+            "layout: misaligned offset"
+        );
+        // SAFETY: the range is inside the mapping (checked above), which lives as long as
+        // `self`; the offset is aligned for T and the base is page-aligned; T is ShmSafe, so any
+        // bytes a peer writes are a valid T and all mutation is atomic.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast::<T>(), count) }
+    }
+
+    /// A view of one `T` at byte `offset` (see [`Mapping::slice`]).
+    pub(crate) fn get<T: ShmSafe>(&self, offset: usize) -> &T {
+        &self.slice::<T>(offset, 1)[0]
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, and every reference derived from the
+        // mapping borrows `self`, so none outlives this call. Byte views handed out by callers
+        // hold an Arc to the mapping.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (a shared, not private, futex:
+/// processes mapping the same page meet on it). Returns early on a wake, a change or a signal.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // EAGAIN (the value changed), ETIMEDOUT and EINTR all mean "look again".
+    let _ = futex::wait(word, futex::Flags::empty(), expected, Some(&ts));
+}
+
+/// Wakes every thread, in any process, sleeping on `word`.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// The futex pair as the ring's wait strategy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FutexWake;
+
+impl crate::ring::Wake for FutexWake {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        futex_wait(word, expected, timeout);
+    }
+
+    fn wake_all(&self, word: &AtomicU32) {
+        futex_wake_all(word);
+    }
+}
+
+/// What a failed connect means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectError {
+    /// Nobody listens under the name.
+    NotFound,
+    /// The system refused for another reason.
+    Os(Error),
+}
+
+/// A connected or listening `AF_UNIX` sequential-packet socket.
+#[derive(Debug)]
+pub(crate) struct Socket(OwnedFd);
+
+/// The credentials of the process at the other end of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerCred {
+    /// Process id.
+    pub(crate) pid: i32,
+    /// Effective user id.
+    pub(crate) uid: u32,
+    /// Effective group id.
+    pub(crate) gid: u32,
+}
+
+fn socket_addr(name: &str) -> Result<SocketAddrUnix, Error> {
+    let full = format!("{SOCKET_PREFIX}{name}");
+    SocketAddrUnix::new_abstract_name(full.as_bytes()).map_err(|_| {
+        Error::Invalid(InvalidReason::Name(vdi_core::NameError::TooLong(
+            name.len(),
+        )))
+    })
+}
+
+fn new_socket() -> Result<OwnedFd, Error> {
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| os_error("socket", e))
+}
+
+impl Socket {
+    /// Binds and listens under `name` in the library's abstract namespace.
+    ///
+    /// The name is freed by the kernel when the socket closes, also when the process dies.
+    pub(crate) fn listen(name: &str) -> Result<Self, Error> {
+        let addr = socket_addr(name)?;
+        let fd = new_socket()?;
+        match rustix::net::bind(&fd, &addr) {
+            Ok(()) => {}
+            Err(Errno::ADDRINUSE) => return Err(Error::Protocol(ProtocolReason::AlreadyExists)),
+            Err(e) => return Err(os_error("bind", e)),
+        }
+        rustix::net::listen(&fd, 64).map_err(|e| os_error("listen", e))?;
+        Ok(Self(fd))
+    }
+
+    /// Connects to the socket listening under `name`.
+    pub(crate) fn connect(name: &str) -> Result<Self, ConnectError> {
+        let addr = socket_addr(name).map_err(ConnectError::Os)?;
+        let fd = new_socket().map_err(ConnectError::Os)?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => Ok(Self(fd)),
+            Err(Errno::CONNREFUSED | Errno::NOENT) => Err(ConnectError::NotFound),
+            Err(e) => Err(ConnectError::Os(os_error("connect", e))),
+        }
+    }
+
+    /// Accepts one connection (blocking unless the listener is non-blocking).
+    pub(crate) fn accept(&self) -> rustix::io::Result<Self> {
+        rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC).map(Self)
+    }
+
+    /// The credentials of the peer, as the kernel recorded them at connect time.
+    pub(crate) fn peer_cred(&self) -> rustix::io::Result<PeerCred> {
+        let c = rustix::net::sockopt::socket_peercred(&self.0)?;
+        Ok(PeerCred {
+            pid: c.pid.as_raw_nonzero().get(),
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+        })
+    }
+
+    /// Sends one message with up to [`MAX_FDS`] file descriptors.
+    pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(Error::Invalid(InvalidReason::Unspecified));
+        }
+        loop {
+            match rustix::net::sendmsg(
+                &self.0,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(Errno::PIPE | Errno::CONNRESET) => {
+                    return Err(Error::Aborted(vdi_core::AbortReason::PeerExited));
+                }
+                Err(e) => return Err(os_error("sendmsg", e)),
+            }
+        }
+    }
+
+    /// Receives one message into `buf`; returns its length (0 at the end of the connection)
+    /// and the file descriptors it carried. A message longer than `buf` is an error.
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> rustix::io::Result<(usize, Vec<OwnedFd>)> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = loop {
+            match rustix::net::recvmsg(
+                &self.0,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(Errno::INTR) => continue,
+                other => break other?,
+            }
+        };
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                fds.extend(rights);
+            }
+        }
+        if msg
+            .flags
+            .contains(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC)
+            || msg.flags.contains(rustix::net::ReturnFlags::TRUNC)
+            || msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
+        {
+            return Err(Errno::MSGSIZE);
+        }
+        Ok((msg.bytes, fds))
+    }
+
+    /// Makes reads and accepts return `EAGAIN` instead of blocking.
+    pub(crate) fn set_nonblocking(&self) -> Result<(), Error> {
+        rustix::io::ioctl_fionbio(&self.0, true).map_err(|e| os_error("ioctl(FIONBIO)", e))
+    }
+
+    /// The descriptor, to poll.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// An eventfd that wakes a thread blocked in [`poll`].
+#[derive(Debug)]
+pub(crate) struct Notifier(OwnedFd);
+
+impl Notifier {
+    /// A new, non-blocking eventfd.
+    pub(crate) fn new() -> Result<Self, Error> {
+        eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map(Self)
+            .map_err(|e| os_error("eventfd", e))
+    }
+
+    /// Makes the eventfd readable.
+    pub(crate) fn notify(&self) {
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
+    }
+
+    /// Clears it.
+    pub(crate) fn drain(&self) {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut b);
+    }
+
+    /// The descriptor, to poll.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Readiness of one descriptor after [`poll`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// Data (or a connection) to read.
+    pub(crate) readable: bool,
+    /// The peer hung up or the descriptor failed.
+    pub(crate) hangup: bool,
+}
+
+/// Waits until one of `fds` is readable or hung up, or `timeout` passes (`None`: no limit).
+pub(crate) fn poll(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<Ready> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN | PollFlags::RDHUP))
+        .collect();
+    let ts = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let _ = rustix::event::poll(&mut pfds, ts.as_ref());
+    pfds.iter()
+        .map(|p| {
+            let r = p.revents();
+            Ready {
+                readable: r.contains(PollFlags::IN),
+                hangup: r.intersects(
+                    PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// This process's effective user and group ids.
+pub(crate) fn current_ids() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
+/// This process's id.
+pub(crate) fn current_pid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// A random 32-bit value from the kernel (for the per-set handle key).
+pub(crate) fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(4) => u32::from_ne_bytes(b),
+        // Fall back to something that still differs between sets.
+        _ => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            t ^ (current_pid() as u32).rotate_left(16)
+        }
+    }
+}
