@@ -84,7 +84,7 @@ impl vdi_core::ClientBackend for ShmClient {
         config.validate()?;
         let listener = Socket::listen(name)?;
         listener.set_nonblocking()?;
-        let control = Control::create(config, sys::random_u32())?;
+        let control = Control::create(name, config, sys::random_u32())?;
         let mut machine = ClientSetMachine::new();
         machine.create(config.device_count)?;
         let shared = Arc::new(Shared::new(

@@ -122,9 +122,13 @@ pub(crate) struct Control {
 
 impl Control {
     /// Creates and initialises a control segment (the primary client, at CreateEx).
-    pub(crate) fn create(config: &ClientConfig, handle_key: u32) -> Result<Self, Error> {
+    pub(crate) fn create(
+        name: &str,
+        config: &ClientConfig,
+        handle_key: u32,
+    ) -> Result<Self, Error> {
         let layout = Layout::new(config.device_count);
-        let map = Mapping::create("vdi-shm-control", layout.len)?;
+        let map = Mapping::create(&format!("vdi-shm:{name}:control"), layout.len)?;
         let c = Self {
             map: Arc::new(map),
             layout,

@@ -166,7 +166,7 @@ impl SetShared {
         let len = usize::try_from(len)
             .map_err(|_| Error::Memory)?
             .next_multiple_of(sys::page_size());
-        let map = Mapping::create("vdi-shm-buffers", len)?;
+        let map = Mapping::create(&format!("vdi-shm:{}:segment{id}", self.name), len)?;
         self.control
             .segment_len(id)
             .store(len as u64, Ordering::Release);
