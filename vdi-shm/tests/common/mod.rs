@@ -21,10 +21,10 @@ use vdi_core::{
 use vdi_shm::{ClientSet, ShmServer};
 
 /// Generous bound for any single wait in a test; a hang fails instead of blocking CI.
-pub const WAIT: Timeout = Timeout::from_millis(30_000);
+pub(crate) const WAIT: Timeout = Timeout::from_millis(30_000);
 
 /// A set name unique to this process and call.
-pub fn unique_name(tag: &str) -> String {
+pub(crate) fn unique_name(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "vdi-test-{tag}-{}-{}",
@@ -34,7 +34,7 @@ pub fn unique_name(tag: &str) -> String {
 }
 
 /// Turns on tracing output for the test (RUST_LOG, default warn).
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -43,30 +43,30 @@ pub fn init_tracing() {
 }
 
 /// The role this process was started in, if it is a child.
-pub fn role() -> Option<String> {
+pub(crate) fn role() -> Option<String> {
     std::env::var("VDI_ROLE").ok()
 }
 
 /// A parameter passed to a child.
-pub fn param(key: &str) -> String {
+pub(crate) fn param(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| panic!("child parameter {key} missing"))
 }
 
 /// A numeric parameter passed to a child.
-pub fn param_u64(key: &str) -> u64 {
+pub(crate) fn param_u64(key: &str) -> u64 {
     param(key)
         .parse()
         .unwrap_or_else(|_| panic!("child parameter {key} is not a number"))
 }
 
 /// A child process running test `test` of this binary in `role`; killed when dropped.
-pub struct ChildProc {
+pub(crate) struct ChildProc {
     child: Option<Child>,
 }
 
 impl ChildProc {
     /// Starts the child.
-    pub fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
+    pub(crate) fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut cmd = Command::new(exe);
         cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
@@ -81,12 +81,12 @@ impl ChildProc {
     }
 
     /// The child's pid.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
     /// Waits for the child to exit, at most `limit`; kills it and panics on overrun.
-    pub fn wait(mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait(mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("child");
         let deadline = Instant::now() + limit;
         loop {
@@ -103,7 +103,7 @@ impl ChildProc {
     }
 
     /// Kills the child with SIGKILL and reaps it.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -122,7 +122,7 @@ impl Drop for ChildProc {
 
 /// Fails the whole test process if it is still running after `limit` (a watchdog: a deadlock
 /// becomes a failure, not a hung CI job).
-pub fn watchdog(limit: Duration) {
+pub(crate) fn watchdog(limit: Duration) {
     thread::spawn(move || {
         thread::sleep(limit);
         eprintln!("watchdog: test still running after {limit:?}; aborting");
@@ -139,8 +139,8 @@ fn splitmix(mut x: u64) -> u64 {
 
 /// Fills `buf` with the stream bytes of device `device` starting at stream offset `offset`
 /// (both multiples of 8).
-pub fn fill(device: u32, offset: u64, buf: &mut [u8]) {
-    assert!(offset % 8 == 0 && buf.len() % 8 == 0);
+pub(crate) fn fill(device: u32, offset: u64, buf: &mut [u8]) {
+    assert!(offset.is_multiple_of(8) && buf.len().is_multiple_of(8));
     let seed = u64::from(device) << 48;
     for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
         let v = splitmix(seed ^ (offset / 8 + i as u64));
@@ -149,8 +149,8 @@ pub fn fill(device: u32, offset: u64, buf: &mut [u8]) {
 }
 
 /// Whether `buf` holds device `device`'s stream bytes from `offset`.
-pub fn check(device: u32, offset: u64, buf: &[u8]) -> bool {
-    if offset % 8 != 0 || buf.len() % 8 != 0 {
+pub(crate) fn check(device: u32, offset: u64, buf: &[u8]) -> bool {
+    if !offset.is_multiple_of(8) || !buf.len().is_multiple_of(8) {
         return false;
     }
     let seed = u64::from(device) << 48;
@@ -160,7 +160,7 @@ pub fn check(device: u32, offset: u64, buf: &[u8]) -> bool {
 }
 
 /// The name of device `i` of set `set`: the first device has the set's name.
-pub fn device_name(set: &str, i: u32) -> String {
+pub(crate) fn device_name(set: &str, i: u32) -> String {
     if i == 0 {
         set.to_owned()
     } else {
@@ -170,7 +170,7 @@ pub fn device_name(set: &str, i: u32) -> String {
 
 /// What a server run does.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub devices: u32,
     pub block: u32,
     pub max_transfer: u32,
@@ -182,7 +182,7 @@ pub struct Plan {
 
 impl Plan {
     /// Passes the plan to a child.
-    pub fn params(&self, name: &str) -> Vec<(&'static str, String)> {
+    pub(crate) fn params(&self, name: &str) -> Vec<(&'static str, String)> {
         vec![
             ("VDI_SET", name.to_owned()),
             ("VDI_DEVICES", self.devices.to_string()),
@@ -194,7 +194,7 @@ impl Plan {
     }
 
     /// Reads the plan a parent passed.
-    pub fn from_env() -> (String, Self) {
+    pub(crate) fn from_env() -> (String, Self) {
         (
             param("VDI_SET"),
             Self {
@@ -210,7 +210,7 @@ impl Plan {
 
 /// Opens `name` as the server and configures it for `plan`, retrying the open until the client
 /// has created the set.
-pub fn open_and_configure(
+pub(crate) fn open_and_configure(
     name: &str,
     plan: &Plan,
     backup: bool,
@@ -244,7 +244,7 @@ pub fn open_and_configure(
 /// The server side of a backup: writes `plan.bytes` of each device's stream in transfers of
 /// `max_transfer`, keeps up to `depth` commands outstanding per device, then Flush and
 /// CloseDevice. Every device runs on its own thread.
-pub fn serve_backup(name: &str, plan: Plan) -> Result<(), Error> {
+pub(crate) fn serve_backup(name: &str, plan: Plan) -> Result<(), Error> {
     let (set, devices) = open_and_configure(name, &plan, true)?;
     let mut buffers = Vec::new();
     for _ in 0..plan.depth * plan.devices {
@@ -306,7 +306,7 @@ fn backup_device(
 /// The server side of a restore: reads each device's stream in sizes that vary between the
 /// block size and `max_transfer` and checks every byte, until the client answers
 /// `ERROR_HANDLE_EOF`; returns the bytes read per device.
-pub fn serve_restore(name: &str, plan: Plan) -> Result<Vec<u64>, Error> {
+pub(crate) fn serve_restore(name: &str, plan: Plan) -> Result<Vec<u64>, Error> {
     let (set, devices) = open_and_configure(name, &plan, false)?;
     let mut buffers = Vec::new();
     for _ in 0..plan.devices {
@@ -363,7 +363,7 @@ fn restore_device(
 
 /// The client side of a backup: serves every device on its own thread, checks every byte in
 /// stream order, acknowledges Flush; returns the bytes received per device.
-pub fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u64>, Error> {
+pub(crate) fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u64>, Error> {
     let devs = (0..devices)
         .map(|i| set.open_device(&device_name(name, i)))
         .collect::<Result<Vec<_>, _>>()?;
@@ -372,7 +372,7 @@ pub fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u6
             .iter()
             .map(|dev| {
                 s.spawn(move || {
-                    let index = vdi_core::ClientDevice::index(dev);
+                    let index = ClientDevice::index(dev);
                     let mut offset = 0u64;
                     loop {
                         let cmd = match dev.command(WAIT) {
@@ -410,7 +410,12 @@ pub fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u6
 
 /// The client side of a restore: fills each Read from the device's stream until `bytes`, then
 /// answers the short final read with `ERROR_HANDLE_EOF`.
-pub fn client_restore(set: &ClientSet, name: &str, devices: u32, bytes: u64) -> Result<(), Error> {
+pub(crate) fn client_restore(
+    set: &ClientSet,
+    name: &str,
+    devices: u32,
+    bytes: u64,
+) -> Result<(), Error> {
     let devs = (0..devices)
         .map(|i| set.open_device(&device_name(name, i)))
         .collect::<Result<Vec<_>, _>>()?;
@@ -419,7 +424,7 @@ pub fn client_restore(set: &ClientSet, name: &str, devices: u32, bytes: u64) -> 
             .iter()
             .map(|dev| {
                 s.spawn(move || {
-                    let index = vdi_core::ClientDevice::index(dev);
+                    let index = ClientDevice::index(dev);
                     let mut offset = 0u64;
                     loop {
                         let mut cmd = match dev.command(WAIT) {
@@ -447,14 +452,13 @@ pub fn client_restore(set: &ClientSet, name: &str, devices: u32, bytes: u64) -> 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("device thread panicked"))
-            .collect()
+            .try_for_each(|h| h.join().expect("device thread panicked"))
     })
 }
 
 /// Counts what is left of set `name`: this process's mappings of its memfds (named
 /// `vdi-shm:<name>:...`), and the abstract sockets bound under its name anywhere.
-pub fn leftovers(name: &str) -> (usize, usize) {
+pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let tag = format!("memfd:vdi-shm:{name}:");
     let mapped = maps.lines().filter(|l| l.contains(&tag)).count();
