@@ -166,6 +166,10 @@ impl SetShared {
         let len = usize::try_from(len)
             .map_err(|_| Error::Memory)?
             .next_multiple_of(sys::page_size());
+        let in_use: u64 = st.segments.iter().map(|m| m.len() as u64).sum();
+        if in_use.saturating_add(len as u64) > sys::buffer_memory_limit() {
+            return Err(Error::Memory);
+        }
         let map = Mapping::create(&format!("vdi-shm:{}:segment{id}", self.name), len)?;
         self.control
             .segment_len(id)

@@ -29,6 +29,9 @@ use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
 
 /// The prefix of every abstract socket name this library binds: the library's own namespace.
 const SOCKET_PREFIX: &str = "vdi-shm.1/";
+/// Every mapping starts on a multiple of this (the largest data-zone alignment VDI allows), so
+/// offsets aligned within a segment are aligned in every process's address space.
+const MAP_ALIGN: usize = 64 * 1024;
 /// The most file descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 4;
 
@@ -116,20 +119,57 @@ impl Mapping {
     }
 
     fn map(fd: OwnedFd, len: usize) -> Result<Self, Error> {
-        // SAFETY: a new mapping at an address the kernel chooses (null hint), so no existing
-        // memory is replaced; `fd` is a memfd of at least `len` bytes sealed against shrinking,
-        // so every page of the mapping stays backed for its lifetime.
-        let ptr = unsafe {
-            rustix::mm::mmap(
+        // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
+        // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
+        // the memfd over an aligned part of the reservation, and give the slack back.
+        let reserve = len.checked_add(MAP_ALIGN).ok_or(Error::Memory)?;
+        // SAFETY: a new, inaccessible, private anonymous reservation at an address the kernel
+        // chooses; nothing existing is touched.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::POPULATE,
-                &fd,
-                0,
+                reserve,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }
         .map_err(|e| os_error("mmap", e))?;
+        let start = base as usize;
+        let aligned = start.next_multiple_of(MAP_ALIGN);
+        // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
+        // function owns and nothing else uses, so MAP_FIXED replaces only that; `fd` is a memfd
+        // of at least `len` bytes sealed against shrinking, so every page stays backed for the
+        // mapping's lifetime.
+        let mapped = unsafe {
+            rustix::mm::mmap(
+                aligned as *mut std::ffi::c_void,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED | MapFlags::POPULATE,
+                &fd,
+                0,
+            )
+        };
+        let head = aligned - start;
+        let tail = reserve - head - len;
+        // SAFETY: the slack before and after the mapping is the rest of our own reservation;
+        // no reference into it exists.
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(base, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap((aligned + len) as *mut std::ffi::c_void, tail);
+            }
+        }
+        let ptr = match mapped {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: the reservation's middle part, still ours, is released on failure.
+                let _ = unsafe { rustix::mm::munmap(aligned as *mut std::ffi::c_void, len) };
+                return Err(os_error("mmap", e));
+            }
+        };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Memory)?;
         Ok(Self { ptr, len, fd })
     }
@@ -190,6 +230,16 @@ impl Drop for Mapping {
         // hold an Arc to the mapping.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// The most bytes of shared buffers this process lets one device set have: three quarters of
+/// the machine's physical memory. Pages of a memfd are allocated up front (so the data path never
+/// faults), and an allocation beyond the memory the machine has would end with the out-of-memory
+/// killer, not with an error; past this limit the server gets `VD_E_MEMORY` instead.
+pub(crate) fn buffer_memory_limit() -> u64 {
+    let info = rustix::system::sysinfo();
+    let total = (info.totalram as u64).saturating_mul(u64::from(info.mem_unit.max(1)));
+    total / 4 * 3
 }
 
 /// The system page size.
