@@ -510,52 +510,86 @@ impl DeviceInner {
 
 /// Turns a command entry into a command, validating everything the server wrote.
 fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
-    {
-        let this = inner;
-        let code = CommandCode(entry[0] as u32);
-        let size = (entry[0] >> 32) as u32;
-        let position = entry[1];
-        let tag = entry[2];
-        let has_buffer = entry[3] & (1 << 48) != 0;
-        if has_buffer != code.has_buffer() {
-            return Err(this.set.peer_misbehaved());
-        }
-        let buffer = if has_buffer {
-            let index = entry[3] as u32;
-            let generation = (entry[3] >> 32) as u16;
-            match this.buffer(index, generation, size) {
-                Some(b) => Some(b),
-                None => return Err(this.set.peer_misbehaved()),
+    let set = &inner.set;
+    let Some(cfg) = set.config.get() else {
+        return Err(set.peer_misbehaved());
+    };
+    let Some(parsed) = parse_command(
+        &set.control,
+        cfg,
+        &set.segments,
+        entry,
+        SEGMENT_WAIT,
+        &|| set.aborted(),
+    ) else {
+        return Err(set.peer_misbehaved());
+    };
+    Ok(Command {
+        device: Arc::clone(inner),
+        code: parsed.code,
+        size: parsed.size,
+        position: parsed.position,
+        tag: parsed.tag,
+        buffer: parsed.buffer,
+        done: false,
+    })
+}
+
+/// A command entry after validation.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub(crate) code: CommandCode,
+    pub(crate) size: u32,
+    pub(crate) position: u64,
+    pub(crate) tag: u64,
+    buffer: Option<CommandBuffer>,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Parsed {
+    /// Reads and writes every byte of the views (the fuzzer's check that they are in bounds).
+    pub(crate) fn touch(&mut self) {
+        if let Some(b) = &mut self.buffer {
+            for v in [&mut b.data, &mut b.prefix] {
+                let bytes = v.as_mut_slice();
+                let sum = bytes.iter().fold(0u8, |a, &x| a.wrapping_add(x));
+                if let Some(first) = bytes.first_mut() {
+                    *first = sum;
+                }
             }
-        } else {
-            None
-        };
-        Ok(Command {
-            device: Arc::clone(this),
-            code,
-            size,
-            position,
-            tag,
-            buffer,
-            done: false,
-        })
+        }
     }
 }
 
-impl DeviceInner {
-    fn buffer(&self, index: u32, generation: u16, size: u32) -> Option<CommandBuffer> {
-        let set = &self.set;
-        let cfg = set.config.get()?;
-        let words = set.control.descriptor(index)?;
-        let d = Descriptor::read(words, generation)?;
+/// Validates a command entry the server wrote: the buffer flag matches the code, the
+/// descriptor is live with the expected generation, the data zone is aligned, at least `size`
+/// bytes long, and lies with its prefix zone inside a segment this process has mapped (waiting
+/// up to `segment_wait` for a segment still on its way). `None` means the peer broke the
+/// protocol.
+pub(crate) fn parse_command(
+    control: &Control,
+    cfg: &Config,
+    segments: &Segments,
+    entry: [u64; 4],
+    segment_wait: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Option<Parsed> {
+    let code = CommandCode(entry[0] as u32);
+    let size = (entry[0] >> 32) as u32;
+    let has_buffer = entry[3] & (1 << 48) != 0;
+    if has_buffer != code.has_buffer() {
+        return None;
+    }
+    let buffer = if has_buffer {
+        let index = entry[3] as u32;
+        let generation = (entry[3] >> 32) as u16;
+        let d = Descriptor::read(control.descriptor(index)?, generation)?;
         if size > d.size || d.offset % u64::from(cfg.alignment.max(1)) != 0 {
             return None;
         }
-        let prefix = u64::from(set.client_config.prefix_zone_size);
+        let prefix = u64::from(cfg.prefix_zone_size);
         let start = d.offset.checked_sub(prefix)?;
-        let map = set
-            .segments
-            .wait_for(u32::from(d.segment), SEGMENT_WAIT, || set.aborted())?;
+        let map = segments.wait_for(u32::from(d.segment), segment_wait, stop)?;
         let data = BufView::new(Arc::clone(&map), d.offset, u64::from(size))?;
         // The whole buffer (prefix and data zone) must lie inside the segment.
         BufView::new(Arc::clone(&map), start, prefix + u64::from(d.size))?;
@@ -566,7 +600,16 @@ impl DeviceInner {
             data,
             prefix,
         })
-    }
+    } else {
+        None
+    };
+    Some(Parsed {
+        code,
+        size,
+        position: entry[1],
+        tag: entry[2],
+        buffer,
+    })
 }
 
 impl vdi_core::ClientDevice for ClientDevice {
@@ -581,13 +624,16 @@ impl vdi_core::ClientDevice for ClientDevice {
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
         let result = loop {
-            if let Err(e) = set.machine().check_get_command(inner.index) {
-                break Err(e);
-            }
             {
                 let mut st = inner.lock();
+                // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
+                // once the set as a whole has terminated. Checked under the device lock, which
+                // the thread that ends the device holds while it marks it ended.
                 if st.ended {
                     break Err(Error::Closed);
+                }
+                if let Err(e) = set.machine().check_get_command(inner.index) {
+                    break Err(e);
                 }
                 if st.machine.take_held()
                     && let Some(entry) = st.held.take()
@@ -630,8 +676,8 @@ impl vdi_core::ClientDevice for ClientDevice {
                             match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                                 Ok(None) if st.held.is_none() => {
                                     st.ended = true;
-                                    drop(st);
                                     set.machine().device_closed(inner.index);
+                                    drop(st);
                                     trace!(device = %inner.name, "VD_E_CLOSE");
                                     break Err(Error::Closed);
                                 }
