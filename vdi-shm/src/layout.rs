@@ -133,6 +133,14 @@ impl Control {
             map: Arc::new(map),
             layout,
         };
+        c.init(config, handle_key);
+        Ok(c)
+    }
+
+    /// Writes the header of a fresh control segment.
+    pub(crate) fn init(&self, config: &ClientConfig, handle_key: u32) {
+        let c = self;
+        let layout = self.layout;
         c.u32_at(H_VERSION).store(LAYOUT_VERSION, Ordering::Relaxed);
         c.u32_at(H_DEVICE_COUNT)
             .store(config.device_count, Ordering::Relaxed);
@@ -159,7 +167,6 @@ impl Control {
         }
         // The magic last, with Release: a reader that sees it sees the rest.
         c.u64_at(H_MAGIC).store(MAGIC, Ordering::Release);
-        Ok(c)
     }
 
     /// Maps a control segment a peer sent and checks its header against this build's layout.
@@ -194,6 +201,12 @@ impl Control {
             return Err(misbehaved);
         }
         Ok(c)
+    }
+
+    /// Every 64-bit word of the segment (for the fuzzer, which writes a peer's garbage).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn words(&self) -> &[AtomicU64] {
+        self.map.slice(0, self.layout.len / 8)
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {

@@ -64,6 +64,10 @@ mod view;
 #[cfg(all(target_os = "linux", not(loom)))]
 mod wire;
 
+#[cfg(all(target_os = "linux", not(loom), any(test, feature = "fuzzing")))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(all(target_os = "linux", not(loom)))]
 pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
 #[cfg(all(target_os = "linux", not(loom)))]

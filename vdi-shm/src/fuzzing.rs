@@ -1,0 +1,177 @@
+//! Fuzzing entry points (feature `fuzzing`): the code that reads a peer's shared memory, fed
+//! with arbitrary bytes. Used by `fuzz/fuzz_targets/shared_region.rs` (`cargo xtask fuzz`).
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Mutex, OnceLock, PoisonError, atomic::Ordering},
+    time::Duration,
+};
+
+use vdi_core::{ClientConfig, Config, ServerConfig};
+
+use crate::{
+    client::parse_command,
+    layout::{Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH},
+    queue::{self, RingIndex},
+    segments::Segments,
+    sys::Mapping,
+};
+
+struct Fixture {
+    control: Control,
+    segments: Segments,
+}
+
+/// One cached control segment per device count (1..=4) and one 64 KiB buffer segment: creating
+/// memfds on every input would make the fuzzer slow.
+fn fixture(devices: u32) -> &'static Mutex<Fixture> {
+    static FIXTURES: OnceLock<Vec<Mutex<Fixture>>> = OnceLock::new();
+    let all = FIXTURES.get_or_init(|| {
+        (1..=4)
+            .map(|n| {
+                let cfg = ClientConfig {
+                    device_count: n,
+                    ..ClientConfig::default()
+                };
+                let control = Control::create(&format!("fuzz{n}"), &cfg, 0x1234_5678)
+                    .expect("fuzz fixture: control segment");
+                let segments = Segments::new();
+                let map = Mapping::create("vdi-shm:fuzz:segment0", 64 * 1024)
+                    .expect("fuzz fixture: buffer segment");
+                segments.insert(0, map);
+                Mutex::new(Fixture { control, segments })
+            })
+            .collect()
+    });
+    &all[(devices as usize - 1).min(3)]
+}
+
+/// Treats `data` as what a misbehaving peer wrote into a device set's control segment, then
+/// runs every check a process applies to it: the header check of `Open`/`OpenInSecondary`, the
+/// configuration rules, device names, command entries with their buffer descriptors (touching
+/// every byte of the buffer views they yield), completion entries, and descriptors. It must
+/// never panic, hang, or touch memory outside the mappings.
+///
+/// The first byte picks the device count (1..=4) and the mode: raw bytes laid over the header,
+/// or (offset, value) patches applied to a valid segment, which reaches deeper code.
+pub fn shared_region(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let devices = u32::from(first & 3) + 1;
+    let fx = fixture(devices)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let words = fx.control.words();
+    for w in words {
+        w.store(0, Ordering::Relaxed);
+    }
+    let cfg = ClientConfig {
+        device_count: devices,
+        ..ClientConfig::default()
+    };
+    fx.control.init(&cfg, 0x1234_5678);
+    if first & 4 == 0 {
+        for (w, chunk) in words.iter().zip(rest.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    } else {
+        for patch in rest.chunks_exact(12) {
+            let at = u32::from_le_bytes([patch[0], patch[1], patch[2], patch[3]]) as usize;
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&patch[4..12]);
+            words[at % words.len()].store(u64::from_le_bytes(v), Ordering::Relaxed);
+        }
+    }
+    let Ok(fd) = fx.control.mapping().fd().try_clone_to_owned() else {
+        return;
+    };
+    check(fd, &fx, devices, rest);
+}
+
+fn check(fd: OwnedFd, fx: &Fixture, devices: u32, data: &[u8]) {
+    let len = fx.control.layout().len as u64;
+    let Ok(control) = Control::open(fd, len, devices) else {
+        return;
+    };
+    let client = control.client_config();
+    let _ = client.validate();
+    let server = control.server_config();
+    let cfg = Config::combine(&client, &server).unwrap_or_else(|_| {
+        Config::combine(
+            &ClientConfig {
+                device_count: devices,
+                ..ClientConfig::default()
+            },
+            &ServerConfig::backup(512, 65536),
+        )
+        .expect("a valid configuration")
+    });
+    let _ = control.abort_reason();
+    for i in 0..devices {
+        let _ = control.device_name(i);
+        let mut idx = RingIndex::default();
+        for _ in 0..=QUEUE_DEPTH + 1 {
+            match queue::pop(&control.sq(i), &mut idx) {
+                Ok(Some(entry)) => {
+                    if let Some(mut p) =
+                        parse_command(&control, &cfg, &fx.segments, entry, Duration::ZERO, &|| {
+                            false
+                        })
+                    {
+                        p.touch();
+                    }
+                }
+                Ok(None) | Err(()) => break,
+            }
+        }
+        let mut idx = RingIndex::default();
+        for _ in 0..=QUEUE_DEPTH + 1 {
+            match queue::pop(&control.cq(i), &mut idx) {
+                // The server matches a completion's tag against its own table of commands in
+                // flight, which a peer cannot write; nothing here trusts the entry.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(()) => break,
+            }
+        }
+    }
+    for chunk in data.chunks_exact(6).take(64) {
+        let index =
+            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) % (DESCRIPTORS + 8);
+        let generation = u16::from_le_bytes([chunk[4], chunk[5]]);
+        if let Some(words) = control.descriptor(index) {
+            let _ = Descriptor::read(words, generation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Random raw bytes and random patches: no panic, no hang, no out-of-bounds access.
+        #[test]
+        fn shared_region_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            super::shared_region(&data);
+        }
+
+        /// Patches aimed at the rings and descriptors of a valid segment.
+        #[test]
+        fn shared_region_survives_targeted_patches(
+            devices in 0u8..4,
+            patches in proptest::collection::vec((0u32..60_000, any::<u64>()), 0..64),
+        ) {
+            let mut data = vec![devices | 4];
+            for (at, v) in patches {
+                data.extend_from_slice(&at.to_le_bytes());
+                data.extend_from_slice(&v.to_le_bytes());
+            }
+            super::shared_region(&data);
+        }
+    }
+}
