@@ -215,6 +215,24 @@ impl Shared {
         )
     }
 
+    /// The final configuration, read and validated once from shared memory when the server
+    /// has published it; `None` before that.
+    pub(crate) fn load_config(&self) -> Result<Option<Config>, Error> {
+        if let Some(cfg) = self.config.get() {
+            return Ok(Some(*cfg));
+        }
+        if !self.is_configured() {
+            return Ok(None);
+        }
+        let server = self.control.server_config();
+        let Ok(cfg) = Config::combine(&self.client_config, &server) else {
+            return Err(self.peer_misbehaved());
+        };
+        let cfg = *self.config.get_or_init(|| cfg);
+        debug!(set = %self.name, features = ?cfg.features, block = cfg.block_size, max_transfer = cfg.max_transfer_size, "configured");
+        Ok(Some(cfg))
+    }
+
     /// Whether the set is configured (the server published its configuration).
     pub(crate) fn is_configured(&self) -> bool {
         self.control.state().load(Ordering::Acquire) == STATE_CONFIGURED
@@ -251,9 +269,7 @@ impl ClientSet {
 
     fn configured(&self) -> Result<Config, Error> {
         self.shared
-            .config
-            .get()
-            .copied()
+            .load_config()?
             .ok_or(Error::Protocol(ProtocolReason::WrongState(
                 Call::OpenDevice,
             )))
@@ -273,10 +289,12 @@ impl ClientSet {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
         let words = self.shared.control.descriptor(index).ok_or(invalid)?;
         let d = Descriptor::read(words, generation).ok_or(invalid)?;
-        let map = self
-            .shared
+        // A fresh secondary may see a handle before its monitor has mapped the segment the
+        // primary forwarded; the descriptor is live, so the segment is on its way.
+        let shared = &self.shared;
+        let map = shared
             .segments
-            .get(u32::from(d.segment))
+            .wait_for(u32::from(d.segment), SEGMENT_WAIT, || shared.aborted())
             .ok_or(invalid)?;
         let view = BufView::new(map, d.offset, u64::from(d.size)).ok_or(invalid)?;
         Ok((d, view))
@@ -291,18 +309,9 @@ impl vdi_core::ClientDeviceSet for ClientSet {
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
         loop {
             self.shared.machine().check_get_configuration()?;
-            if let Some(cfg) = self.shared.config.get() {
-                return Ok(*cfg);
-            }
             let state = self.shared.control.state().load(Ordering::Acquire);
-            if state == STATE_CONFIGURED {
-                let server = self.shared.control.server_config();
-                let Ok(cfg) = Config::combine(&self.shared.client_config, &server) else {
-                    return Err(self.shared.peer_misbehaved());
-                };
-                let cfg = *self.shared.config.get_or_init(|| cfg);
+            if let Some(cfg) = self.shared.load_config()? {
                 self.shared.machine().configured();
-                debug!(set = %self.shared.name, features = ?cfg.features, block = cfg.block_size, max_transfer = cfg.max_transfer_size, "configured");
                 return Ok(cfg);
             }
             let slice = match deadline {
@@ -405,11 +414,19 @@ impl vdi_core::ClientDeviceSet for ClientSet {
 
     fn close(&self) -> Result<(), Error> {
         let c = &self.shared.control;
-        let devices_open = (0..c.device_count()).any(|i| {
-            c.device_client(i).load(Ordering::Acquire) != 0
-                && c.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED == 0
-        });
-        let action = self.shared.machine().close(devices_open);
+        let mut machine = self.shared.machine();
+        // The primary answers for the whole set; a secondary only for the devices it opened,
+        // since it cannot know when other processes' devices end.
+        let devices_open = if self.shared.primary {
+            (0..c.device_count()).any(|i| {
+                c.device_client(i).load(Ordering::Acquire) != 0
+                    && c.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED == 0
+            })
+        } else {
+            machine.has_open_devices()
+        };
+        let action = machine.close(devices_open);
+        drop(machine);
         if action.result.as_ref().err().map(Error::hresult)
             == Some(vdi_core::HResult::VD_E_PROTOCOL)
         {
@@ -511,12 +528,12 @@ impl DeviceInner {
 /// Turns a command entry into a command, validating everything the server wrote.
 fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
     let set = &inner.set;
-    let Some(cfg) = set.config.get() else {
+    let Ok(Some(cfg)) = set.load_config() else {
         return Err(set.peer_misbehaved());
     };
     let Some(parsed) = parse_command(
         &set.control,
-        cfg,
+        &cfg,
         &set.segments,
         entry,
         SEGMENT_WAIT,

@@ -37,12 +37,6 @@ impl Segments {
         true
     }
 
-    /// The segment `id`, if mapped.
-    pub(crate) fn get(&self, id: u32) -> Option<Arc<Mapping>> {
-        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        maps.get(id as usize).cloned().flatten()
-    }
-
     /// Waits up to `limit` for segment `id`, giving up early when `stop()` says so.
     pub(crate) fn wait_for(
         &self,
