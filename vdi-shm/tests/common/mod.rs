@@ -7,8 +7,12 @@
 #![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::{
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -117,6 +121,123 @@ impl Drop for ChildProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The tag before each message a child writes for its parent on stdout; the test harness's own
+/// output on the same stream lacks it.
+const MSG_TAG: &str = "@vdi-msg ";
+
+/// A child process (as [`ChildProc`]) whose stdin and stdout are pipes to the parent: the
+/// parent sends it lines with [`PipedChild::send`] and reads its messages with
+/// [`PipedChild::recv`]; the child uses [`tell_parent`] and [`from_parent`].
+pub(crate) struct PipedChild {
+    proc: ChildProc,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl PipedChild {
+    /// Starts the child with piped stdin and stdout; killed when dropped.
+    pub(crate) fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("VDI_ROLE", role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        for (k, v) in params {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn child test process");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("child stdout");
+        let pid = child.id();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The harness may have begun the line ("test child ... ").
+                if let Some((_, msg)) = line.split_once(MSG_TAG) {
+                    if tx.send(msg.to_owned()).is_err() {
+                        break;
+                    }
+                } else if !line.is_empty() {
+                    eprintln!("[child {pid}] {line}");
+                }
+            }
+        });
+        Self {
+            proc: ChildProc { child: Some(child) },
+            stdin,
+            lines,
+        }
+    }
+
+    /// The child's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// Sends the child one line (no newline in `line`).
+    pub(crate) fn send(&mut self, line: &str) {
+        assert!(!line.contains('\n'), "one line at a time");
+        let stdin = self.stdin.as_mut().expect("child stdin open");
+        writeln!(stdin, "{line}").expect("write to child stdin");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// The child's next message; panics if none comes within `limit` or the child ends.
+    pub(crate) fn recv(&self, limit: Duration) -> String {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("child {} sent nothing within {limit:?}", self.pid())
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("child {} ended without the message expected", self.pid())
+            }
+        }
+    }
+
+    /// Waits for the child's next message and checks that it is `expected`.
+    pub(crate) fn expect(&self, expected: &str, limit: Duration) {
+        let got = self.recv(limit);
+        assert_eq!(
+            got,
+            expected,
+            "unexpected message from child {}",
+            self.pid()
+        );
+    }
+
+    /// Closes the child's stdin (it reads end of file), then waits for it to exit, at most
+    /// `limit`; kills it and panics on overrun.
+    pub(crate) fn wait(mut self, limit: Duration) -> ExitStatus {
+        drop(self.stdin.take());
+        self.proc.wait(limit)
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub(crate) fn kill(self) {
+        self.proc.kill();
+    }
+}
+
+/// In a child: sends `msg` (one line) to the parent on stdout.
+pub(crate) fn tell_parent(msg: &str) {
+    assert!(!msg.contains('\n'), "one line at a time");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{MSG_TAG}{msg}").expect("write to parent");
+    out.flush().expect("flush to parent");
+}
+
+/// In a child: the next line the parent sent on stdin; `None` at end of file.
+pub(crate) fn from_parent() -> Option<String> {
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end_matches('\n').to_owned()),
     }
 }
 
