@@ -118,7 +118,7 @@ impl vdi_core::ClientBackend for ShmClient {
             }
             Err(sys::ConnectError::Os(e)) => return Err(e),
         };
-        let (control, sock) = monitor::handshake(sock, Role::Secondary)?;
+        let (control, sock) = monitor::handshake(sock, Role::Secondary, &self.options)?;
         let client_cfg = control.client_config();
         client_cfg
             .validate()
@@ -285,19 +285,33 @@ impl ClientSet {
             .ok_or(Error::Invalid(InvalidReason::DeviceName))
     }
 
-    fn descriptor_view(&self, index: u32, generation: u16) -> Result<(Descriptor, BufView), Error> {
+    fn descriptor_view(
+        &self,
+        index: u32,
+        generation: u16,
+    ) -> Result<(BufView, crate::segments::Lease), Error> {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
-        let words = self.shared.control.descriptor(index).ok_or(invalid)?;
+        let shared = &self.shared;
+        let cfg = shared.load_config()?.ok_or(invalid)?;
+        let words = shared.control.descriptor(index).ok_or(invalid)?;
         let d = Descriptor::read(words, generation).ok_or(invalid)?;
+        if d.offset % u64::from(cfg.alignment.max(1)) != 0 {
+            return Err(invalid);
+        }
         // A fresh secondary may see a handle before its monitor has mapped the segment the
         // primary forwarded; the descriptor is live, so the segment is on its way.
-        let shared = &self.shared;
         let map = shared
             .segments
             .wait_for(u32::from(d.segment), SEGMENT_WAIT, || shared.aborted())
             .ok_or(invalid)?;
         let view = BufView::new(map, d.offset, u64::from(d.size)).ok_or(invalid)?;
-        Ok((d, view))
+        // Not while this process holds the buffer another way (its command, or another
+        // mapping of the same handle).
+        let lease = shared
+            .segments
+            .lease(u32::from(d.segment), d.offset, d.offset + u64::from(d.size))
+            .ok_or(invalid)?;
+        Ok((view, lease))
     }
 }
 
@@ -371,6 +385,7 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     held: None,
                     ended: false,
                 }),
+                kick: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -397,10 +412,11 @@ impl vdi_core::ClientDeviceSet for ClientSet {
             )));
         }
         let (index, generation) = pool::decode_handle(handle.0, self.shared.control.handle_key());
-        let (_, view) = self.descriptor_view(u32::from(index), generation)?;
+        let (view, lease) = self.descriptor_view(u32::from(index), generation)?;
         Ok(MappedBuffer {
             handle,
             view,
+            _lease: lease,
             _set: Arc::clone(&self.shared),
         })
     }
@@ -474,6 +490,9 @@ pub(crate) struct DeviceInner {
     index: u32,
     name: String,
     state: Mutex<DeviceState>,
+    /// Set when a completion may let a waiting GetCommand proceed (a held ClearError, or the
+    /// end of a closed device); waiters check it before and after they sleep.
+    kick: std::sync::atomic::AtomicBool,
 }
 
 /// A device as a client process sees it (`IClientVirtualDevice`).
@@ -517,8 +536,11 @@ impl DeviceInner {
             return Err(self.set.peer_misbehaved());
         }
         st.machine.completed(code, c.code);
-        if st.held.is_some() && st.machine.outstanding() == 0 {
-            // A held ClearError may now be delivered: wake this process's waiters.
+        if st.machine.outstanding() == 0 {
+            // A held ClearError may now be delivered, or a closed device may now end: wake
+            // this process's waiters (the flag first, so a waiter that samples the wake word
+            // after the bump sees it in its stop check).
+            self.kick.store(true, Ordering::SeqCst);
             queue::wake(&control.sq(self.index));
         }
         Ok(())
@@ -608,14 +630,18 @@ pub(crate) fn parse_command(
         let start = d.offset.checked_sub(prefix)?;
         let map = segments.wait_for(u32::from(d.segment), segment_wait, stop)?;
         let data = BufView::new(Arc::clone(&map), d.offset, u64::from(size))?;
-        // The whole buffer (prefix and data zone) must lie inside the segment.
-        BufView::new(Arc::clone(&map), start, prefix + u64::from(d.size))?;
+        // The whole buffer (prefix and data zone) must lie inside the segment, and no other
+        // writable view in this process may use any of it.
+        let end = d.offset.checked_add(u64::from(d.size))?;
+        BufView::new(Arc::clone(&map), start, end - start)?;
+        let lease = segments.lease(u32::from(d.segment), start, end)?;
         let prefix = BufView::new(map, start, prefix)?;
         Some(CommandBuffer {
             index,
             generation,
             data,
             prefix,
+            _lease: lease,
         })
     } else {
         None
@@ -640,7 +666,9 @@ impl vdi_core::ClientDevice for ClientDevice {
         let inner = &self.inner;
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         let result = loop {
+            inner.kick.store(false, Ordering::SeqCst);
             {
                 let mut st = inner.lock();
                 // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
@@ -657,6 +685,14 @@ impl vdi_core::ClientDevice for ClientDevice {
                 {
                     break build(inner, entry);
                 }
+                // The server sets the flag after pushing its last command: an empty ring seen
+                // after the flag means no command will come.
+                let closed = set
+                    .control
+                    .device_flags(inner.index)
+                    .load(Ordering::Acquire)
+                    & DEV_CLOSED
+                    != 0;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
                     Ok(Some(entry)) => {
@@ -665,59 +701,38 @@ impl vdi_core::ClientDevice for ClientDevice {
                             Delivery::Deliver => break build(inner, entry),
                             Delivery::FailIoDevice => {
                                 trace!(device = %inner.name, code = ?code, "failed unseen: device in IO-ERROR");
-                                let c = Completion::with_code(CompletionCode::IO_DEVICE);
-                                // Not delivered, so not outstanding: undo the machine's count
-                                // by completing through the ring only.
-                                let e = [entry[2], u64::from(c.code.0), 0, 0];
-                                if queue::push(&set.control.cq(inner.index), &mut st.cq, e).is_err()
+                                if fail_unseen(inner, &mut st, entry).is_err() {
+                                    break Err(set.peer_misbehaved());
+                                }
+                            }
+                            Delivery::Hold => {
+                                // A second ClearError while one is held: fail the older one,
+                                // so every command the server sent is completed once.
+                                if let Some(old) = st.held.replace(entry)
+                                    && fail_unseen(inner, &mut st, old).is_err()
                                 {
                                     break Err(set.peer_misbehaved());
                                 }
-                                continue;
-                            }
-                            Delivery::Hold => {
-                                st.held = Some(entry);
-                                continue;
                             }
                         }
+                        // The deadline holds even while the ring keeps refilling.
+                        if expired() {
+                            break Err(Error::Timeout);
+                        }
+                        continue;
                     }
-                    Ok(None) => {
-                        let closed = set
-                            .control
-                            .device_flags(inner.index)
-                            .load(Ordering::Acquire)
-                            & DEV_CLOSED
-                            != 0;
-                        if closed {
-                            // The flag is set after the last command; look once more.
-                            match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
-                                Ok(None) if st.held.is_none() => {
-                                    st.ended = true;
-                                    set.machine().device_closed(inner.index);
-                                    drop(st);
-                                    trace!(device = %inner.name, "VD_E_CLOSE");
-                                    break Err(Error::Closed);
-                                }
-                                Ok(None) => {}
-                                Ok(Some(entry)) => {
-                                    // Rare: put it back by delivering it now.
-                                    let code = CommandCode(entry[0] as u32);
-                                    if st.machine.on_command(code) == Delivery::Deliver {
-                                        break build(inner, entry);
-                                    }
-                                    let e =
-                                        [entry[2], u64::from(CompletionCode::IO_DEVICE.0), 0, 0];
-                                    if queue::push(&set.control.cq(inner.index), &mut st.cq, e)
-                                        .is_err()
-                                    {
-                                        break Err(set.peer_misbehaved());
-                                    }
-                                    continue;
-                                }
-                                Err(()) => break Err(set.peer_misbehaved()),
-                            }
+                    Ok(None) if closed => {
+                        // VD_E_CLOSE only once every command handed out was completed, so no
+                        // completion is stranded behind the end of the set.
+                        if st.held.is_none() && st.machine.outstanding() == 0 {
+                            st.ended = true;
+                            set.machine().device_closed(inner.index);
+                            drop(st);
+                            trace!(device = %inner.name, "VD_E_CLOSE");
+                            break Err(Error::Closed);
                         }
                     }
+                    Ok(None) => {}
                 }
             }
             let slice = match deadline {
@@ -730,19 +745,14 @@ impl vdi_core::ClientDevice for ClientDevice {
                     (d - now).min(monitor::SLEEP_SLICE)
                 }
             };
-            let flags = set.control.device_flags(inner.index);
             let seen = inner.lock().sq;
             queue::wait(
                 &set.control.sq(inner.index),
                 seen,
                 set.spins,
                 slice,
-                &|| set.aborted() || flags.load(Ordering::Acquire) & DEV_CLOSED != 0,
+                &|| set.aborted() || inner.kick.load(Ordering::SeqCst),
             );
-            if set.aborted() {
-                // The next turn of the loop reports the abort through the machine.
-                continue;
-            }
         };
         if let Err(e) = &result
             && !matches!(e, Error::Timeout | Error::Closed)
@@ -765,6 +775,12 @@ impl vdi_core::ClientDevice for ClientDevice {
     }
 }
 
+/// Completes a command the client never saw with `ERROR_IO_DEVICE` (IO-ERROR rules).
+fn fail_unseen(inner: &DeviceInner, st: &mut DeviceState, entry: [u64; 4]) -> Result<(), ()> {
+    let e = [entry[2], u64::from(CompletionCode::IO_DEVICE.0), 0, 0];
+    queue::push(&inner.set.control.cq(inner.index), &mut st.cq, e).map_err(|_| ())
+}
+
 fn complete_raw(
     inner: &DeviceInner,
     code: CommandCode,
@@ -784,6 +800,7 @@ struct CommandBuffer {
     generation: u16,
     data: BufView,
     prefix: BufView,
+    _lease: crate::segments::Lease,
 }
 
 /// A command taken with `GetCommand`: complete it with
@@ -853,6 +870,7 @@ impl Drop for Command {
 pub struct MappedBuffer {
     handle: BufferHandle,
     view: BufView,
+    _lease: crate::segments::Lease,
     _set: Arc<Shared>,
 }
 

@@ -118,6 +118,11 @@ impl Layout {
 pub(crate) struct Control {
     map: Arc<Mapping>,
     layout: Layout,
+    /// This process's record of the abort: once set (here, or copied from shared memory), a
+    /// peer storing 0 into the shared word cannot undo it.
+    local_abort: AtomicU32,
+    /// The peer at the other end of this process's connection went away.
+    peer_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
@@ -129,10 +134,7 @@ impl Control {
     ) -> Result<Self, Error> {
         let layout = Layout::new(config.device_count);
         let map = Mapping::create(&format!("vdi-shm:{name}:control"), layout.len)?;
-        let c = Self {
-            map: Arc::new(map),
-            layout,
-        };
+        let c = Self::from_parts(map, layout);
         c.init(config, handle_key);
         Ok(c)
     }
@@ -184,10 +186,7 @@ impl Control {
             return Err(Error::Protocol(ProtocolReason::VersionMismatch));
         }
         let map = Mapping::open(fd, layout.len)?;
-        let c = Self {
-            map: Arc::new(map),
-            layout,
-        };
+        let c = Self::from_parts(map, layout);
         if c.u64_at(H_MAGIC).load(Ordering::Acquire) != MAGIC
             || c.u32_at(H_VERSION).load(Ordering::Relaxed) != LAYOUT_VERSION
             || c.u32_at(H_QUEUE_DEPTH).load(Ordering::Relaxed) != QUEUE_DEPTH
@@ -207,6 +206,26 @@ impl Control {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn words(&self) -> &[AtomicU64] {
         self.map.slice(0, self.layout.len / 8)
+    }
+
+    fn from_parts(map: Mapping, layout: Layout) -> Self {
+        Self {
+            map: Arc::new(map),
+            layout,
+            local_abort: AtomicU32::new(0),
+            peer_gone: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Records that the peer at the other end of this process's connection went away.
+    pub(crate) fn set_peer_gone(&self) {
+        self.peer_gone.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Whether the peer at the other end of this process's connection went away.
+    pub(crate) fn peer_gone(&self) -> bool {
+        self.peer_gone.load(Ordering::Acquire)
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
@@ -289,21 +308,39 @@ impl Control {
         sys::futex_wake_all(self.state());
     }
 
-    /// The abort reason recorded in shared memory, if any.
+    /// The abort reason, if the set was aborted: this process's latch, or what shared memory
+    /// says (which is then latched, so a peer cannot clear it).
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
-        decode_abort(self.u32_at(H_ABORT).load(Ordering::Acquire))
+        let local = self.local_abort.load(Ordering::Acquire);
+        if local != 0 {
+            return decode_abort(local);
+        }
+        let shared = self.u32_at(H_ABORT).load(Ordering::Acquire);
+        if shared == 0 {
+            return None;
+        }
+        let v =
+            match self
+                .local_abort
+                .compare_exchange(0, shared, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => shared,
+                Err(first) => first,
+            };
+        decode_abort(v)
     }
 
-    /// Records an abort (the first reason wins) and wakes every sleeper of the set, in every
-    /// process: the state word and both rings of every device.
+    /// Records an abort (the first reason wins), in this process and in shared memory, and wakes
+    /// every sleeper of the set, in every process: the state word and both rings of every device.
     pub(crate) fn abort(&self, reason: AbortReason) {
-        tracing::debug!(?reason, "abort recorded in shared memory");
-        let _ = self.u32_at(H_ABORT).compare_exchange(
-            0,
-            encode_abort(reason),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        tracing::debug!(?reason, "abort recorded");
+        let code = encode_abort(reason);
+        let _ = self
+            .local_abort
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .u32_at(H_ABORT)
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake_all();
     }
 

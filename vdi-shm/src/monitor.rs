@@ -36,6 +36,18 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// The largest buffer segment a client maps (1 TiB).
 const MAX_SEGMENT_LEN: u64 = 1 << 40;
 
+/// Whether a peer with these credentials may join: this process's user, or an admitted user or
+/// group.
+fn admitted(cred: &sys::PeerCred, options: &Options) -> bool {
+    let (uid, _) = sys::current_ids();
+    cred.uid == uid || options.admit_uid == Some(cred.uid) || options.admit_gid == Some(cred.gid)
+}
+
+/// Connections accepted per turn of the monitor loop, so a flood cannot starve the peers.
+const ACCEPT_BURST: usize = 16;
+/// Peers that have connected but not said hello, at most; more are closed at once.
+const MAX_PENDING: usize = 32;
+
 /// A running monitor thread.
 #[derive(Debug)]
 pub(crate) struct Monitor {
@@ -89,7 +101,24 @@ impl Drop for Monitor {
 }
 
 /// Connects as `role` to a primary: sends `Hello`, waits for `Welcome`, maps the control segment.
-pub(crate) fn handshake(sock: Socket, role: Role) -> Result<(Control, Socket), Error> {
+pub(crate) fn handshake(
+    sock: Socket,
+    role: Role,
+    options: &Options,
+) -> Result<(Control, Socket), Error> {
+    // The abstract namespace has no permissions: anyone could have bound the name first.
+    // Only a listener run by an admitted user gets our data.
+    let cred = sock
+        .peer_cred()
+        .map_err(|e| sys::os_error("getsockopt(SO_PEERCRED)", e))?;
+    if !admitted(&cred, options) {
+        warn!(
+            uid = cred.uid,
+            gid = cred.gid,
+            "the set's listener runs as another user; refusing it"
+        );
+        return Err(Error::Security);
+    }
     sock.send(
         &Msg::Hello {
             version: WIRE_VERSION,
@@ -149,12 +178,23 @@ pub(crate) fn spawn_primary(
     let name = shared.name.clone();
     Monitor::spawn(&name, move |notifier, stop| {
         let mut peers: Vec<Peer> = Vec::new();
-        let (my_uid, _) = sys::current_ids();
+        let mut accept_paused_until = Instant::now();
         let mut server_seen = false;
         while !stop.load(Ordering::Acquire) {
-            let mut fds: Vec<BorrowedFd<'_>> = vec![notifier.fd(), listener.fd()];
+            // While accepting is paused, the notifier stands in for the (still readable) listener.
+            let listen_fd = if Instant::now() < accept_paused_until {
+                notifier.fd()
+            } else {
+                listener.fd()
+            };
+            let mut fds: Vec<BorrowedFd<'_>> = vec![notifier.fd(), listen_fd];
             fds.extend(peers.iter().map(|p| p.sock.fd()));
-            let ready = sys::poll(&fds, Some(Duration::from_secs(1)));
+            let timeout = if Instant::now() < accept_paused_until {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(1)
+            };
+            let ready = sys::poll(&fds, Some(timeout));
             drop(fds);
             if ready[0].readable {
                 notifier.drain();
@@ -162,15 +202,25 @@ pub(crate) fn spawn_primary(
             if stop.load(Ordering::Acquire) {
                 break;
             }
-            if ready[1].readable {
-                while let Ok(sock) = listener.accept() {
+            if ready[1].readable && Instant::now() >= accept_paused_until {
+                for _ in 0..ACCEPT_BURST {
+                    let sock = match listener.accept() {
+                        Ok(s) => s,
+                        Err(rustix::io::Errno::AGAIN) => break,
+                        Err(_) => {
+                            // Out of descriptors, say: the listener stays readable, so pause
+                            // accepting instead of spinning.
+                            accept_paused_until = Instant::now() + Duration::from_millis(100);
+                            break;
+                        }
+                    };
                     let Ok(cred) = sock.peer_cred() else { continue };
-                    let admitted = cred.uid == my_uid
-                        || options.admit_uid == Some(cred.uid)
-                        || options.admit_gid == Some(cred.gid);
-                    if !admitted {
+                    if !admitted(&cred, &options) {
                         warn!(set = %shared.name, uid = cred.uid, gid = cred.gid, "refused a connection from another user");
                         let _ = sock.send(&welcome_error(HResult::VD_E_SECURITY), &[]);
+                        continue;
+                    }
+                    if peers.iter().filter(|p| p.role.is_none()).count() >= MAX_PENDING {
                         continue;
                     }
                     if sock.set_nonblocking().is_ok() {
@@ -194,7 +244,14 @@ pub(crate) fn spawn_primary(
                     continue;
                 }
                 let mut buf = [0u8; MSG_LEN];
-                let (n, fds) = match peer.sock.recv(&mut buf) {
+                // Descriptors are taken only from the server (its segments); anything another
+                // peer sends is discarded by the kernel.
+                let received = if peer.role == Some(Role::Server) {
+                    peer.sock.recv(&mut buf)
+                } else {
+                    peer.sock.recv_no_fds(&mut buf).map(|n| (n, Vec::new()))
+                };
+                let (n, fds) = match received {
                     Ok((0, _)) => {
                         gone.push(i);
                         continue;
@@ -409,14 +466,18 @@ pub(crate) fn spawn_server(
                 continue;
             }
             let mut buf = [0u8; MSG_LEN];
-            match sock.recv(&mut buf) {
-                Ok((0, _)) => {
+            match sock.recv_no_fds(&mut buf) {
+                Ok(0) | Err(rustix::io::Errno::CONNRESET | rustix::io::Errno::PIPE) => {
+                    // Latched first: the server's own state (commands outstanding) decides
+                    // whether a clean-looking end still strands it.
+                    control.set_peer_gone();
                     peer_gone(&control, &set, "client", pid);
                     break;
                 }
                 // The client sends nothing after the handshake; ignore anything it does.
                 Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
                 Err(_) => {
+                    control.set_peer_gone();
                     peer_gone(&control, &set, "client", pid);
                     break;
                 }

@@ -13,6 +13,32 @@ use crate::{layout::MAX_SEGMENTS, sys::Mapping};
 pub(crate) struct Segments {
     maps: Mutex<Vec<Option<Arc<Mapping>>>>,
     arrived: Condvar,
+    leases: Arc<Leases>,
+}
+
+/// The byte ranges of segments that writable views in this process are using.
+///
+/// Two views able to write the same bytes in one process would be two `&mut` to the same
+/// memory. The protocol gives each buffer to one holder at a time, but a caller can map a
+/// handle twice, or map the handle of a command it still holds, and a misbehaving server can
+/// name overlapping buffers; a lease makes each of those fail instead.
+#[derive(Debug, Default)]
+pub(crate) struct Leases(Mutex<Vec<(u32, u64, u64)>>);
+
+/// A leased range; dropping it returns the range.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    leases: Arc<Leases>,
+    range: (u32, u64, u64),
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = v.iter().position(|r| *r == self.range) {
+            v.swap_remove(i);
+        }
+    }
 }
 
 impl Segments {
@@ -20,6 +46,7 @@ impl Segments {
         Self {
             maps: Mutex::new(vec![None; MAX_SEGMENTS as usize]),
             arrived: Condvar::new(),
+            leases: Arc::default(),
         }
     }
 
@@ -70,5 +97,22 @@ impl Segments {
             .enumerate()
             .filter_map(|(i, m)| m.clone().map(|m| (i as u32, m)))
             .collect()
+    }
+
+    /// Leases bytes `start..end` of segment `id` for a writable view; `None` if any part is
+    /// already leased in this process (or the range is empty or reversed).
+    pub(crate) fn lease(&self, id: u32, start: u64, end: u64) -> Option<Lease> {
+        if start >= end {
+            return None;
+        }
+        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if v.iter().any(|&(s, a, b)| s == id && start < b && a < end) {
+            return None;
+        }
+        v.push((id, start, end));
+        Some(Lease {
+            leases: Arc::clone(&self.leases),
+            range: (id, start, end),
+        })
     }
 }

@@ -65,7 +65,7 @@ impl vdi_core::ServerBackend for ShmServer {
             }
             Err(sys::ConnectError::Os(e)) => return Err(e),
         };
-        let (control, sock) = monitor::handshake(sock, Role::Server)?;
+        let (control, sock) = monitor::handshake(sock, Role::Server, &self.options)?;
         let client = control.client_config();
         if client.validate().is_err() || client.device_count != control.device_count() {
             return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
@@ -90,6 +90,7 @@ impl vdi_core::ServerBackend for ShmServer {
                 client,
                 sock,
                 spins: self.options.spins,
+                closed: AtomicU64::new(0),
                 state: Mutex::new(SetState {
                     machine,
                     config: None,
@@ -97,7 +98,7 @@ impl vdi_core::ServerBackend for ShmServer {
                     pool: Pool::new(client.prefix_zone_size, 1),
                     handles: HandleTable::new(crate::layout::DESCRIPTORS, 0),
                     segments: Vec::new(),
-                    opened: 0,
+                    names: Vec::new(),
                 }),
                 monitor: Mutex::new(Some(monitor)),
             }),
@@ -113,7 +114,9 @@ struct SetState {
     pool: Pool,
     handles: HandleTable,
     segments: Vec<Arc<Mapping>>,
-    opened: u32,
+    /// The names of the devices opened, in order (kept here: the copies in shared memory
+    /// are writable by the client).
+    names: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -124,6 +127,8 @@ struct SetShared {
     client: ClientConfig,
     sock: Arc<Socket>,
     spins: u32,
+    /// Devices closed with CloseDevice, one bit each (this process's own record).
+    closed: AtomicU64,
     state: Mutex<SetState>,
     monitor: Mutex<Option<Monitor>>,
 }
@@ -171,6 +176,12 @@ impl SetShared {
             return Err(Error::Memory);
         }
         let map = Mapping::create(&format!("vdi-shm:{}:segment{id}", self.name), len)?;
+        // Registered locally before it is announced, so an id is never announced twice.
+        if !st.pool.add_segment(id as u8, len as u64) {
+            return Err(Error::Memory);
+        }
+        let map = Arc::new(map);
+        st.segments.push(Arc::clone(&map));
         self.control
             .segment_len(id)
             .store(len as u64, Ordering::Release);
@@ -178,11 +189,11 @@ impl SetShared {
             id,
             len: len as u64,
         };
-        self.sock.send(&msg.encode(), &[map.fd()])?;
-        if !st.pool.add_segment(id as u8, len as u64) {
-            return Err(Error::Memory);
+        if let Err(e) = self.sock.send(&msg.encode(), &[map.fd()]) {
+            // The client cannot learn of the segment: the set cannot go on.
+            self.control.abort(AbortReason::PeerExited);
+            return Err(e);
         }
-        st.segments.push(Arc::new(map));
         debug!(set = %self.name, id, len, "buffer segment created");
         Ok(())
     }
@@ -303,15 +314,13 @@ impl vdi_core::ServerDeviceSet for ServerSet {
         let mut st = self.shared.lock();
         st.machine.check(ServerCall::OpenDevice)?;
         let control = &self.shared.control;
-        let index = st.opened;
+        let index = st.names.len() as u32;
         if index >= control.device_count() {
             return Err(Error::Open);
         }
         // The first device carries the set's name; names are unique within the set.
         let bad_name = (index == 0 && name != self.shared.name)
-            || (index > 0
-                && (name == self.shared.name
-                    || (1..index).any(|i| control.device_name(i).as_deref() == Some(name))));
+            || (index > 0 && (name == self.shared.name || st.names.iter().any(|n| n == name)));
         if bad_name {
             return Err(Error::Invalid(InvalidReason::DeviceName));
         }
@@ -324,7 +333,7 @@ impl vdi_core::ServerDeviceSet for ServerSet {
         control
             .device_flags(index)
             .fetch_or(DEV_SERVER_OPEN, Ordering::Release);
-        st.opened += 1;
+        st.names.push(name.to_owned());
         st.machine.apply(ServerCall::OpenDevice)?;
         trace!(set = %self.shared.name, device = name, index, "server opened device");
         Ok(ServerDevice {
@@ -406,9 +415,9 @@ impl vdi_core::ServerDeviceSet for ServerSet {
     fn close(&self) -> Result<(), Error> {
         let mut st = self.shared.lock();
         let c = &self.shared.control;
-        let devices_open =
-            (0..st.opened).any(|i| c.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED == 0);
-        let not_all_closed = st.opened < c.device_count() || devices_open;
+        let devices_open = (0..st.names.len() as u32)
+            .any(|i| self.shared.closed.load(Ordering::Acquire) & (1 << i) == 0);
+        let not_all_closed = (st.names.len() as u32) < c.device_count() || devices_open;
         let mut action = st.machine.close(devices_open);
         if action.result.is_ok()
             && not_all_closed
@@ -588,11 +597,13 @@ impl vdi_core::ServerDevice for ServerDevice {
             return Err(SendError { error, command });
         }
         let mut st = self.lock();
+        let free = st.inflight.iter().position(Option::is_none);
         if let Err(error) = st.machine.send(command.code) {
             return Err(SendError { error, command });
         }
-        let Some(slot) = st.inflight.iter().position(Option::is_none) else {
-            st.machine.completed(command.code, CompletionCode::SUCCESS);
+        // The table has one slot per command the machine allows outstanding, and a slot is
+        // taken exactly while its command is outstanding: a send the machine accepted finds one.
+        let Some(slot) = free else {
             return Err(SendError {
                 error: Error::Busy,
                 command,
@@ -609,7 +620,8 @@ impl vdi_core::ServerDevice for ServerDevice {
             buf_word,
         ];
         if queue::push(&self.set.control.sq(self.index), &mut st.sq, entry).is_err() {
-            st.machine.completed(command.code, CompletionCode::SUCCESS);
+            // The ring has room for every command the machine allows: the client corrupted its
+            // index. The set is aborted; the command comes back untouched.
             let error = self.set.misbehaved();
             return Err(SendError { error, command });
         }
@@ -682,6 +694,11 @@ impl vdi_core::ServerDevice for ServerDevice {
                         {
                             return Err(Error::Closed);
                         }
+                        if control.peer_gone() && st.machine.outstanding() > 0 {
+                            // The client is gone and nothing it held will be completed.
+                            control.abort(AbortReason::PeerExited);
+                            continue;
+                        }
                         if self.server_timed_out(&st) {
                             warn!(device = %self.name, "no completion for twice serverTimeOut; aborting");
                             control.abort(AbortReason::ServerTimeout);
@@ -717,6 +734,7 @@ impl vdi_core::ServerDevice for ServerDevice {
         let c = &self.set.control;
         c.device_flags(self.index)
             .fetch_or(DEV_CLOSED, Ordering::Release);
+        self.set.closed.fetch_or(1 << self.index, Ordering::AcqRel);
         queue::wake(&c.sq(self.index));
         trace!(device = %self.name, "CloseDevice");
         Ok(())

@@ -103,16 +103,32 @@ impl Mapping {
         Self::map(fd, len)
     }
 
-    /// Maps a memfd received from a peer, after checking that it has exactly `expected_len`
-    /// bytes and is sealed against shrinking and growing.
+    /// Maps a memfd received from a peer, after checking that it is sealed against shrinking and
+    /// growing, has exactly `expected_len` bytes, and has all of them allocated.
     pub(crate) fn open(fd: OwnedFd, expected_len: usize) -> Result<Self, Error> {
         let misbehaved = Error::Protocol(ProtocolReason::PeerMisbehaved);
-        let stat = rustix::fs::fstat(&fd).map_err(|e| os_error("fstat", e))?;
-        if expected_len == 0 || u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+        if expected_len == 0 || !expected_len.is_multiple_of(page_size()) {
             return Err(misbehaved);
         }
+        // The seals first: once SHRINK and GROW are set the size can no longer change, so the
+        // size read next stays true for the mapping's lifetime. (Read the other way round, a
+        // peer could truncate between the two calls and make the first touch raise SIGBUS.)
+        // F_GET_SEALS also fails at once on anything that is not a memfd.
         let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| misbehaved)?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(misbehaved);
+        }
+        let stat = rustix::fs::fstat(&fd).map_err(|e| os_error("fstat", e))?;
+        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+            return Err(misbehaved);
+        }
+        // Every page must already be allocated (the creator fallocates): mapping a sparse file
+        // populated would make this process allocate the peer's memory.
+        if u64::try_from(stat.st_blocks)
+            .unwrap_or(0)
+            .saturating_mul(512)
+            < expected_len as u64
+        {
             return Err(misbehaved);
         }
         Self::map(fd, expected_len)
@@ -352,13 +368,37 @@ impl Socket {
         rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC).map(Self)
     }
 
-    /// The credentials of the peer, as the kernel recorded them at connect time.
+    /// The credentials of the peer, as the kernel recorded them at connect time. The pid is 0
+    /// when the peer is not visible in this process's pid namespace.
     pub(crate) fn peer_cred(&self) -> rustix::io::Result<PeerCred> {
-        let c = rustix::net::sockopt::socket_peercred(&self.0)?;
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes at
+        // most `len` bytes of a `struct ucred`, and every bit pattern is a valid libc::ucred
+        // (three plain integers).
+        let r = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        }
+        if len as usize != size_of::<libc::ucred>() {
+            return Err(Errno::IO);
+        }
         Ok(PeerCred {
-            pid: c.pid.as_raw_nonzero().get(),
-            uid: c.uid.as_raw(),
-            gid: c.gid.as_raw(),
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
         })
     }
 
@@ -390,7 +430,22 @@ impl Socket {
     /// and the file descriptors it carried. A message longer than `buf` is an error.
     pub(crate) fn recv(&self, buf: &mut [u8]) -> rustix::io::Result<(usize, Vec<OwnedFd>)> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
+        self.recv_into(buf, &mut space)
+    }
+
+    /// Receives one message from a peer we take no descriptors from: descriptors it sends are
+    /// discarded by the kernel, never installed here (closing a peer's descriptor can block,
+    /// e.g. on a FUSE file).
+    pub(crate) fn recv_no_fds(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        self.recv_into(buf, &mut []).map(|(n, _)| n)
+    }
+
+    fn recv_into(
+        &self,
+        buf: &mut [u8],
+        space: &mut [MaybeUninit<u8>],
+    ) -> rustix::io::Result<(usize, Vec<OwnedFd>)> {
+        let mut control = RecvAncillaryBuffer::new(space);
         let msg = loop {
             match rustix::net::recvmsg(
                 &self.0,
@@ -408,12 +463,7 @@ impl Socket {
                 fds.extend(rights);
             }
         }
-        if msg
-            .flags
-            .contains(rustix::net::ReturnFlags::TRUNC | rustix::net::ReturnFlags::CTRUNC)
-            || msg.flags.contains(rustix::net::ReturnFlags::TRUNC)
-            || msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
-        {
+        if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
             return Err(Errno::MSGSIZE);
         }
         Ok((msg.bytes, fds))
