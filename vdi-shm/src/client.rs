@@ -771,6 +771,10 @@ impl vdi_core::ClientDevice for ClientDevice {
             return Err(Error::Invalid(InvalidReason::BytesTransferred));
         }
         command.done = true;
+        // The buffer goes back to the server with the completion: give up this process's
+        // views (and their lease) first, so a thread that receives the buffer again at once
+        // finds it free.
+        drop(command.buffer.take());
         complete_raw(&self.inner, command.code, command.tag, completion)
     }
 }
@@ -861,6 +865,7 @@ impl Drop for Command {
             return;
         }
         warn!(code = ?self.code, device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
+        drop(self.buffer.take());
         let _ = complete_raw(&self.device, self.code, self.tag, Completion::aborted());
     }
 }

@@ -629,3 +629,56 @@ fn prefix_zone_lies_below_the_data() {
         .complete(cmd, Completion::success(65536))
         .unwrap();
 }
+
+/// One thread takes commands and another completes them (as an async layer or a thread pool
+/// does) while the server reuses each buffer the moment it comes back: the buffer must be free
+/// in the client when the completion is published, or the next command naming it would look
+/// like a server handing out a buffer twice.
+#[test]
+fn buffer_reused_at_once_while_another_thread_waits() {
+    let p = backup_pair(1, 4);
+    let (tx, rx) = std::sync::mpsc::channel::<vdi_shm::Command>();
+    let dev = &p.cdevs[0];
+    thread::scope(|sc| {
+        sc.spawn(move || {
+            for c in rx {
+                thread::sleep(Duration::from_micros(300));
+                let n = c.size();
+                let _ = dev.complete(c, Completion::success(n));
+            }
+        });
+        let taker = sc.spawn(move || {
+            let mut taken = 0u32;
+            loop {
+                match dev.command(WAIT) {
+                    Ok(c) => {
+                        taken += 1;
+                        tx.send(c).unwrap();
+                    }
+                    Err(Error::Closed) => return Ok(taken),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let s = &p.sdevs[0];
+        let mut free: Vec<_> = (0..4)
+            .map(|_| p.server.allocate_buffer(65536, 0).unwrap())
+            .collect();
+        for i in 0..2000u32 {
+            let mut b = match free.pop() {
+                Some(b) => b,
+                None => s.completion(WAIT).unwrap().buffer.unwrap(),
+            };
+            b.as_mut_slice().fill(i as u8);
+            s.send(ServerCommand::write(b, 65536)).unwrap();
+        }
+        while s.outstanding() > 0 {
+            assert_eq!(
+                s.completion(WAIT).unwrap().completion.code,
+                CompletionCode::SUCCESS
+            );
+        }
+        s.close().unwrap();
+        assert_eq!(taker.join().unwrap(), Ok(2000));
+    });
+}
