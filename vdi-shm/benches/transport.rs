@@ -66,10 +66,7 @@ fn main() {
         "futex ping-pong (floor, always sleeping)",
         &floor("futex", slow),
     );
-    row(
-        "vdi-shm, client asleep",
-        &round_trip_asleep(slow),
-    );
+    row("vdi-shm, client asleep", &round_trip_asleep(slow));
     println!();
     println!("| streaming, 1 device | transfer | GB/s | pipeline bound GB/s | ratio |");
     println!("|---|---|---|---|---|");
@@ -234,48 +231,64 @@ fn round_trip(n: usize, client: Options) -> Vec<u64> {
 /// client to be asleep in the kernel (the server spins through the pause, so only the client's
 /// wake-up is measured).
 fn round_trip_asleep(n: usize) -> Vec<u64> {
-    with_pair(65536, 1, 0, Options::default().spins(1_000_000), |_, dev| {
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n + 100 {
-            let pause = Instant::now();
-            while pause.elapsed() < std::time::Duration::from_micros(300) {
-                std::hint::spin_loop();
+    with_pair(
+        65536,
+        1,
+        0,
+        Options::default().spins(1_000_000),
+        |_, dev| {
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n + 100 {
+                let pause = Instant::now();
+                while pause.elapsed() < std::time::Duration::from_micros(300) {
+                    std::hint::spin_loop();
+                }
+                let t = Instant::now();
+                dev.send(ServerCommand::control(CommandCode::FLUSH))
+                    .unwrap();
+                dev.completion(WAIT).unwrap();
+                if i >= 100 {
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
             }
-            let t = Instant::now();
-            dev.send(ServerCommand::control(CommandCode::FLUSH)).unwrap();
-            dev.completion(WAIT).unwrap();
-            if i >= 100 {
-                samples.push(t.elapsed().as_nanos() as u64);
-            }
-        }
-        samples
-    })
+            samples
+        },
+    )
 }
 
 fn stream(mts: u32, total: u64) -> f64 {
     let depth = 4;
-    let spins: u32 = std::env::var("VDI_BENCH_STREAM_SPINS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
-    with_pair(mts, depth, spins, Options::default().spins(spins), |srv, dev| {
-        let mut free: Vec<_> = (0..depth)
-            .map(|_| srv.allocate_buffer(mts, 0).unwrap())
-            .collect();
-        let mut sent = 0u64;
-        let mut x = 0u64;
-        let t = Instant::now();
-        while sent < total {
-            let mut b = match free.pop() {
-                Some(b) => b,
-                None => dev.completion(WAIT).unwrap().buffer.unwrap(),
-            };
-            x = fill(b.as_mut_slice(), x);
-            dev.send(ServerCommand::write(b, mts)).unwrap();
-            sent += u64::from(mts);
-        }
-        while dev.outstanding() > 0 {
-            dev.completion(WAIT).unwrap();
-        }
-        total as f64 / t.elapsed().as_secs_f64() / 1e9
-    })
+    let spins: u32 = std::env::var("VDI_BENCH_STREAM_SPINS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    with_pair(
+        mts,
+        depth,
+        spins,
+        Options::default().spins(spins),
+        |srv, dev| {
+            let mut free: Vec<_> = (0..depth)
+                .map(|_| srv.allocate_buffer(mts, 0).unwrap())
+                .collect();
+            let mut sent = 0u64;
+            let mut x = 0u64;
+            let t = Instant::now();
+            while sent < total {
+                let mut b = match free.pop() {
+                    Some(b) => b,
+                    None => dev.completion(WAIT).unwrap().buffer.unwrap(),
+                };
+                x = fill(b.as_mut_slice(), x);
+                dev.send(ServerCommand::write(b, mts)).unwrap();
+                sent += u64::from(mts);
+            }
+            while dev.outstanding() > 0 {
+                dev.completion(WAIT).unwrap();
+            }
+            total as f64 / t.elapsed().as_secs_f64() / 1e9
+        },
+    )
 }
 
 /// Writes a running counter into every 8-byte word (about memset speed).

@@ -45,34 +45,38 @@ pub(crate) mod pool;
 pub(crate) mod ring;
 pub(crate) mod sync;
 
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod client;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod layout;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod monitor;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod queue;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod segments;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod server;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod sys;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod view;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 mod wire;
 
-#[cfg(all(target_os = "linux", not(loom), any(test, feature = "fuzzing")))]
+#[cfg(all(
+    target_os = "linux",
+    not(any(loom, miri)),
+    any(test, feature = "fuzzing")
+))]
 #[doc(hidden)]
 pub mod fuzzing;
 
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
 pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
 
 /// Options of a client or server backend.

@@ -1376,6 +1376,8 @@ mod tests {
         assert_eq!(encode_handle(0x1234, 0x5678, 0), 0x5678_1234);
     }
 
+    // 420 000 inserts to wrap every generation: minutes under Miri, so native only.
+    #[cfg(not(miri))]
     #[test]
     fn generations_skip_zero_and_the_zero_handle() {
         for key in [0u32, 1, 0x0001_0000, 0xFFFF_0000, 0x1234_5678, u32::MAX] {

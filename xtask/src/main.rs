@@ -1,18 +1,40 @@
 //! Project tooling, run as `cargo xtask <command>` (the cargo-xtask pattern).
 //!
-//! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs.
+//! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs, then the loom models,
+//!   Miri and 20 seconds of fuzzing (see [`loom`], [`miri`], [`fuzz`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
+//! - `loom`: the loom models of vdi-shm's lock-free code, alone.
+//! - `miri`: the heap-only tests under Miri (nightly), alone.
+//! - `fuzz [--seconds N]`: the `shared_region` cargo-fuzz target for N seconds (default 60;
+//!   nightly; see [`fuzz`]).
+//!
+//! Stages that need a nightly toolchain (Miri, fuzzing) say `skipping <stage>: <reason>` and
+//! pass when it, or their component, is missing and cannot be installed: the stable checks
+//! decide whether CI passes on any machine.
 //!
 //! It has no dependencies, so it builds in seconds on a fresh machine.
 
 use std::{
     env,
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
-    time::Instant,
+    process::{Command, ExitCode, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
+mod fuzz;
+mod loom;
+mod miri;
 mod tidy;
+
+/// How a stage that may be unavailable on this machine ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// It ran and passed.
+    Passed,
+    /// It could not run here; the reason says why.
+    Skipped(String),
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -24,6 +46,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("tidy") => tidy::run(&root),
+        Some("loom") => loom::run(),
+        Some("miri") => miri::run().map(report_skip),
+        Some("fuzz") => fuzz::parse_seconds(&args[1..])
+            .and_then(fuzz::run)
+            .map(report_skip),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -42,8 +69,11 @@ fn main() -> ExitCode {
 fn print_help() {
     println!("cargo xtask <command>\n");
     println!("commands:");
-    println!("  ci     tidy, fmt --check, clippy -D warnings, tests, docs with warnings denied");
-    println!("  tidy   repository rules no compiler checks (listed in xtask/src/tidy.rs)");
+    println!("  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, 20 s of fuzzing");
+    println!("  tidy                repository rules no compiler checks (xtask/src/tidy.rs)");
+    println!("  loom                vdi-shm's loom models (RUSTFLAGS=\"--cfg loom\", target/loom)");
+    println!("  miri                vdi-core and vdi-shm's heap-only tests under Miri (nightly)");
+    println!("  fuzz [--seconds N]  the shared_region fuzz target for N s (default 60; nightly)");
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -54,28 +84,118 @@ fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The cargo that runs xtask (the stable toolchain, or whatever the caller chose).
 fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// `cargo +nightly` through rustup's proxy. `CARGO` and `RUSTUP_TOOLCHAIN` are removed: they
+/// name the toolchain running xtask, and cargo-miri would otherwise drive the stable cargo.
+pub(crate) fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly")
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd
+}
+
+/// Runs `cmd` quietly; `Ok` if it succeeds, else the last line of its error output.
+pub(crate) fn probe(mut cmd: Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("error"))
+        .or_else(|| stderr.lines().map(str::trim).rfind(|l| !l.is_empty()))
+        .unwrap_or("no message");
+    Err(format!("`{}` failed: {line}", display(&cmd)))
+}
+
+/// Whether `cargo +nightly` works here.
+pub(crate) fn nightly() -> Result<(), String> {
+    let mut cmd = nightly_cargo();
+    cmd.arg("--version");
+    probe(cmd).map_err(|e| format!("no nightly toolchain ({e})"))
+}
+
+/// The command line, for messages.
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs one stage, printing its name and time; fails when the command fails.
-pub(crate) fn stage(name: &str, mut cmd: Command) -> Result<(), String> {
+pub(crate) fn stage(name: &str, cmd: Command) -> Result<(), String> {
+    stage_bounded(name, cmd, None)
+}
+
+/// [`stage`], killing the command if it runs past `limit`.
+pub(crate) fn stage_bounded(
+    name: &str,
+    mut cmd: Command,
+    limit: Option<Duration>,
+) -> Result<(), String> {
     println!("\n=== xtask: {name}");
     let start = Instant::now();
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{name}: cannot run {cmd:?}: {e}"))?;
+    let status = wait_bounded(&mut cmd, limit).map_err(|e| format!("{name}: {e}"))?;
+    let ok = status.is_some_and(|s| s.success());
     println!(
         "=== xtask: {name}: {} in {:.1}s",
-        if status.success() { "ok" } else { "FAILED" },
+        if ok { "ok" } else { "FAILED" },
         start.elapsed().as_secs_f64()
     );
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("stage `{name}` failed ({status})"))
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => Err(format!("stage `{name}` failed ({s})")),
+        None => Err(format!(
+            "stage `{name}` killed after {}s",
+            limit.unwrap_or_default().as_secs()
+        )),
     }
 }
+
+/// Runs `cmd` with no standard input; `None` if it was killed for running past `limit`.
+fn wait_bounded(cmd: &mut Command, limit: Option<Duration>) -> Result<Option<ExitStatus>, String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", display(cmd)))?;
+    let Some(limit) = limit else {
+        return child.wait().map(Some).map_err(|e| e.to_string());
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(Some(status));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Prints why a stage was skipped; the command still succeeds.
+fn report_skip(outcome: Outcome) {
+    if let Outcome::Skipped(reason) = outcome {
+        println!("=== xtask: {reason}");
+    }
+}
+
+/// Seconds of fuzzing in `cargo xtask ci`: a smoke run; `cargo xtask fuzz` goes longer.
+const CI_FUZZ_SECONDS: u64 = 20;
 
 fn ci() -> Result<(), String> {
     let start = Instant::now();
@@ -106,9 +226,21 @@ fn ci() -> Result<(), String> {
         .env("RUSTDOCFLAGS", "-D warnings");
     stage("doc", doc)?;
 
+    loom::run()?;
+    let mut skipped = Vec::new();
+    for outcome in [miri::run()?, fuzz::run(CI_FUZZ_SECONDS)?] {
+        if let Outcome::Skipped(reason) = outcome {
+            println!("=== xtask: {reason}");
+            skipped.push(reason);
+        }
+    }
+
     println!(
         "\n=== xtask: ci passed in {:.1}s",
         start.elapsed().as_secs_f64()
     );
+    for reason in &skipped {
+        println!("=== xtask: note: {reason}");
+    }
     Ok(())
 }

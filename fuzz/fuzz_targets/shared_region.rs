@@ -1,0 +1,8 @@
+//! Arbitrary bytes as a peer's shared region: every check a process applies to what a peer
+//! wrote must reject garbage without panicking, hanging or reading out of bounds.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    vdi_shm::fuzzing::shared_region(data);
+});
