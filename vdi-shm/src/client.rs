@@ -328,15 +328,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                 self.shared.machine().configured();
                 return Ok(cfg);
             }
-            let slice = match deadline {
-                None => monitor::SLEEP_SLICE,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(Error::Timeout);
-                    }
-                    (d - now).min(monitor::SLEEP_SLICE)
-                }
+            let Some(slice) = monitor::next_slice(deadline) else {
+                return Err(Error::Timeout);
             };
             sys::futex_wait(self.shared.control.state(), state, slice);
         }
@@ -735,15 +728,8 @@ impl vdi_core::ClientDevice for ClientDevice {
                     Ok(None) => {}
                 }
             }
-            let slice = match deadline {
-                None => monitor::SLEEP_SLICE,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break Err(Error::Timeout);
-                    }
-                    (d - now).min(monitor::SLEEP_SLICE)
-                }
+            let Some(slice) = monitor::next_slice(deadline) else {
+                break Err(Error::Timeout);
             };
             let seen = inner.lock().sq;
             queue::wait(

@@ -31,6 +31,18 @@ use crate::{
 
 /// The longest a blocked call sleeps before it looks again: a lost wake-up costs at most this.
 pub(crate) const SLEEP_SLICE: Duration = Duration::from_millis(100);
+/// How long the next sleep of a wait with `deadline` may last: at most [`SLEEP_SLICE`], and
+/// `None` once the deadline has passed (`None` deadline: no limit).
+pub(crate) fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(SLEEP_SLICE),
+        Some(d) => {
+            let now = Instant::now();
+            (now < d).then(|| (d - now).min(SLEEP_SLICE))
+        }
+    }
+}
+
 /// How long a connecting peer has to say hello, and a connecting side waits for the answer.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// The largest buffer segment a client maps (1 TiB).

@@ -707,15 +707,8 @@ impl vdi_core::ServerDevice for ServerDevice {
                     }
                 }
             }
-            let slice = match deadline {
-                None => monitor::SLEEP_SLICE,
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Err(Error::Timeout);
-                    }
-                    (d - now).min(monitor::SLEEP_SLICE)
-                }
+            let Some(slice) = monitor::next_slice(deadline) else {
+                return Err(Error::Timeout);
             };
             let seen = self.lock().cq;
             queue::wait(
