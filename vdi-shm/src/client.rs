@@ -444,15 +444,7 @@ impl vdi_core::ClientDeviceSet for ClientSet {
         if action.abort_peer && self.shared.primary {
             self.shared.control.abort(AbortReason::Signalled);
         }
-        if let Some(m) = self
-            .shared
-            .monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            m.stop();
-        }
+        monitor::stop_in(&self.shared.monitor);
         debug!(set = %self.shared.name, result = ?action.result, "Close");
         action.result
     }

@@ -102,6 +102,17 @@ impl Monitor {
     }
 }
 
+/// Stops the monitor held in `slot`, if it still runs (Close, or the drop of a set).
+pub(crate) fn stop_in(slot: &std::sync::Mutex<Option<Monitor>>) {
+    let monitor = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(m) = monitor {
+        m.stop();
+    }
+}
+
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);

@@ -431,15 +431,7 @@ impl vdi_core::ServerDeviceSet for ServerSet {
             c.abort(AbortReason::Signalled);
         }
         drop(st);
-        if let Some(m) = self
-            .shared
-            .monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            m.stop();
-        }
+        monitor::stop_in(&self.shared.monitor);
         debug!(set = %self.shared.name, result = ?action.result, "server Close");
         action.result
     }

@@ -5,7 +5,7 @@
 //!   `vdi-async` say `#![forbid(unsafe_code)]`.
 //! - `vdi-core` depends on no I/O crate (tokio, memmap2, rustix, libc, windows).
 //! - README.md states the MSRV that Cargo.toml has.
-//! - No `todo!()` or `unimplemented!()` in the code.
+//! - No placeholder macros (`todo`, `unimplemented`) in the code.
 
 use std::{fs, path::Path};
 
