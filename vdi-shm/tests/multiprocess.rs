@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{ChildProc, Plan, WAIT};
 use vdi_core::{ClientBackend, ClientConfig, ClientDeviceSet, Features};
-use vdi_shm::ShmClient;
+use vdi_shm::{ClientSet, ShmClient};
 
 /// The child: runs the server side of the plan in `VDI_ROLE` (backup or restore).
 #[test]
@@ -30,27 +30,26 @@ fn child_server() {
     }
 }
 
-fn backup(plan: Plan) {
+/// Creates a set for `plan`, starts the engine in a child process in `role`, checks that the
+/// configuration carries `media`, runs the client side, then checks that the engine succeeded
+/// and that nothing of the set is left.
+fn run(plan: Plan, role: &str, media: Features, client: impl FnOnce(&ClientSet, &str)) {
     common::init_tracing();
     common::watchdog(Duration::from_secs(120));
-    let name = common::unique_name("backup");
+    let name = common::unique_name(role);
     let cfg = ClientConfig {
         device_count: plan.devices,
         ..ClientConfig::default()
     };
     let set = ShmClient::new().create(None, &name, &cfg).unwrap();
-    let server = ChildProc::spawn("child_server", "backup", &plan.params(&name));
+    let server = ChildProc::spawn("child_server", role, &plan.params(&name));
     let config = set.configuration(WAIT).unwrap();
-    assert!(config.features.contains(Features::WRITE_MEDIA));
+    assert!(config.features.contains(media));
     assert_eq!(
         (config.block_size, config.max_transfer_size),
         (plan.block, plan.max_transfer)
     );
-    let received = common::client_backup(&set, &name, plan.devices).unwrap();
-    assert!(
-        received.iter().all(|&r| r == plan.bytes),
-        "received {received:?}"
-    );
+    client(&set, &name);
     set.close().unwrap();
     drop(set);
     assert!(
@@ -64,30 +63,20 @@ fn backup(plan: Plan) {
     );
 }
 
+fn backup(plan: Plan) {
+    run(plan, "backup", Features::WRITE_MEDIA, |set, name| {
+        let received = common::client_backup(set, name, plan.devices).unwrap();
+        assert!(
+            received.iter().all(|&r| r == plan.bytes),
+            "received {received:?}"
+        );
+    });
+}
+
 fn restore(plan: Plan) {
-    common::init_tracing();
-    common::watchdog(Duration::from_secs(120));
-    let name = common::unique_name("restore");
-    let cfg = ClientConfig {
-        device_count: plan.devices,
-        ..ClientConfig::default()
-    };
-    let set = ShmClient::new().create(None, &name, &cfg).unwrap();
-    let server = ChildProc::spawn("child_server", "restore", &plan.params(&name));
-    let config = set.configuration(WAIT).unwrap();
-    assert!(config.features.contains(Features::READ_MEDIA));
-    common::client_restore(&set, &name, plan.devices, plan.bytes).unwrap();
-    set.close().unwrap();
-    drop(set);
-    assert!(
-        server.wait(Duration::from_secs(60)).success(),
-        "server process failed"
-    );
-    assert_eq!(
-        common::leftovers(&name),
-        (0, 0),
-        "mappings or sockets left behind"
-    );
+    run(plan, "restore", Features::READ_MEDIA, |set, name| {
+        common::client_restore(set, name, plan.devices, plan.bytes).unwrap();
+    });
 }
 
 #[test]

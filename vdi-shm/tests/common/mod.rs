@@ -482,50 +482,56 @@ fn restore_device(
     Ok(offset)
 }
 
-/// The client side of a backup: serves every device on its own thread, checks every byte in
-/// stream order, acknowledges Flush; returns the bytes received per device.
-pub(crate) fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u64>, Error> {
+/// Opens every device of set `name` and runs `serve` on each, one thread per device (the
+/// engine synchronizes its streams, so devices must be served at once); returns the results in
+/// device order.
+pub(crate) fn serve_devices<T: Send>(
+    set: &ClientSet,
+    name: &str,
+    devices: u32,
+    serve: impl Fn(&vdi_shm::ClientDevice) -> Result<T, Error> + Sync,
+) -> Result<Vec<T>, Error> {
     let devs = (0..devices)
         .map(|i| set.open_device(&device_name(name, i)))
         .collect::<Result<Vec<_>, _>>()?;
+    let serve = &serve;
     thread::scope(|s| {
-        let handles: Vec<_> = devs
-            .iter()
-            .map(|dev| {
-                s.spawn(move || {
-                    let index = ClientDevice::index(dev);
-                    let mut offset = 0u64;
-                    loop {
-                        let cmd = match dev.command(WAIT) {
-                            Ok(c) => c,
-                            Err(Error::Closed) => return Ok(offset),
-                            Err(e) => return Err(e),
-                        };
-                        match cmd.code() {
-                            CommandCode::WRITE => {
-                                assert!(
-                                    check(index, offset, cmd.data()),
-                                    "device {index}: wrong bytes at offset {offset}"
-                                );
-                                offset += u64::from(cmd.size());
-                                let n = cmd.size();
-                                dev.complete(cmd, Completion::success(n))?;
-                            }
-                            CommandCode::FLUSH
-                            | CommandCode::CLEAR_ERROR
-                            | CommandCode::COMPLETE => {
-                                dev.complete(cmd, Completion::success(0))?;
-                            }
-                            _ => dev.complete(cmd, Completion::not_supported())?,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let handles: Vec<_> = devs.iter().map(|dev| s.spawn(move || serve(dev))).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("device thread panicked"))
             .collect()
+    })
+}
+
+/// The client side of a backup: serves every device on its own thread, checks every byte in
+/// stream order, acknowledges Flush; returns the bytes received per device.
+pub(crate) fn client_backup(set: &ClientSet, name: &str, devices: u32) -> Result<Vec<u64>, Error> {
+    serve_devices(set, name, devices, |dev| {
+        let index = ClientDevice::index(dev);
+        let mut offset = 0u64;
+        loop {
+            let cmd = match dev.command(WAIT) {
+                Ok(c) => c,
+                Err(Error::Closed) => return Ok(offset),
+                Err(e) => return Err(e),
+            };
+            match cmd.code() {
+                CommandCode::WRITE => {
+                    assert!(
+                        check(index, offset, cmd.data()),
+                        "device {index}: wrong bytes at offset {offset}"
+                    );
+                    offset += u64::from(cmd.size());
+                    let n = cmd.size();
+                    dev.complete(cmd, Completion::success(n))?;
+                }
+                CommandCode::FLUSH | CommandCode::CLEAR_ERROR | CommandCode::COMPLETE => {
+                    dev.complete(cmd, Completion::success(0))?;
+                }
+                _ => dev.complete(cmd, Completion::not_supported())?,
+            }
+        }
     })
 }
 
@@ -537,44 +543,32 @@ pub(crate) fn client_restore(
     devices: u32,
     bytes: u64,
 ) -> Result<(), Error> {
-    let devs = (0..devices)
-        .map(|i| set.open_device(&device_name(name, i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    thread::scope(|s| {
-        let handles: Vec<_> = devs
-            .iter()
-            .map(|dev| {
-                s.spawn(move || {
-                    let index = ClientDevice::index(dev);
-                    let mut offset = 0u64;
-                    loop {
-                        let mut cmd = match dev.command(WAIT) {
-                            Ok(c) => c,
-                            Err(Error::Closed) => return Ok(()),
-                            Err(e) => return Err(e),
-                        };
-                        if cmd.code() != CommandCode::READ {
-                            dev.complete(cmd, Completion::not_supported())?;
-                            continue;
-                        }
-                        let want = u64::from(cmd.size());
-                        let n = want.min(bytes - offset);
-                        fill(index, offset, &mut cmd.data_mut()[..n as usize]);
-                        offset += n;
-                        let c = if n == want {
-                            Completion::success(n as u32)
-                        } else {
-                            Completion::eof(n as u32)
-                        };
-                        dev.complete(cmd, c)?;
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("device thread panicked"))
+    serve_devices(set, name, devices, |dev| {
+        let index = ClientDevice::index(dev);
+        let mut offset = 0u64;
+        loop {
+            let mut cmd = match dev.command(WAIT) {
+                Ok(c) => c,
+                Err(Error::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if cmd.code() != CommandCode::READ {
+                dev.complete(cmd, Completion::not_supported())?;
+                continue;
+            }
+            let want = u64::from(cmd.size());
+            let n = want.min(bytes - offset);
+            fill(index, offset, &mut cmd.data_mut()[..n as usize]);
+            offset += n;
+            let c = if n == want {
+                Completion::success(n as u32)
+            } else {
+                Completion::eof(n as u32)
+            };
+            dev.complete(cmd, c)?;
+        }
     })
+    .map(drop)
 }
 
 /// Counts what is left of set `name`: this process's mappings of its memfds (named
