@@ -51,7 +51,7 @@ pub use config::{
     validate_device_count, validate_max_transfer_size,
 };
 pub use error::{AbortReason, Error, InvalidReason, ProtocolReason, SystemError};
-pub use name::{MAX_NAME_LEN, NameError, validate_name};
+pub use name::{MAX_NAME_LEN, NameError, stripe_device_name, validate_name};
 pub use state::{
     Call, ClientDeviceMachine, ClientSetMachine, ClientSetState, CloseAction, Delivery,
     DeviceState, ServerCall, ServerDeviceMachine, ServerSetMachine, ServerSetState,

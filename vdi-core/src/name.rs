@@ -77,3 +77,24 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     }
     Ok(())
 }
+
+/// The conventional name of device `index` of the set `set`, used by this project's agent,
+/// reference engine and examples: device 0 has the set's name (as VDI requires), device `i > 0`
+/// is `<set>-stripe<i>`.
+///
+/// With SQL Server the names are whatever the `VIRTUAL_DEVICE = '...'` clauses say; this is only
+/// a convention both sides of this project share. A set name of up to 87 bytes leaves room for
+/// the suffix of device 63 within [`MAX_NAME_LEN`].
+///
+/// ```
+/// use vdi_core::stripe_device_name;
+/// assert_eq!(stripe_device_name("nightly", 0), "nightly");
+/// assert_eq!(stripe_device_name("nightly", 3), "nightly-stripe3");
+/// ```
+pub fn stripe_device_name(set: &str, index: u32) -> String {
+    if index == 0 {
+        set.to_owned()
+    } else {
+        format!("{set}-stripe{index}")
+    }
+}
