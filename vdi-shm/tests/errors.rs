@@ -2,6 +2,8 @@
 //! real backend (shared memory, sockets, monitor threads), with both sides in this process.
 //! Also the IO-ERROR rules and the abort rules of vdi-spec.md §6 and §9.2.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::{thread, time::Duration};

@@ -2,6 +2,8 @@
 //! byte arrives in order. The server (the engine) runs in a child process: this test binary
 //! re-run as `child_server`.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::time::Duration;

@@ -9,6 +9,8 @@
 //! talking to the parent over its stdin and stdout. Detection latencies are printed (run with
 //! `--nocapture` to see them), never asserted.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::{

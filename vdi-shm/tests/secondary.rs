@@ -10,6 +10,8 @@
 //! re-run as `child` in a role (`VDI_ROLE`); handles and answers travel over the secondaries'
 //! stdin and stdout.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! A backup between two threads of one process: the plumbing, end to end.
 
+#![cfg(target_os = "linux")]
+
 use std::thread;
 
 use vdi_core::{

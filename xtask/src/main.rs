@@ -1,14 +1,17 @@
 //! Project tooling, run as `cargo xtask <command>` (the cargo-xtask pattern).
 //!
 //! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs, then the loom models,
-//!   Miri and 20 seconds of fuzzing (see [`loom`], [`miri`], [`fuzz`]).
+//!   Miri, 20 seconds of fuzzing and the Windows tests under Wine (see [`loom`], [`miri`],
+//!   [`fuzz`], [`wine`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
 //! - `loom`: the loom models of vdi-shm's lock-free code, alone.
 //! - `miri`: the heap-only tests under Miri (nightly), alone.
 //! - `fuzz [--seconds N]`: the `shared_region` cargo-fuzz target for N seconds (default 60;
 //!   nightly; see [`fuzz`]).
+//! - `wine-test`: vdi-win and vdi-shm built for `x86_64-pc-windows-gnu` and tested under Wine,
+//!   installing Wine and MinGW-w64 when missing (see [`wine`]).
 //!
-//! Stages that need a nightly toolchain (Miri, fuzzing) say `skipping <stage>: <reason>` and
+//! Stages that need a nightly toolchain (Miri, fuzzing) or Wine say `skipping <stage>: <reason>` and
 //! pass when it, or their component, is missing and cannot be installed: the stable checks
 //! decide whether CI passes on any machine.
 //!
@@ -26,6 +29,7 @@ mod fuzz;
 mod loom;
 mod miri;
 mod tidy;
+mod wine;
 
 /// How a stage that may be unavailable on this machine ended.
 #[derive(Debug)]
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::parse_seconds(&args[1..])
             .and_then(fuzz::run)
             .map(report_skip),
+        Some("wine-test") => wine::run().map(report_skip),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -69,11 +74,14 @@ fn main() -> ExitCode {
 fn print_help() {
     println!("cargo xtask <command>\n");
     println!("commands:");
-    println!("  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, 20 s of fuzzing");
+    println!("  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, Wine");
     println!("  tidy                repository rules no compiler checks (xtask/src/tidy.rs)");
     println!("  loom                vdi-shm's loom models (RUSTFLAGS=\"--cfg loom\", target/loom)");
     println!("  miri                vdi-core and vdi-shm's heap-only tests under Miri (nightly)");
     println!("  fuzz [--seconds N]  the shared_region fuzz target for N s (default 60; nightly)");
+    println!(
+        "  wine-test           vdi-win and vdi-shm tests for windows-gnu under Wine (installs it)"
+    );
 }
 
 /// The workspace root: the parent of this crate's manifest directory.
@@ -228,7 +236,7 @@ fn ci() -> Result<(), String> {
 
     loom::run()?;
     let mut skipped = Vec::new();
-    for outcome in [miri::run()?, fuzz::run(CI_FUZZ_SECONDS)?] {
+    for outcome in [miri::run()?, fuzz::run(CI_FUZZ_SECONDS)?, wine::run()?] {
         if let Outcome::Skipped(reason) = outcome {
             println!("=== xtask: {reason}");
             skipped.push(reason);

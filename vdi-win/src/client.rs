@@ -1,0 +1,844 @@
+//! The safe layer: `vdi-core`'s client traits over sqlvdi.dll ([`SqlVdi`]).
+//!
+//! sqlvdi enforces the protocol itself; this layer adds what makes its answers the same as every
+//! other backend's. Before each call it consults [`ClientSetMachine`], so a call the
+//! specification's table forbids in the state this process knows gets the table's answer
+//! without reaching sqlvdi (and never reaches an interface that `Close` invalidated); after
+//! each call it tells the machine the outcome (configured, device opened, `VD_E_CLOSE`, abort).
+//! Once a call reaches sqlvdi, sqlvdi's answer is the answer.
+
+#![deny(unsafe_code)]
+
+use std::{
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use tracing::{debug, trace, warn};
+use vdi_core::{
+    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
+    Completion, Config, Error, InvalidReason, MAX_DEVICES, ProtocolReason, Timeout, VdConfig,
+};
+
+use crate::{
+    error::{Cause, HResultExt, Op, WinError},
+    raw::{
+        self, Activate, ActiveCommand, ComActivator, FreeThreaded, IClientVirtualDevice,
+        IClientVirtualDeviceSet2, MappedView, WideCString,
+        runtime::{Apartment, MtaUsage},
+    },
+};
+
+/// The client backend over Microsoft's sqlvdi.dll: creates device sets (`CreateEx`) and joins
+/// them from secondary processes (`OpenInSecondaryEx`).
+///
+/// [`SqlVdi::new`] activates sqlvdi's registered class; [`SqlVdi::with_activator`] takes any
+/// other [`Activate`] implementation, which is how the tests drive this layer with a fake COM
+/// object. Off Windows, [`SqlVdi::new`]'s sets fail with [`Cause::UnsupportedPlatform`].
+///
+/// ```no_run
+/// use vdi_core::{ClientBackend, ClientConfig};
+/// use vdi_win::SqlVdi;
+///
+/// let set = SqlVdi::new().create(Some("SQL2022"), "MyBackup-1", &ClientConfig::default())?;
+/// # drop(set);
+/// # Ok::<(), vdi_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqlVdi {
+    activator: Arc<dyn Activate>,
+}
+
+impl Default for SqlVdi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SqlVdi {
+    /// The backend over sqlvdi.dll's registered class (`CLSID_MSSQL_ClientVirtualDeviceSet`).
+    pub fn new() -> Self {
+        Self::with_activator(ComActivator::new())
+    }
+
+    /// The backend over the sets `activator` makes.
+    pub fn with_activator(activator: impl Activate + 'static) -> Self {
+        Self {
+            activator: Arc::new(activator),
+        }
+    }
+
+    /// `CreateEx`: creates the set `name` for `instance` (`None` or `""`: the default instance).
+    ///
+    /// What [`ClientBackend::create`](vdi_core::ClientBackend::create) does, with the error's
+    /// [`Cause`] kept.
+    ///
+    /// # Errors
+    ///
+    /// As the trait method; a [`Cause`] for sqlvdi.dll not registered, access denied, a bad
+    /// instance name, a single-threaded apartment, or an unsupported platform.
+    pub fn create_set(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+        config: &ClientConfig,
+    ) -> Result<SqlVdiSet, WinError> {
+        let op = Op::CreateEx;
+        let instance = instance_name(op, instance)?;
+        let wide = wide_name(op, name)?;
+        config
+            .validate()
+            .map_err(|e| WinError::local(op, e.into()))?;
+        let _apartment = enter(op)?;
+        let (set, mta) = self.activate()?;
+        let mut raw = config.to_raw();
+        set.get()
+            .create_ex(instance.as_ref(), &wide, &mut raw)
+            .check(op)?;
+        let mut machine = ClientSetMachine::new();
+        machine
+            .create(config.device_count)
+            .map_err(|e| WinError::local(op, e))?;
+        debug!(
+            set = name,
+            devices = config.device_count,
+            "device set created"
+        );
+        Ok(SqlVdiSet::new(set, mta, name, machine, Some(*config)))
+    }
+
+    /// `OpenInSecondaryEx`: joins the configured set `name` of `instance` from this secondary
+    /// process.
+    ///
+    /// What [`ClientBackend::open_secondary`](vdi_core::ClientBackend::open_secondary) does,
+    /// with the error's [`Cause`] kept.
+    ///
+    /// # Errors
+    ///
+    /// As the trait method, with the causes of [`SqlVdi::create_set`].
+    pub fn open_secondary_set(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+    ) -> Result<SqlVdiSet, WinError> {
+        let op = Op::OpenInSecondaryEx;
+        let instance = instance_name(op, instance)?;
+        let wide = wide_name(op, name)?;
+        let _apartment = enter(op)?;
+        let (set, mta) = self.activate()?;
+        set.get()
+            .open_in_secondary_ex(instance.as_ref(), &wide)
+            .check(op)?;
+        debug!(set = name, "joined as a secondary client");
+        // sqlvdi does not tell a secondary how many devices the set has: the machine allows
+        // every index, and sqlvdi checks the names.
+        let machine = ClientSetMachine::secondary(MAX_DEVICES);
+        Ok(SqlVdiSet::new(set, mta, name, machine, None))
+    }
+
+    /// A new set object, in the multithreaded apartment, kept alive with it.
+    fn activate(&self) -> Result<(FreeThreaded<IClientVirtualDeviceSet2>, MtaUsage), WinError> {
+        let mta = MtaUsage::acquire()
+            .map_err(|hr| WinError::from_hresult(Op::CoIncrementMtaUsage, hr))?;
+        let set = raw::activate_free_threaded(&*self.activator)
+            .map_err(|hr| WinError::from_hresult(Op::CoCreateInstance, hr))?;
+        Ok((set, mta))
+    }
+}
+
+impl vdi_core::ClientBackend for SqlVdi {
+    type Set = SqlVdiSet;
+
+    fn create(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+        config: &ClientConfig,
+    ) -> Result<SqlVdiSet, Error> {
+        self.create_set(instance, name, config)
+            .map_err(WinError::report)
+    }
+
+    fn open_secondary(&self, instance: Option<&str>, name: &str) -> Result<SqlVdiSet, Error> {
+        self.open_secondary_set(instance, name)
+            .map_err(WinError::report)
+    }
+}
+
+/// Enters the multithreaded apartment for one call of `op`.
+fn enter(op: Op) -> Result<Apartment, WinError> {
+    Apartment::enter_mta().map_err(|hr| WinError::from_hresult(op, hr))
+}
+
+/// The instance name as `CreateEx` takes it: `None` for the default instance.
+fn instance_name(op: Op, instance: Option<&str>) -> Result<Option<WideCString>, WinError> {
+    let bad = || WinError::local_with(op, Error::InstanceName, Cause::InstanceName);
+    match instance {
+        None | Some("") => Ok(None),
+        // sqlvdi finds the instance's service by this name: `HOST\INSTANCE` is never one.
+        Some(i) if i.contains('\\') => Err(bad()),
+        Some(i) => WideCString::new(i).map(Some).ok_or_else(bad),
+    }
+}
+
+/// A set or device name, checked by `vdi-core`'s rules (as every backend does), in UTF-16.
+fn wide_name(op: Op, name: &str) -> Result<WideCString, WinError> {
+    vdi_core::validate_name(name).map_err(|e| WinError::local(op, e.into()))?;
+    WideCString::new(name).ok_or(WinError::local(
+        op,
+        Error::Invalid(InvalidReason::Name(vdi_core::NameError::ControlCharacter)),
+    ))
+}
+
+/// What this process knows of the set, under one lock.
+#[derive(Debug)]
+struct Local {
+    machine: ClientSetMachine,
+    /// The devices this process opened: its index for each, and the name.
+    devices: Vec<(u32, String)>,
+}
+
+/// What a set's handle, devices and commands share.
+#[derive(Debug)]
+struct SetShared {
+    /// Released before `_mta` (fields drop in order).
+    set: FreeThreaded<IClientVirtualDeviceSet2>,
+    _mta: MtaUsage,
+    name: String,
+    /// The client's configuration, for the primary; `None` in a secondary.
+    client_config: Option<ClientConfig>,
+    /// What `GetConfiguration` returned first.
+    config: OnceLock<Config>,
+    local: Mutex<Local>,
+}
+
+impl SetShared {
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an abort that sqlvdi reported, so later calls answer `VD_E_ABORT` locally.
+    fn observe(&self, e: &WinError) {
+        if e.error().is_abort() {
+            let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        }
+    }
+
+    /// The `prefixZoneSize` the set's buffers were laid out with: the primary's own request;
+    /// in a secondary, the configuration (fetched once, without waiting, if not yet asked).
+    fn prefix_zone(&self) -> u32 {
+        if let Some(c) = self.client_config {
+            return c.prefix_zone_size;
+        }
+        if let Some(c) = self.config.get() {
+            return c.prefix_zone_size;
+        }
+        let mut raw = VdConfig::default();
+        if self.set.get().get_configuration(0, &mut raw).is_ok() {
+            return self
+                .config
+                .get_or_init(|| Config::from_raw(&raw))
+                .prefix_zone_size;
+        }
+        0
+    }
+}
+
+/// A device set of sqlvdi.dll (`IClientVirtualDeviceSet2`), as the client uses it.
+///
+/// `Send` and `Sync`: any thread that is not in a single-threaded apartment may call it (see
+/// the crate's thread model). Dropping it without [`close`](vdi_core::ClientDeviceSet::close)
+/// closes it.
+#[derive(Debug)]
+pub struct SqlVdiSet {
+    shared: Arc<SetShared>,
+}
+
+impl SqlVdiSet {
+    fn new(
+        set: FreeThreaded<IClientVirtualDeviceSet2>,
+        mta: MtaUsage,
+        name: &str,
+        machine: ClientSetMachine,
+        client_config: Option<ClientConfig>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(SetShared {
+                set,
+                _mta: mta,
+                name: name.to_owned(),
+                client_config,
+                config: OnceLock::new(),
+                local: Mutex::new(Local {
+                    machine,
+                    devices: Vec::new(),
+                }),
+            }),
+        }
+    }
+
+    /// The set's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The set's state as this process knows it.
+    pub fn state(&self) -> ClientSetState {
+        self.shared.local().machine.state()
+    }
+
+    /// `MapBufferHandle`, as a view of `len` bytes: how a secondary process reaches the buffer
+    /// of a command the primary holds.
+    ///
+    /// sqlvdi returns an address but no length, so the process that made the handle sends the
+    /// command's size along with it (which is why the trait's
+    /// [`map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle) cannot map here).
+    ///
+    /// # Errors
+    ///
+    /// `VD_E_INVALID` for an unknown handle, or a `len` above the set's `maxTransferSize`;
+    /// `VD_E_PROTOCOL` after `Close`.
+    ///
+    /// # Safety
+    ///
+    /// - `len` is at most the size of the Read or Write command whose buffer `handle` names;
+    /// - that command stays uncompleted while the view lives, and nothing else touches the
+    ///   buffer meanwhile (the process holding it waits for this one to finish).
+    #[allow(
+        unsafe_code,
+        reason = "the caller vouches for the length; see # Safety"
+    )]
+    pub unsafe fn map_buffer_handle_with_len(
+        &self,
+        handle: BufferHandle,
+        len: u32,
+    ) -> Result<SqlVdiMapped, Error> {
+        let op = Op::MapBufferHandle;
+        let r = (|| {
+            let _apartment = enter(op)?;
+            self.check_open(op, Call::MapBufferHandle)?;
+            if self
+                .shared
+                .config
+                .get()
+                .is_some_and(|c| len > c.max_transfer_size)
+            {
+                return Err(WinError::local(
+                    op,
+                    Error::Invalid(InvalidReason::BufferSize),
+                ));
+            }
+            // SAFETY: the caller's contract, as `FreeThreaded::map_buffer` states it.
+            let view = unsafe { self.shared.set.map_buffer(handle.0, len as usize) }
+                .map_err(|hr| WinError::from_hresult(op, hr))?;
+            Ok(SqlVdiMapped {
+                handle,
+                view,
+                _set: Arc::clone(&self.shared),
+            })
+        })();
+        r.map_err(WinError::report)
+    }
+
+    /// `VD_E_PROTOCOL` once the set is closed.
+    fn check_open(&self, op: Op, call: Call) -> Result<(), WinError> {
+        if self.state() == ClientSetState::DoesNotExist {
+            return Err(WinError::local(
+                op,
+                Error::Protocol(ProtocolReason::WrongState(call)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn configuration_inner(&self, timeout: Timeout) -> Result<Config, WinError> {
+        let op = Op::GetConfiguration;
+        let _apartment = enter(op)?;
+        let sh = &self.shared;
+        sh.local()
+            .machine
+            .check_get_configuration()
+            .map_err(|e| WinError::local(op, e))?;
+        let mut raw = VdConfig::default();
+        let result = sh
+            .set
+            .get()
+            .get_configuration(timeout.as_millis(), &mut raw)
+            .check(op);
+        if let Err(e) = result {
+            sh.observe(&e);
+            return Err(e);
+        }
+        let config = Config::from_raw(&raw);
+        sh.config.get_or_init(|| config);
+        sh.local().machine.configured();
+        debug!(set = %sh.name, features = ?config.features, block = config.block_size, max_transfer = config.max_transfer_size, "configured");
+        Ok(config)
+    }
+
+    fn open_device_inner(&self, name: &str) -> Result<SqlVdiDevice, WinError> {
+        let op = Op::OpenDevice;
+        let wide = wide_name(op, name)?;
+        let _apartment = enter(op)?;
+        let sh = &self.shared;
+        {
+            let mut local = sh.local();
+            if !matches!(
+                local.machine.state(),
+                ClientSetState::Initializing | ClientSetState::Active
+            ) {
+                // In these states the machine only answers, with the table's error.
+                local
+                    .machine
+                    .open_device(0, false, false)
+                    .map_err(|e| WinError::local(op, e))?;
+            }
+            if local.devices.iter().any(|(_, n)| n == name) {
+                return Err(WinError::local(
+                    op,
+                    Error::Protocol(ProtocolReason::DeviceAlreadyOpen),
+                ));
+            }
+        }
+        let device = sh.set.open_device(&wide).map_err(|hr| {
+            let e = WinError::from_hresult(op, hr);
+            sh.observe(&e);
+            e
+        })?;
+        let index = {
+            let mut local = sh.local();
+            // The device named like the set is device 0; sqlvdi does not reveal the order of
+            // the other names, so they are numbered in the order this process opens them.
+            let index = if name == sh.name {
+                0
+            } else {
+                (1..MAX_DEVICES)
+                    .find(|i| local.devices.iter().all(|(j, _)| j != i))
+                    .unwrap_or(MAX_DEVICES)
+            };
+            // On an error here `device` is released as it drops.
+            local
+                .machine
+                .open_device(index, false, false)
+                .map_err(|e| WinError::local(op, e))?;
+            local.devices.push((index, name.to_owned()));
+            index
+        };
+        trace!(set = %sh.name, device = name, index, "device opened");
+        Ok(SqlVdiDevice {
+            inner: Arc::new(DeviceInner {
+                device,
+                set: Arc::clone(sh),
+                index,
+                name: name.to_owned(),
+                turn: Turn::default(),
+                ended: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    fn buffer_handle_inner(&self, command: &SqlVdiCommand) -> Result<BufferHandle, WinError> {
+        let op = Op::GetBufferHandle;
+        if !Arc::ptr_eq(&command.device.set, &self.shared) {
+            return Err(WinError::local(
+                op,
+                Error::Invalid(InvalidReason::NotActiveCommand),
+            ));
+        }
+        let cmd = command.active();
+        if !cmd.code().has_buffer() || cmd.buffer().is_null() {
+            return Err(WinError::local(op, Error::Invalid(InvalidReason::Buffer)));
+        }
+        let _apartment = enter(op)?;
+        self.check_open(op, Call::GetBufferHandle)?;
+        let handle = self
+            .shared
+            .set
+            .get()
+            .get_buffer_handle(cmd)
+            .map_err(|hr| WinError::from_hresult(op, hr))?;
+        Ok(BufferHandle(handle))
+    }
+
+    fn map_buffer_handle_inner(&self, handle: BufferHandle) -> Result<SqlVdiMapped, WinError> {
+        let op = Op::MapBufferHandle;
+        let _apartment = enter(op)?;
+        self.check_open(op, Call::MapBufferHandle)?;
+        // sqlvdi checks the handle; an unknown one gets its own error.
+        self.shared
+            .set
+            .get()
+            .map_buffer_handle(handle.0)
+            .map_err(|hr| WinError::from_hresult(op, hr))?;
+        warn!(
+            ?handle,
+            "MapBufferHandle of sqlvdi returns no length, so a view cannot be made safely: \
+             use SqlVdiSet::map_buffer_handle_with_len with the size of the command"
+        );
+        Err(WinError::local(op, Error::Invalid(InvalidReason::Buffer)))
+    }
+
+    fn signal_abort_inner(&self) -> Result<(), WinError> {
+        let op = Op::SignalAbort;
+        let _apartment = enter(op)?;
+        self.shared
+            .local()
+            .machine
+            .signal_abort(AbortReason::Signalled)
+            .map_err(|e| WinError::local(op, e))?;
+        debug!(set = %self.shared.name, "SignalAbort");
+        self.shared.set.get().signal_abort().check(op)
+    }
+
+    fn close_inner(&self) -> Result<(), WinError> {
+        let op = Op::Close;
+        let _apartment = enter(op)?;
+        let mut local = self.shared.local();
+        if local.machine.state() == ClientSetState::DoesNotExist {
+            return Err(WinError::local(
+                op,
+                Error::Protocol(ProtocolReason::WrongState(Call::Close)),
+            ));
+        }
+        let result = self.shared.set.get().close().check(op);
+        // sqlvdi knows which devices are still open, in every process; its answer stands, and
+        // the machine goes back to DoesNotExist either way.
+        let open = local.machine.has_open_devices();
+        let _ = local.machine.close(open);
+        local.devices.clear();
+        drop(local);
+        debug!(set = %self.shared.name, result = ?result.as_ref().err().map(WinError::error), "Close");
+        result
+    }
+}
+
+impl vdi_core::ClientDeviceSet for SqlVdiSet {
+    type Device = SqlVdiDevice;
+    type Mapped = SqlVdiMapped;
+
+    fn configuration(&self, timeout: Timeout) -> Result<Config, Error> {
+        self.configuration_inner(timeout).map_err(WinError::report)
+    }
+
+    fn open_device(&self, name: &str) -> Result<SqlVdiDevice, Error> {
+        self.open_device_inner(name).map_err(WinError::report)
+    }
+
+    fn buffer_handle(&self, command: &SqlVdiCommand) -> Result<BufferHandle, Error> {
+        self.buffer_handle_inner(command).map_err(WinError::report)
+    }
+
+    /// Always fails (after sqlvdi has checked the handle) with `VD_E_INVALID`: sqlvdi gives no
+    /// length. Use [`SqlVdiSet::map_buffer_handle_with_len`].
+    fn map_buffer_handle(&self, handle: BufferHandle) -> Result<SqlVdiMapped, Error> {
+        self.map_buffer_handle_inner(handle)
+            .map_err(WinError::report)
+    }
+
+    fn signal_abort(&self) -> Result<(), Error> {
+        self.signal_abort_inner().map_err(WinError::report)
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        self.close_inner().map_err(WinError::report)
+    }
+}
+
+impl Drop for SqlVdiSet {
+    fn drop(&mut self) {
+        // A set dropped without Close is closed here; devices and commands still alive keep
+        // the object (not the set) until they go.
+        if self.state() != ClientSetState::DoesNotExist {
+            let _ = self.close_inner().map_err(WinError::report);
+        }
+    }
+}
+
+/// Serializes the `GetCommand` calls of one device, within their timeouts.
+#[derive(Debug, Default)]
+struct Turn {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Turn {
+    /// Waits until no other thread is in `GetCommand` on this device, or until `deadline`.
+    fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_>> {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy {
+            busy = match deadline {
+                None => self.free.wait(busy).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    self.free
+                        .wait_timeout(busy, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        *busy = true;
+        Some(TurnGuard(self))
+    }
+}
+
+/// A thread's turn at `GetCommand`.
+struct TurnGuard<'a>(&'a Turn);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.0.free.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct DeviceInner {
+    /// Released before the set (fields drop in order).
+    device: FreeThreaded<IClientVirtualDevice>,
+    set: Arc<SetShared>,
+    index: u32,
+    name: String,
+    turn: Turn,
+    /// `GetCommand` returned `VD_E_CLOSE`.
+    ended: AtomicBool,
+}
+
+/// A device of a sqlvdi set (`IClientVirtualDevice`), as the client uses it.
+///
+/// `Send`, `Sync` and cheap to clone. `GetCommand` calls on one device are serialized (a
+/// second thread waits, within its timeout, for the first one's call to return); completions
+/// may come from any thread at any time, which is how several commands of a device are
+/// serviced at once.
+#[derive(Clone, Debug)]
+pub struct SqlVdiDevice {
+    inner: Arc<DeviceInner>,
+}
+
+impl SqlVdiDevice {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn command_inner(&self, timeout: Timeout) -> Result<SqlVdiCommand, WinError> {
+        let op = Op::GetCommand;
+        let inner = &self.inner;
+        let set = &inner.set;
+        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        let closed = || WinError::local(op, Error::Closed);
+        // A device that returned VD_E_CLOSE keeps returning it, even once the set as a whole
+        // has terminated.
+        if inner.ended.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        let _apartment = enter(op)?;
+        set.local()
+            .machine
+            .check_get_command(inner.index)
+            .map_err(|e| WinError::local(op, e))?;
+        let Some(_turn) = inner.turn.take(deadline) else {
+            return Err(WinError::local(op, Error::Timeout));
+        };
+        if inner.ended.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        let remaining = deadline.map_or(Timeout::INFINITE, |d| {
+            Timeout::from(d.saturating_duration_since(Instant::now()))
+        });
+        match inner
+            .device
+            .get()
+            .get_command(remaining.as_millis(), set.prefix_zone())
+        {
+            Ok(cmd) => {
+                trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
+                Ok(SqlVdiCommand {
+                    device: Arc::clone(inner),
+                    cmd: Some(cmd),
+                })
+            }
+            Err(hr) => {
+                let e = WinError::from_hresult(op, hr);
+                if e.error() == Error::Closed {
+                    inner.ended.store(true, Ordering::Release);
+                    set.local().machine.device_closed(inner.index);
+                    trace!(device = %inner.name, "VD_E_CLOSE");
+                } else {
+                    set.observe(&e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn complete_inner(
+        &self,
+        mut command: SqlVdiCommand,
+        completion: Completion,
+    ) -> Result<(), WinError> {
+        let op = Op::CompleteCommand;
+        if !Arc::ptr_eq(&command.device, &self.inner) {
+            // Dropping it completes it on its own device with ERROR_OPERATION_ABORTED.
+            return Err(WinError::local(
+                op,
+                Error::Invalid(InvalidReason::NotActiveCommand),
+            ));
+        }
+        let cmd = command.active();
+        if cmd.code().has_buffer() && completion.bytes_transferred > cmd.size() {
+            return Err(WinError::local(
+                op,
+                Error::Invalid(InvalidReason::BytesTransferred),
+            ));
+        }
+        match command.cmd.take() {
+            Some(cmd) => complete_raw(&self.inner, cmd, completion),
+            None => Err(WinError::local(
+                op,
+                Error::Invalid(InvalidReason::NotActiveCommand),
+            )),
+        }
+    }
+}
+
+/// Completes `cmd` on `inner`'s device, after the state check.
+fn complete_raw(
+    inner: &DeviceInner,
+    cmd: ActiveCommand,
+    completion: Completion,
+) -> Result<(), WinError> {
+    let op = Op::CompleteCommand;
+    let code = cmd.code();
+    let _apartment = enter(op)?;
+    inner
+        .set
+        .local()
+        .machine
+        .check_complete_command(inner.index)
+        .map_err(|e| WinError::local(op, e))?;
+    inner
+        .device
+        .get()
+        .complete_command(
+            cmd,
+            completion.code.0,
+            completion.bytes_transferred,
+            completion.position,
+        )
+        .check(op)
+        .inspect_err(|e| inner.set.observe(e))?;
+    trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
+    Ok(())
+}
+
+impl vdi_core::ClientDevice for SqlVdiDevice {
+    type Command = SqlVdiCommand;
+
+    fn index(&self) -> u32 {
+        self.inner.index
+    }
+
+    fn command(&self, timeout: Timeout) -> Result<SqlVdiCommand, Error> {
+        self.command_inner(timeout).map_err(WinError::report)
+    }
+
+    fn complete(&self, command: SqlVdiCommand, completion: Completion) -> Result<(), Error> {
+        self.complete_inner(command, completion)
+            .map_err(WinError::report)
+    }
+}
+
+/// A command taken with `GetCommand`: complete it with
+/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete).
+///
+/// Its data are sqlvdi's shared buffer itself, no copy. Dropping a command without completing
+/// it completes it with `ERROR_OPERATION_ABORTED` and logs a warning, so SQL Server is never
+/// left waiting.
+#[derive(Debug)]
+pub struct SqlVdiCommand {
+    device: Arc<DeviceInner>,
+    /// `None` only once `complete` or `drop` took it.
+    cmd: Option<ActiveCommand>,
+}
+
+impl SqlVdiCommand {
+    fn active(&self) -> &ActiveCommand {
+        self.cmd
+            .as_ref()
+            .expect("only complete and drop take the command, and both consume it")
+    }
+
+    fn active_mut(&mut self) -> &mut ActiveCommand {
+        self.cmd
+            .as_mut()
+            .expect("only complete and drop take the command, and both consume it")
+    }
+}
+
+impl vdi_core::ClientCommand for SqlVdiCommand {
+    fn code(&self) -> CommandCode {
+        self.active().code()
+    }
+
+    fn size(&self) -> u32 {
+        self.active().size()
+    }
+
+    fn position(&self) -> u64 {
+        self.active().position()
+    }
+
+    fn device_index(&self) -> u32 {
+        self.device.index
+    }
+
+    fn data(&self) -> &[u8] {
+        self.active().data()
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        self.active_mut().data_mut()
+    }
+
+    fn prefix_zone(&mut self) -> &mut [u8] {
+        self.active_mut().prefix_zone()
+    }
+}
+
+impl Drop for SqlVdiCommand {
+    fn drop(&mut self) {
+        if let Some(cmd) = self.cmd.take() {
+            warn!(code = ?cmd.code(), device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
+            let _ = complete_raw(&self.device, cmd, Completion::aborted());
+        }
+    }
+}
+
+/// A buffer mapped from a handle ([`SqlVdiSet::map_buffer_handle_with_len`]).
+#[derive(Debug)]
+pub struct SqlVdiMapped {
+    handle: BufferHandle,
+    view: MappedView,
+    _set: Arc<SetShared>,
+}
+
+impl vdi_core::MappedBuffer for SqlVdiMapped {
+    fn handle(&self) -> BufferHandle {
+        self.handle
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.view.as_slice()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.view.as_mut_slice()
+    }
+}

@@ -1,0 +1,310 @@
+//! `cargo xtask wine-test`: vdi-win and vdi-shm built for `x86_64-pc-windows-gnu` and tested under
+//! Wine, from Linux.
+//!
+//! Steps, each a no-op when its result is already there:
+//!
+//! 1. The Rust target: `rustup target add x86_64-pc-windows-gnu`.
+//! 2. clippy for the Windows target: `cargo clippy --target x86_64-pc-windows-gnu -p vdi-win
+//!    --all-targets -- -D warnings` (the code under `cfg(windows)` is checked nowhere else).
+//! 3. Wine and the MinGW-w64 cross compiler: `apt-get update` and `apt-get install -y
+//!    --no-install-recommends wine gcc-mingw-w64-x86-64` when `wine` or `x86_64-w64-mingw32-gcc`
+//!    is missing (the recommends are fonts, sound and printing, which console tests never use).
+//! 4. A Wine prefix of its own, `target/wine/prefix`, made by `wineboot --init` with no display
+//!    (`DISPLAY` removed, `WINEDEBUG=-all`, Mono and Gecko declined), so nothing opens a window
+//!    or asks a question.
+//! 5. `bcryptprimitives.dll`. Rust's std for windows-gnu takes its random numbers from
+//!    `ProcessPrng` in `bcryptprimitives.dll`, which Wine 8 (Debian 12) lacks, so every test
+//!    `.exe` fails to start. When neither the prefix nor Wine has the DLL, a 20-line stand-in is
+//!    compiled with MinGW (source written to `target/wine/bcryptprimitives/`): `ProcessPrng`
+//!    forwarding to `RtlGenRandom` (`SystemFunction036` of advapi32), placed in the prefix's
+//!    `system32`.
+//! 6. `cargo test --target x86_64-pc-windows-gnu -p vdi-win --locked`, then the same with
+//!    `-p vdi-shm --lib`, with Wine as the runner (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=
+//!    wine`) and the MinGW linker. vdi-shm's backend is Linux-only and its integration tests
+//!    (`vdi-shm/tests/*.rs`) import it without a `cfg`, so they do not build for Windows; its unit
+//!    tests (the pool and the rings) do, and run.
+//!
+//! Everything it builds goes to `target/wine` (`CARGO_TARGET_DIR`), away from the normal cache
+//! and its build lock.
+//!
+//! The stage is skipped, with a message saying why, only when the tools cannot be installed
+//! here: no `rustup` for the target, or Wine or MinGW missing with no `apt-get` or no root, or
+//! the installation failing. Anything that fails after the tools are there fails the stage.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{Outcome, cargo, probe, project_root, stage, stage_bounded};
+
+/// The Rust target Wine runs.
+const TARGET: &str = "x86_64-pc-windows-gnu";
+/// The MinGW-w64 C compiler (Debian's `gcc-mingw-w64-x86-64`).
+const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
+/// Longest wait for `apt-get update` plus `apt-get install`, each.
+const APT_LIMIT: Duration = Duration::from_secs(900);
+/// Longest wait for `rustup target add`.
+const RUSTUP_LIMIT: Duration = Duration::from_secs(600);
+/// Longest wait for `wineboot --init`.
+const WINEBOOT_LIMIT: Duration = Duration::from_secs(300);
+/// Longest wait for building and running the tests under Wine.
+const TEST_LIMIT: Duration = Duration::from_secs(1800);
+
+/// The stand-in for `bcryptprimitives.dll`: `ProcessPrng` over `RtlGenRandom`.
+const PROCESS_PRNG_C: &str = r#"/* Written by `cargo xtask wine-test` (xtask/src/wine.rs); do not edit.
+ *
+ * Rust's std for windows-gnu imports ProcessPrng from bcryptprimitives.dll, which Wine 8 lacks.
+ * This stand-in forwards to RtlGenRandom (SystemFunction036 of advapi32), which Wine has. */
+#include <windows.h>
+
+BOOLEAN WINAPI SystemFunction036(PVOID buffer, ULONG length);
+
+__declspec(dllexport) BOOL WINAPI ProcessPrng(PBYTE data, SIZE_T len)
+{
+    while (len > 0) {
+        ULONG chunk = len > 0x10000000 ? 0x10000000 : (ULONG)len;
+        if (!SystemFunction036(data, chunk))
+            return FALSE;
+        data += chunk;
+        len -= chunk;
+    }
+    return TRUE;
+}
+"#;
+
+/// Runs the stage, or says why it cannot run here.
+pub(crate) fn run() -> Result<Outcome, String> {
+    let start = Instant::now();
+    let root = project_root();
+    let target_dir = root.join("target/wine");
+
+    if let Err(reason) = ensure_rust_target() {
+        return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}")));
+    }
+
+    let mut clippy = cargo();
+    clippy
+        .args([
+            "clippy",
+            "--target",
+            TARGET,
+            "-p",
+            "vdi-win",
+            "--all-targets",
+        ])
+        .args(["--locked", "--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", &target_dir);
+    stage("wine-test: clippy (x86_64-pc-windows-gnu)", clippy)?;
+
+    if let Err(reason) = ensure_packages() {
+        return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}")));
+    }
+
+    let prefix = target_dir.join("prefix");
+    ensure_prefix(&prefix)?;
+    ensure_process_prng(&target_dir, &prefix)?;
+
+    for krate in ["vdi-win", "vdi-shm"] {
+        let mut test = cargo();
+        test.args(["test", "--target", TARGET, "-p", krate, "--locked"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", "wine")
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", MINGW_GCC)
+            // The prefix has no sqlvdi.dll: vdi-win's activation test then insists on the
+            // "not registered" diagnosis.
+            .env("VDI_WIN_EXPECT_NO_SQLVDI", "1");
+        wine_env(&mut test, &prefix);
+        let name = format!("wine-test: cargo test -p {krate} under Wine");
+        stage_bounded(&name, test, Some(TEST_LIMIT))?;
+    }
+
+    println!(
+        "=== xtask: wine-test passed in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(Outcome::Passed)
+}
+
+/// The environment every Wine process gets: its own prefix, no display, no debug channels,
+/// and no offer to install Mono or Gecko.
+fn wine_env(cmd: &mut Command, prefix: &Path) {
+    cmd.env("WINEPREFIX", prefix)
+        .env("WINEARCH", "win64")
+        .env("WINEDEBUG", "-all")
+        .env("WINEDLLOVERRIDES", "mscoree=;mshtml=")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY");
+}
+
+/// Installs the Rust target unless the toolchain has it; `Err` is a reason to skip.
+fn ensure_rust_target() -> Result<(), String> {
+    if rust_target_installed() {
+        return Ok(());
+    }
+    let mut version = Command::new("rustup");
+    version.arg("--version");
+    probe(version).map_err(|e| {
+        format!("the {TARGET} Rust target is missing and rustup cannot add it ({e})")
+    })?;
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", TARGET]);
+    stage_bounded("wine-test: rustup target add", add, Some(RUSTUP_LIMIT))
+        .map_err(|e| format!("the {TARGET} Rust target cannot be added ({e})"))
+}
+
+/// Whether the running toolchain's sysroot holds the target's std.
+fn rust_target_installed() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    out.status.success()
+        && Path::new(&sysroot)
+            .join("lib/rustlib")
+            .join(TARGET)
+            .join("lib")
+            .is_dir()
+}
+
+/// Whether `program --version` runs.
+fn has(program: &str) -> bool {
+    let mut cmd = Command::new(program);
+    cmd.arg("--version");
+    probe(cmd).is_ok()
+}
+
+/// Installs Wine and MinGW-w64 with apt-get when either is missing; `Err` is a reason to skip.
+fn ensure_packages() -> Result<(), String> {
+    let mut missing = Vec::new();
+    if !has("wine") {
+        missing.push("wine");
+    }
+    if !has(MINGW_GCC) {
+        missing.push("gcc-mingw-w64-x86-64");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let what = missing.join(" and ");
+    if !has("apt-get") {
+        return Err(format!(
+            "{what} missing, and there is no apt-get to install it"
+        ));
+    }
+    if !is_root() {
+        return Err(format!(
+            "{what} missing, and installing needs root (run `apt-get install wine \
+             gcc-mingw-w64-x86-64` as root)"
+        ));
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    stage_bounded(
+        "wine-test: apt-get update",
+        apt(&["update"]),
+        Some(APT_LIMIT),
+    )
+    .map_err(|e| format!("{what} missing, and apt-get update failed ({e})"))?;
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
+    stage_bounded("wine-test: apt-get install", install, Some(APT_LIMIT))
+        .map_err(|e| format!("{what} missing, and apt-get install failed ({e})"))?;
+    if !has("wine") || !has(MINGW_GCC) {
+        return Err(format!("{what} still missing after apt-get install"));
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root (`id -u` prints 0).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Creates the Wine prefix unless it is there already.
+fn ensure_prefix(prefix: &Path) -> Result<(), String> {
+    if prefix.join("system.reg").is_file() && system32(prefix).is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(prefix).map_err(|e| format!("cannot create {}: {e}", prefix.display()))?;
+    let mut boot = Command::new("wine");
+    boot.args(["wineboot", "--init"]);
+    wine_env(&mut boot, prefix);
+    stage_bounded("wine-test: wineboot --init", boot, Some(WINEBOOT_LIMIT))?;
+    // wineboot returns before the server has written the registry to disk; wait for it.
+    if has("wineserver") {
+        let mut wait = Command::new("wineserver");
+        wait.arg("-w");
+        wine_env(&mut wait, prefix);
+        stage_bounded("wine-test: wineserver -w", wait, Some(WINEBOOT_LIMIT))?;
+    }
+    if !system32(prefix).is_dir() {
+        return Err(format!(
+            "wineboot did not create {}",
+            system32(prefix).display()
+        ));
+    }
+    Ok(())
+}
+
+/// The 64-bit system directory of a win64 prefix.
+fn system32(prefix: &Path) -> PathBuf {
+    prefix.join("drive_c/windows/system32")
+}
+
+/// Puts a `bcryptprimitives.dll` exporting `ProcessPrng` into the prefix when Wine has none.
+fn ensure_process_prng(target_dir: &Path, prefix: &Path) -> Result<(), String> {
+    let installed = system32(prefix).join("bcryptprimitives.dll");
+    if installed.is_file() {
+        return Ok(());
+    }
+    if let Some(builtin) = wine_builtin("bcryptprimitives.dll") {
+        println!(
+            "=== xtask: Wine has {} itself; no stand-in needed",
+            builtin.display()
+        );
+        return Ok(());
+    }
+    let dir = target_dir.join("bcryptprimitives");
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let source = dir.join("bcryptprimitives.c");
+    fs::write(&source, PROCESS_PRNG_C)
+        .map_err(|e| format!("cannot write {}: {e}", source.display()))?;
+    let dll = dir.join("bcryptprimitives.dll");
+    let mut gcc = Command::new(MINGW_GCC);
+    gcc.args(["-shared", "-O2", "-s", "-o"])
+        .arg(&dll)
+        .arg(&source)
+        .arg("-ladvapi32");
+    stage("wine-test: build bcryptprimitives.dll (ProcessPrng)", gcc)?;
+    fs::copy(&dll, &installed).map_err(|e| {
+        format!(
+            "cannot copy {} to {}: {e}",
+            dll.display(),
+            installed.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Where Wine keeps its own 64-bit DLL `name`, if it has one.
+fn wine_builtin(name: &str) -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/wine/x86_64-windows",
+        "/usr/lib/wine/x86_64-windows",
+        "/usr/local/lib/wine/x86_64-windows",
+        "/opt/wine-stable/lib/wine/x86_64-windows",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(name))
+    .find(|p| p.is_file())
+}
