@@ -1,0 +1,233 @@
+//! The engine on the other side: the reference engine in a child process (this same binary,
+//! `vdi-agent __engine ...`), or an external one (SQL Server) that the user starts.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::{
+    io::AsyncReadExt,
+    process::{Child, Command},
+    task::JoinHandle,
+};
+use vdi_async::AsyncSet;
+use vdi_core::{ClientDeviceSet, Config, Error};
+
+use crate::{
+    cli::EngineArgs,
+    failure::{Exit, Failure, Outcome},
+};
+
+/// The first argument that makes this binary run the reference engine instead of the agent.
+pub(crate) const ENGINE_ARG: &str = "__engine";
+
+/// The engine of one operation.
+#[derive(Debug)]
+pub(crate) enum Engine {
+    /// The reference engine, our child.
+    Builtin(Box<EngineChild>),
+    /// Someone else's engine; all we know of it is what VDI tells.
+    External,
+}
+
+/// The reference engine running in a child process; killed if dropped while running.
+#[derive(Debug)]
+pub(crate) struct EngineChild {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    end: Option<EngineEnd>,
+}
+
+/// How the reference engine ended.
+#[derive(Clone, Debug)]
+pub(crate) struct EngineEnd {
+    /// Whether it exited with status 0.
+    pub(crate) success: bool,
+    /// Its exit code, if it exited (not killed by a signal).
+    pub(crate) code: Option<i32>,
+    /// What it printed on stdout (the "successfully processed" line).
+    pub(crate) stdout: String,
+    /// What it printed on stderr (its error).
+    pub(crate) stderr: String,
+}
+
+impl EngineEnd {
+    /// The engine's own words on why it failed, or a description of its exit.
+    pub(crate) fn reason(&self) -> String {
+        let err = self.stderr.trim();
+        if !err.is_empty() {
+            return err
+                .lines()
+                .map(|l| l.trim_start_matches("vdi-engine: "))
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+        match self.code {
+            Some(c) => format!("the reference engine exited with code {c}"),
+            None => "the reference engine was killed".to_owned(),
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the reference engine for `mode` ("backup" or "restore") unless the user asked for
+    /// an external one.
+    pub(crate) fn start(
+        mode: &str,
+        set: &str,
+        devices: u32,
+        args: &EngineArgs,
+        extra: &[String],
+    ) -> Outcome<Self> {
+        if args.external {
+            return Ok(Self::External);
+        }
+        let exe = std::env::current_exe().map_err(|e| {
+            Failure::other(format!(
+                "cannot find this program to start the reference engine: {e}"
+            ))
+        })?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(ENGINE_ARG)
+            .arg(mode)
+            .arg("--set")
+            .arg(set)
+            .arg("--devices")
+            .arg(devices.to_string())
+            .arg("--block-size")
+            .arg(args.block_size.to_string())
+            .arg("--max-transfer-size")
+            .arg(args.max_transfer_size.to_string());
+        if let Some(n) = args.buffer_count {
+            cmd.arg("--buffer-count").arg(n.to_string());
+        }
+        cmd.args(extra)
+            .args(&args.engine_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Failure::other(format!("cannot start the reference engine: {e}")))?;
+        let stdout = collect(child.stdout.take());
+        let stderr = collect(child.stderr.take());
+        Ok(Self::Builtin(Box::new(EngineChild {
+            child,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            end: None,
+        })))
+    }
+
+    /// Waits until the engine configured the set; fails with a message that names the likely
+    /// cause when nobody does so within `timeout`, or when the reference engine exits first.
+    pub(crate) async fn configuration<S>(
+        &mut self,
+        set: &AsyncSet<S>,
+        timeout: Duration,
+        operation: &str,
+    ) -> Outcome<Config>
+    where
+        S: ClientDeviceSet + 'static,
+    {
+        let wait = tokio::time::timeout(timeout, set.configuration());
+        let result = match self {
+            Self::External => wait.await,
+            Self::Builtin(child) => {
+                tokio::select! {
+                    r = wait => r,
+                    status = child.child.wait() => {
+                        let _ = status;
+                        let end = self.finish(Duration::from_secs(5)).await;
+                        return Err(Failure::engine(format!(
+                            "the reference engine exited before configuring the set: {}",
+                            end.map_or_else(|| "no message".to_owned(), |e| e.reason())
+                        )));
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(Ok(config)) => Ok(config),
+            Ok(Err(Error::Aborted(_))) => Err(Failure::engine(format!(
+                "the engine aborted the {operation} before configuring the set"
+            ))),
+            Ok(Err(e)) => Err(Failure::other(format!("GetConfiguration failed: {e}"))),
+            Err(_) => Err(Failure::new(
+                Exit::NoEngine,
+                format!(
+                    "no engine configured the set '{}' within {} s. Is the statement running \
+                     ({} DATABASE ... {} VIRTUAL_DEVICE = '{}'{}), on this host, as this user or \
+                     one admitted with --admit-uid/--admit-gid (SQL Server on Linux runs as \
+                     mssql)? A long wait for locks or file creation needs a longer \
+                     --connect-timeout",
+                    set.name(),
+                    timeout.as_secs(),
+                    operation.to_ascii_uppercase(),
+                    if operation == "backup" { "TO" } else { "FROM" },
+                    set.name(),
+                    if set.config().map_or(1, |c| c.device_count) > 1 {
+                        ", ..."
+                    } else {
+                        ""
+                    },
+                ),
+            )),
+        }
+    }
+
+    /// Waits (at most `limit`) for the reference engine to exit and returns how it ended; kills
+    /// it when it does not. `None` for an external engine.
+    pub(crate) async fn finish(&mut self, limit: Duration) -> Option<EngineEnd> {
+        let Self::Builtin(child) = self else {
+            return None;
+        };
+        if let Some(end) = &child.end {
+            return Some(end.clone());
+        }
+        let status = match tokio::time::timeout(limit, child.child.wait()).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(_)) | Err(_) => {
+                let _ = child.child.kill().await;
+                None
+            }
+        };
+        let mut stdout = String::new();
+        if let Some(h) = child.stdout.take() {
+            stdout = h.await.unwrap_or_default();
+        }
+        let mut stderr = String::new();
+        if let Some(h) = child.stderr.take() {
+            stderr = h.await.unwrap_or_default();
+        }
+        if status.is_none() {
+            stderr.push_str(&format!(
+                "the reference engine did not exit within {} s and was killed",
+                limit.as_secs()
+            ));
+        }
+        let end = EngineEnd {
+            success: status.is_some_and(|s| s.success()),
+            code: status.and_then(|s| s.code()),
+            stdout,
+            stderr,
+        };
+        child.end = Some(end.clone());
+        Some(end)
+    }
+}
+
+/// Reads a child's pipe to the end in the background.
+fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let mut buf = Vec::new();
+            let _ = p.read_to_end(&mut buf).await;
+            s = String::from_utf8_lossy(&buf).into_owned();
+        }
+        s
+    })
+}

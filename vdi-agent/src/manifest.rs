@@ -1,0 +1,850 @@
+//! The backup manifest: `manifest.json` in the backup directory.
+//!
+//! It records the backup's identity and configuration, its state, and for each stripe the
+//! totals at its last checkpoint that was made durable (the values a reader expects:
+//! [`StripeEntry::expected`]), or [`Checkpoint::START`] before its first. The agent stores it after every durability point with
+//! [`Manifest::store`], which replaces it atomically and durably, so the manifest on disk
+//! always describes stripe files that hold at least what it says.
+//!
+//! ```json
+//! {
+//!   "format_version": 1,
+//!   "tool": { "name": "vdi-agent", "version": "0.1.0" },
+//!   "backup_id": "0123456789abcdef0123456789abcdef",
+//!   "created": 1700000000,
+//!   "set_name": "nightly",
+//!   "device_count": 1,
+//!   "block_size": 65536,
+//!   "max_transfer_size": 4194304,
+//!   "vdi_features": 1,
+//!   "codec": { "name": "zstd", "level": 3 },
+//!   "state": "complete",
+//!   "stripes": [
+//!     {
+//!       "index": 0,
+//!       "file": "stripe-00.vdis",
+//!       "raw_bytes": 1048576,
+//!       "data_records": 1,
+//!       "stored_bytes": 4242,
+//!       "stream_xxh3": "0123456789abcdef",
+//!       "checkpoints": 2
+//!     }
+//!   ]
+//! }
+//! ```
+//!
+//! Loading is strict: unknown fields, a version other than [`MANIFEST_VERSION`], and values
+//! that contradict each other ([`Manifest::validate`]) are errors, and a stripe's file name is
+//! a plain name that cannot leave the directory.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::stripe::{
+    CHECKPOINT_RECORD_LEN, Checkpoint, Codec, EMPTY_STREAM_HASH, HEADER_LEN, MAX_RECORD_LEN,
+    MAX_STRIPES, RECORD_HEADER_LEN, StripeHeader,
+};
+
+/// The manifest's file name in the backup directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The temporary file [`Manifest::store`] writes before renaming it over [`MANIFEST_FILE`].
+pub const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
+/// The manifest format version this module writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+/// The largest manifest [`Manifest::load`] reads (1 MiB; one of 64 stripes takes about
+/// 20 KiB).
+pub const MAX_MANIFEST_LEN: u64 = 1024 * 1024;
+/// The tool name this crate writes.
+pub const TOOL_NAME: &str = "vdi-agent";
+/// The extension of stripe files.
+pub const STRIPE_EXTENSION: &str = "vdis";
+/// The longest stripe file name accepted.
+const MAX_FILE_NAME_LEN: usize = 255;
+
+/// The usual file name of a stripe: `stripe-00.vdis` for index 0.
+pub fn stripe_file_name(index: u32) -> String {
+    format!("stripe-{index:02}.{STRIPE_EXTENSION}")
+}
+
+/// The program that wrote a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+impl Tool {
+    /// This crate: [`TOOL_NAME`] at its package version.
+    pub fn current() -> Self {
+        Self {
+            name: TOOL_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// How far a backup got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestState {
+    /// The backup is running, or stopped before it was flushed: the stripes hold durable
+    /// checkpoints, but the engine has not been told they are.
+    InProgress,
+    /// The engine's last Flush was acknowledged: every stripe is durable up to its recorded
+    /// checkpoint, but the engine has not declared the backup complete.
+    Flushed,
+    /// Complete: after a `VDC_Complete`, or after the engine closed all devices after a final
+    /// Flush.
+    Complete,
+}
+
+impl fmt::Display for ManifestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InProgress => "in-progress",
+            Self::Flushed => "flushed",
+            Self::Complete => "complete",
+        })
+    }
+}
+
+/// One stripe in the manifest: its file and its totals at a durable checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeEntry {
+    /// The stripe's index.
+    pub index: u32,
+    /// The file name in the backup directory: a plain name of ASCII letters, digits, `.`, `_`
+    /// and `-` (see [`Manifest::validate`]).
+    pub file: String,
+    /// Raw bytes of data up to the checkpoint.
+    pub raw_bytes: u64,
+    /// Data records up to the checkpoint.
+    pub data_records: u64,
+    /// The file's length at the checkpoint, headers included.
+    pub stored_bytes: u64,
+    /// XXH3-64 of the raw stream up to the checkpoint (16 hex digits in JSON).
+    #[serde(with = "hex_u64")]
+    pub stream_xxh3: u64,
+    /// Checkpoints up to and including this one.
+    pub checkpoints: u64,
+}
+
+impl StripeEntry {
+    /// An entry for stripe `index` with its usual file name ([`stripe_file_name`]) and no
+    /// checkpoint yet ([`Checkpoint::START`]).
+    pub fn new(index: u32) -> Self {
+        Self::from_checkpoint(index, &Checkpoint::START)
+    }
+
+    /// An entry for stripe `index` with its usual file name ([`stripe_file_name`]) and the
+    /// totals of `checkpoint`.
+    pub fn from_checkpoint(index: u32, checkpoint: &Checkpoint) -> Self {
+        let mut entry = Self {
+            index,
+            file: stripe_file_name(index),
+            raw_bytes: 0,
+            data_records: 0,
+            stored_bytes: 0,
+            stream_xxh3: 0,
+            checkpoints: 0,
+        };
+        entry.update(checkpoint);
+        entry
+    }
+
+    /// Records the totals of a newer checkpoint.
+    pub fn update(&mut self, checkpoint: &Checkpoint) {
+        self.raw_bytes = checkpoint.raw_bytes;
+        self.data_records = checkpoint.data_records;
+        self.stored_bytes = checkpoint.stored_bytes;
+        self.stream_xxh3 = checkpoint.stream_hash;
+        self.checkpoints = checkpoint.checkpoints;
+    }
+
+    /// The totals a [`StripeReader`](crate::stripe::StripeReader) expects:
+    /// `StripeReader::with_expected(file, entry.expected())`.
+    pub fn expected(&self) -> Checkpoint {
+        Checkpoint {
+            raw_bytes: self.raw_bytes,
+            data_records: self.data_records,
+            stored_bytes: self.stored_bytes,
+            checkpoints: self.checkpoints,
+            stream_hash: self.stream_xxh3,
+        }
+    }
+}
+
+/// The manifest of one backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`MANIFEST_VERSION`].
+    pub format_version: u32,
+    /// The program that wrote it.
+    pub tool: Tool,
+    /// The backup's id, as in every stripe header (32 hex digits in JSON).
+    #[serde(with = "hex_u128")]
+    pub backup_id: u128,
+    /// When the backup started, in seconds since the unix epoch, as in every stripe header.
+    pub created: u64,
+    /// The VDI device set's name.
+    pub set_name: String,
+    /// The number of devices, and of stripes (1..=64).
+    pub device_count: u32,
+    /// The VDI block size.
+    pub block_size: u32,
+    /// The VDI maximum transfer size.
+    pub max_transfer_size: u32,
+    /// The VDI features of the configuration (the `VDF_*` bits).
+    pub vdi_features: u32,
+    /// How the stripes store their data.
+    pub codec: Codec,
+    /// How far the backup got.
+    pub state: ManifestState,
+    /// One entry per stripe, each index once.
+    pub stripes: Vec<StripeEntry>,
+}
+
+impl Manifest {
+    /// A manifest in state [`ManifestState::InProgress`] for a backup of `config` (device count,
+    /// block size, maximum transfer size, features), written by [`Tool::current`], with one
+    /// entry per device: the usual file name and no checkpoint yet ([`StripeEntry::new`]).
+    pub fn new(
+        backup_id: u128,
+        created: u64,
+        set_name: impl Into<String>,
+        config: &vdi_core::Config,
+        codec: Codec,
+    ) -> Self {
+        Self {
+            format_version: MANIFEST_VERSION,
+            tool: Tool::current(),
+            backup_id,
+            created,
+            set_name: set_name.into(),
+            device_count: config.device_count,
+            block_size: config.block_size,
+            max_transfer_size: config.max_transfer_size,
+            vdi_features: config.features.bits(),
+            codec,
+            state: ManifestState::InProgress,
+            stripes: (0..config.device_count.min(MAX_STRIPES))
+                .map(StripeEntry::new)
+                .collect(),
+        }
+    }
+
+    /// Loads and validates `dir/manifest.json`. Reads at most [`MAX_MANIFEST_LEN`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::Missing`] when there is no manifest, [`ManifestError::Io`],
+    /// [`ManifestError::TooLarge`], [`ManifestError::UnsupportedVersion`],
+    /// [`ManifestError::Json`] for bad JSON or a field missing, unknown or out of its type's
+    /// range, [`ManifestError::Invalid`] for values that [`validate`](Self::validate) refuses.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, ManifestError> {
+        let dir = dir.as_ref();
+        let path = dir.join(MANIFEST_FILE);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing { dir: dir.into() });
+            }
+            Err(source) => return Err(ManifestError::Io { path, source }),
+        };
+        let mut bytes = Vec::new();
+        if let Err(source) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
+            return Err(ManifestError::Io { path, source });
+        }
+        if bytes.len() as u64 > MAX_MANIFEST_LEN {
+            return Err(ManifestError::TooLarge { path });
+        }
+        /// Just the version, so that another version's layout is reported as such.
+        #[derive(Deserialize)]
+        struct Probe {
+            format_version: u64,
+        }
+        if let Ok(probe) = serde_json::from_slice::<Probe>(&bytes)
+            && probe.format_version != u64::from(MANIFEST_VERSION)
+        {
+            return Err(ManifestError::UnsupportedVersion {
+                path,
+                found: probe.format_version,
+            });
+        }
+        let manifest: Self = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(source) => return Err(ManifestError::Json { path, source }),
+        };
+        if let Err(problem) = manifest.validate() {
+            return Err(ManifestError::Invalid { path, problem });
+        }
+        Ok(manifest)
+    }
+
+    /// Stores the manifest as `dir/manifest.json`, atomically and durably: writes
+    /// [`MANIFEST_TMP_FILE`], syncs it, renames it over [`MANIFEST_FILE`], then syncs the
+    /// directory (on Unix; elsewhere the rename is left to the file system's journal).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] for a manifest that does not
+    /// [`validate`](Self::validate) (nothing is written); otherwise the file system's error,
+    /// with the path in the message.
+    pub fn store(&self, dir: impl AsRef<Path>) -> io::Result<()> {
+        self.validate()
+            .map_err(|p| io::Error::new(io::ErrorKind::InvalidInput, p))?;
+        let dir = dir.as_ref();
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        let tmp = dir.join(MANIFEST_TMP_FILE);
+        let path = dir.join(MANIFEST_FILE);
+        let context = |what: &str, p: &Path, e: io::Error| {
+            io::Error::new(e.kind(), format!("cannot {what} {}: {e}", p.display()))
+        };
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&json)?;
+                f.sync_all()
+            })
+            .map_err(|e| context("write", &tmp, e))
+            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| context("rename", &tmp, e)));
+        if let Err(e) = written {
+            // Best effort: a stale temporary file is harmless, it is replaced next time.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        sync_dir(dir).map_err(|e| context("sync the directory", dir, e))
+    }
+
+    /// Checks that the values agree: device count, block size, maximum transfer size and zstd
+    /// level in range; exactly one entry per stripe index below the device count; safe,
+    /// distinct file names; and totals a stripe of this codec could have at a checkpoint, or
+    /// [`Checkpoint::START`].
+    ///
+    /// A file name must be 1 to 255 ASCII letters, digits, `.`, `_` and `-`, not start or end
+    /// with a dot, not be a Windows device name (`CON`, `NUL`, `COM1`, ...) and not be the
+    /// manifest's own names; names are distinct without regard to case.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ManifestProblem`] found.
+    pub fn validate(&self) -> Result<(), ManifestProblem> {
+        if self.device_count == 0 || self.device_count > MAX_STRIPES {
+            return Err(ManifestProblem::DeviceCount(self.device_count));
+        }
+        if vdi_core::validate_block_size(self.block_size).is_err() {
+            return Err(ManifestProblem::BlockSize(self.block_size));
+        }
+        if vdi_core::validate_max_transfer_size(self.max_transfer_size).is_err() {
+            return Err(ManifestProblem::MaxTransferSize(self.max_transfer_size));
+        }
+        if let Codec::Zstd { level } = self.codec
+            && !zstd::compression_level_range().contains(&level)
+        {
+            return Err(ManifestProblem::ZstdLevel(level));
+        }
+        let mut seen = [false; MAX_STRIPES as usize];
+        for (i, entry) in self.stripes.iter().enumerate() {
+            let index = entry.index;
+            if index >= self.device_count {
+                return Err(ManifestProblem::StripeIndexOutOfRange {
+                    index,
+                    device_count: self.device_count,
+                });
+            }
+            // Below the device count, so below MAX_STRIPES.
+            if std::mem::replace(&mut seen[index as usize], true) {
+                return Err(ManifestProblem::DuplicateStripe(index));
+            }
+            if let Err(reason) = check_file_name(&entry.file) {
+                return Err(ManifestProblem::UnsafeFileName {
+                    index,
+                    file: entry.file.clone(),
+                    reason,
+                });
+            }
+            if let Some(first) = self.stripes[..i]
+                .iter()
+                .find(|e| e.file.eq_ignore_ascii_case(&entry.file))
+            {
+                return Err(ManifestProblem::DuplicateFileName {
+                    file: entry.file.clone(),
+                    first: first.index,
+                    second: index,
+                });
+            }
+            if let Err(reason) = check_totals(&entry.expected(), self.codec) {
+                return Err(ManifestProblem::ImpossibleTotals { index, reason });
+            }
+        }
+        if let Some(missing) = (0..self.device_count).find(|&i| !seen[i as usize]) {
+            return Err(ManifestProblem::MissingStripe(missing));
+        }
+        Ok(())
+    }
+
+    /// The entry of stripe `index`.
+    pub fn stripe(&self, index: u32) -> Option<&StripeEntry> {
+        self.stripes.iter().find(|e| e.index == index)
+    }
+
+    /// The entry of stripe `index`, mutably.
+    pub fn stripe_mut(&mut self, index: u32) -> Option<&mut StripeEntry> {
+        self.stripes.iter_mut().find(|e| e.index == index)
+    }
+
+    /// The path of stripe `index`'s file in `dir`, if the entry exists and its name is safe.
+    pub fn stripe_path(&self, dir: impl AsRef<Path>, index: u32) -> Option<PathBuf> {
+        let entry = self.stripe(index)?;
+        check_file_name(&entry.file).ok()?;
+        Some(dir.as_ref().join(&entry.file))
+    }
+
+    /// The file header stripe `index` of this backup has (no flags).
+    pub fn stripe_header(&self, index: u32) -> StripeHeader {
+        StripeHeader {
+            backup_id: self.backup_id,
+            index,
+            count: self.device_count,
+            block_size: self.block_size,
+            max_transfer_size: self.max_transfer_size,
+            created: self.created,
+            flags: 0,
+        }
+    }
+
+    /// Checks that a stripe's file header belongs to this backup; returns the stripe's entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestProblem::HeaderMismatch`] naming the first field that differs from
+    /// [`stripe_header`](Self::stripe_header), or [`ManifestProblem::StripeIndexOutOfRange`].
+    pub fn check_stripe_header(
+        &self,
+        header: &StripeHeader,
+    ) -> Result<&StripeEntry, ManifestProblem> {
+        let index = header.index;
+        let Some(entry) = self.stripe(index) else {
+            return Err(ManifestProblem::StripeIndexOutOfRange {
+                index,
+                device_count: self.device_count,
+            });
+        };
+        let want = self.stripe_header(index);
+        let fields = [
+            (
+                "backup id",
+                format!("{:032x}", want.backup_id),
+                format!("{:032x}", header.backup_id),
+            ),
+            (
+                "stripe count",
+                want.count.to_string(),
+                header.count.to_string(),
+            ),
+            (
+                "block size",
+                want.block_size.to_string(),
+                header.block_size.to_string(),
+            ),
+            (
+                "max transfer size",
+                want.max_transfer_size.to_string(),
+                header.max_transfer_size.to_string(),
+            ),
+            (
+                "creation time",
+                want.created.to_string(),
+                header.created.to_string(),
+            ),
+            ("flags", want.flags.to_string(), header.flags.to_string()),
+        ];
+        match fields.into_iter().find(|(_, m, s)| m != s) {
+            Some((field, manifest, stripe)) => Err(ManifestProblem::HeaderMismatch {
+                index,
+                field,
+                manifest,
+                stripe,
+            }),
+            None => Ok(entry),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// Why `name` is not a safe stripe file name, if it is not.
+fn check_file_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.len() > MAX_FILE_NAME_LEN {
+        return Err("is longer than 255 bytes");
+    }
+    if name.contains(['/', '\\']) {
+        return Err("contains a path separator");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("contains a character other than ASCII letters, digits, '.', '_' and '-'");
+    }
+    if name.starts_with('.') {
+        return Err("starts with a dot");
+    }
+    if name.ends_with('.') {
+        return Err("ends with a dot");
+    }
+    if name.eq_ignore_ascii_case(MANIFEST_FILE) || name.eq_ignore_ascii_case(MANIFEST_TMP_FILE) {
+        return Err("is the manifest's own name");
+    }
+    let stem = name.split('.').next().unwrap_or(name);
+    let reserved = ["CON", "PRN", "AUX", "NUL"]
+        .iter()
+        .any(|r| stem.eq_ignore_ascii_case(r))
+        || (stem.len() == 4
+            && (stem[..3].eq_ignore_ascii_case("COM") || stem[..3].eq_ignore_ascii_case("LPT"))
+            && matches!(stem.as_bytes()[3], b'1'..=b'9'));
+    if reserved {
+        return Err("is a reserved device name on Windows");
+    }
+    Ok(())
+}
+
+/// Why `cp` cannot be the totals of a stripe stored with `codec`, if it cannot.
+fn check_totals(cp: &Checkpoint, codec: Codec) -> Result<(), String> {
+    if *cp == Checkpoint::START {
+        return Ok(());
+    }
+    if cp.checkpoints == 0 {
+        return Err(format!(
+            "no checkpoint, but totals other than those of an empty stripe ({} raw bytes, {} \
+             data records, {} stored bytes, stream hash {:016x})",
+            cp.raw_bytes, cp.data_records, cp.stored_bytes, cp.stream_hash
+        ));
+    }
+    let overhead = cp
+        .data_records
+        .checked_mul(RECORD_HEADER_LEN as u64)
+        .and_then(|d| {
+            cp.checkpoints
+                .checked_mul(CHECKPOINT_RECORD_LEN as u64)
+                .and_then(|c| c.checked_add(d))
+        })
+        .and_then(|o| o.checked_add(HEADER_LEN as u64));
+    let Some(payload) = overhead.and_then(|o| cp.stored_bytes.checked_sub(o)) else {
+        return Err(format!(
+            "{} stored bytes cannot hold the file header, {} data records and {} checkpoints",
+            cp.stored_bytes, cp.data_records, cp.checkpoints
+        ));
+    };
+    if payload < cp.data_records {
+        return Err(format!(
+            "{payload} bytes of payload cannot hold {} data records (each stores at least 1)",
+            cp.data_records
+        ));
+    }
+    if payload > cp.raw_bytes {
+        return Err(format!(
+            "{payload} bytes of payload for {} raw bytes: records never grow",
+            cp.raw_bytes
+        ));
+    }
+    if cp.data_records.saturating_mul(MAX_RECORD_LEN as u64) < cp.raw_bytes {
+        return Err(format!(
+            "{} raw bytes do not fit in {} data records of at most {MAX_RECORD_LEN}",
+            cp.raw_bytes, cp.data_records
+        ));
+    }
+    if codec == Codec::Stored && payload != cp.raw_bytes {
+        return Err(format!(
+            "{payload} bytes of payload for {} raw bytes, but the codec stores data raw",
+            cp.raw_bytes
+        ));
+    }
+    if cp.raw_bytes == 0 && cp.stream_hash != EMPTY_STREAM_HASH {
+        return Err(format!(
+            "no data, but stream hash {:016x} is not that of nothing ({EMPTY_STREAM_HASH:016x})",
+            cp.stream_hash
+        ));
+    }
+    Ok(())
+}
+
+/// Why a manifest's values do not hold together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManifestProblem {
+    /// The device count is not in 1..=64.
+    DeviceCount(u32),
+    /// The block size is not a power of two in 512..=65536.
+    BlockSize(u32),
+    /// The maximum transfer size is not a multiple of 64 KiB in 64 KiB..=4 MiB.
+    MaxTransferSize(u32),
+    /// The zstd level is outside zstd's range.
+    ZstdLevel(i32),
+    /// A stripe index is not below the device count.
+    StripeIndexOutOfRange {
+        /// The index.
+        index: u32,
+        /// The device count.
+        device_count: u32,
+    },
+    /// Two entries have this index.
+    DuplicateStripe(u32),
+    /// No entry has this index.
+    MissingStripe(u32),
+    /// A file name could name something outside the directory, or is otherwise unsafe.
+    UnsafeFileName {
+        /// The stripe's index.
+        index: u32,
+        /// The name.
+        file: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two stripes have the same file name (without regard to case).
+    DuplicateFileName {
+        /// The name.
+        file: String,
+        /// The first stripe that has it.
+        first: u32,
+        /// The second.
+        second: u32,
+    },
+    /// A stripe's totals are impossible for the format or the codec.
+    ImpossibleTotals {
+        /// The stripe's index.
+        index: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A stripe's file header does not belong to this backup.
+    HeaderMismatch {
+        /// The stripe's index.
+        index: u32,
+        /// The first field that differs.
+        field: &'static str,
+        /// The manifest's value.
+        manifest: String,
+        /// The stripe header's value.
+        stripe: String,
+    },
+}
+
+impl fmt::Display for ManifestProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DeviceCount(n) => write!(f, "device count {n} is not in 1..={MAX_STRIPES}"),
+            Self::BlockSize(n) => {
+                write!(f, "block size {n} is not a power of two in 512..=65536")
+            }
+            Self::MaxTransferSize(n) => write!(
+                f,
+                "max transfer size {n} is not a multiple of 65536 in 65536..=4194304"
+            ),
+            Self::ZstdLevel(level) => {
+                let range = zstd::compression_level_range();
+                write!(
+                    f,
+                    "zstd level {level} is not in {}..={}",
+                    range.start(),
+                    range.end()
+                )
+            }
+            Self::StripeIndexOutOfRange {
+                index,
+                device_count,
+            } => write!(
+                f,
+                "stripe index {index} is not below the device count {device_count}"
+            ),
+            Self::DuplicateStripe(index) => write!(f, "stripe {index} appears more than once"),
+            Self::MissingStripe(index) => write!(f, "stripe {index} is missing"),
+            Self::UnsafeFileName {
+                index,
+                file,
+                reason,
+            } => write!(f, "stripe {index}: file name {file:?} {reason}"),
+            Self::DuplicateFileName {
+                file,
+                first,
+                second,
+            } => write!(f, "stripes {first} and {second} both use the file {file:?}"),
+            Self::ImpossibleTotals { index, reason } => write!(f, "stripe {index}: {reason}"),
+            Self::HeaderMismatch {
+                index,
+                field,
+                manifest,
+                stripe,
+            } => write!(
+                f,
+                "stripe {index}'s header does not belong to this backup: {field} is {stripe}, \
+                 the manifest has {manifest}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ManifestProblem {}
+
+/// Why a manifest cannot be loaded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// There is no `manifest.json` in the directory (or no directory).
+    Missing {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Reading it failed.
+    Io {
+        /// The manifest's path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// It is larger than [`MAX_MANIFEST_LEN`].
+    TooLarge {
+        /// The manifest's path.
+        path: PathBuf,
+    },
+    /// It is not JSON, or not a manifest (a field missing, unknown, or of the wrong type).
+    Json {
+        /// The manifest's path.
+        path: PathBuf,
+        /// serde_json's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// Its format version is not [`MANIFEST_VERSION`].
+    UnsupportedVersion {
+        /// The manifest's path.
+        path: PathBuf,
+        /// The version it has.
+        found: u64,
+    },
+    /// Its values do not hold together.
+    Invalid {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: ManifestProblem,
+    },
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { dir } => write!(
+                f,
+                "no {MANIFEST_FILE} in {}: not a backup directory, or the backup never reached \
+                 its first Flush",
+                dir.display()
+            ),
+            Self::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Self::TooLarge { path } => write!(
+                f,
+                "{} is larger than {MAX_MANIFEST_LEN} bytes: not a backup manifest",
+                path.display()
+            ),
+            Self::Json { path, source } => write!(f, "bad JSON in {}: {source}", path.display()),
+            Self::UnsupportedVersion { path, found } => write!(
+                f,
+                "{} has manifest format version {found}, this build reads version \
+                 {MANIFEST_VERSION}",
+                path.display()
+            ),
+            Self::Invalid { path, problem } => {
+                write!(f, "inconsistent manifest {}: {problem}", path.display())
+            }
+        }
+    }
+}
+
+/// Inner errors are part of the message (`Display`), so `source` does not repeat them.
+impl std::error::Error for ManifestError {}
+
+impl From<ManifestError> for io::Error {
+    /// [`io::ErrorKind::NotFound`] for a missing manifest, the inner error's kind for
+    /// [`ManifestError::Io`], [`io::ErrorKind::InvalidData`] otherwise; the [`ManifestError`]
+    /// is the inner error.
+    fn from(e: ManifestError) -> Self {
+        let kind = match &e {
+            ManifestError::Missing { .. } => io::ErrorKind::NotFound,
+            ManifestError::Io { source, .. } => source.kind(),
+            _ => io::ErrorKind::InvalidData,
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// Parses exactly `digits` hex digits (either case).
+fn parse_hex(s: &str, digits: usize) -> Option<u128> {
+    if s.len() == digits && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u128::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+fn hex_error<E: serde::de::Error>(s: &str, digits: usize) -> E {
+    if s.len() <= 2 * digits {
+        E::custom(format_args!("expected {digits} hex digits, found {s:?}"))
+    } else {
+        E::custom(format_args!(
+            "expected {digits} hex digits, found a string of {} bytes",
+            s.len()
+        ))
+    }
+}
+
+/// A `u128` as 32 lowercase hex digits.
+mod hex_u128 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:032x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_hex(&s, 32).ok_or_else(|| super::hex_error(&s, 32))
+    }
+}
+
+/// A `u64` as 16 lowercase hex digits.
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:016x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_hex(&s, 16)
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| super::hex_error(&s, 16))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,469 @@
+//! Tests of the manifest: store and load, and every way a manifest can be refused.
+
+use std::fs;
+use std::io;
+
+use super::*;
+use crate::stripe::{self, StripeReader, StripeWriter};
+
+/// A backup of `n` stripes written to `dir` for real, and its manifest (not stored).
+fn backup(dir: &Path, n: u32, codec: Codec) -> Manifest {
+    let mut manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        tool: Tool::current(),
+        backup_id: 0xfeed_beef_0000_1111_2222_3333_4444_5555,
+        created: 1_700_000_000,
+        set_name: "nightly".into(),
+        device_count: n,
+        block_size: 65536,
+        max_transfer_size: 4 << 20,
+        vdi_features: 1,
+        codec,
+        state: ManifestState::Complete,
+        stripes: Vec::new(),
+    };
+    for i in 0..n {
+        let mut w = StripeWriter::new(Vec::new(), manifest.stripe_header(i), codec).unwrap();
+        w.write_chunk(&vec![i as u8; 5000 + i as usize]).unwrap();
+        w.checkpoint().unwrap();
+        w.write_chunk(&[1, 2, 3]).unwrap();
+        let (file, cp) = w.finish().unwrap();
+        let entry = StripeEntry::from_checkpoint(i, &cp);
+        fs::write(dir.join(&entry.file), file).unwrap();
+        manifest.stripes.push(entry);
+    }
+    manifest
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Writes `json` as the manifest and loads it.
+fn load_json(json: &str) -> Result<Manifest, ManifestError> {
+    let dir = tempdir();
+    fs::write(dir.path().join(MANIFEST_FILE), json).unwrap();
+    Manifest::load(dir.path())
+}
+
+fn assert_style(s: &str) {
+    assert!(!s.starts_with(|c: char| c.is_uppercase()), "{s}");
+    assert!(!s.ends_with('.'), "{s}");
+}
+
+#[test]
+fn store_and_load_round_trip() {
+    for codec in [Codec::Stored, Codec::Zstd { level: 3 }] {
+        let dir = tempdir();
+        let mut manifest = backup(dir.path(), 3, codec);
+        manifest.state = ManifestState::Flushed;
+        manifest.store(dir.path()).unwrap();
+        assert!(!dir.path().join(MANIFEST_TMP_FILE).exists());
+        assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
+
+        // Stored again over the first.
+        manifest.state = ManifestState::Complete;
+        manifest.store(dir.path()).unwrap();
+        let loaded = Manifest::load(dir.path()).unwrap();
+        assert_eq!(loaded, manifest);
+
+        let json = fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(json.contains("\"backup_id\": \"feedbeef000011112222333344445555\""));
+        assert!(json.contains("\"state\": \"complete\""));
+        assert!(json.contains("\"file\": \"stripe-02.vdis\""));
+        assert!(json.ends_with("}\n"));
+        if codec != Codec::Stored {
+            assert!(json.contains("\"name\": \"zstd\""), "{json}");
+            assert!(json.contains("\"level\": 3"), "{json}");
+        }
+
+        // Every stripe verifies against its entry, and its header belongs to the backup.
+        for i in 0..3 {
+            let path = loaded.stripe_path(dir.path(), i).unwrap();
+            let entry = loaded.stripe(i).unwrap();
+            let file = File::open(path).unwrap();
+            let reader = StripeReader::with_expected(file, entry.expected()).unwrap();
+            assert_eq!(loaded.check_stripe_header(reader.header()).unwrap(), entry);
+            assert_eq!(reader.finish().unwrap(), entry.expected());
+        }
+    }
+}
+
+#[test]
+fn states_and_codecs_in_json() {
+    for (state, s) in [
+        (ManifestState::InProgress, "\"in-progress\""),
+        (ManifestState::Flushed, "\"flushed\""),
+        (ManifestState::Complete, "\"complete\""),
+    ] {
+        assert_eq!(serde_json::to_string(&state).unwrap(), s);
+        assert_eq!(state.to_string(), s.trim_matches('"'));
+    }
+    assert_eq!(
+        serde_json::to_string(&Codec::Stored).unwrap(),
+        r#"{"name":"stored"}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<Codec>(r#"{"name":"zstd","level":-3}"#).unwrap(),
+        Codec::Zstd { level: -3 }
+    );
+    assert!(serde_json::from_str::<Codec>(r#"{"name":"lz4"}"#).is_err());
+    assert!(serde_json::from_str::<Codec>(r#"{"name":"zstd"}"#).is_err());
+}
+
+#[test]
+fn a_missing_manifest_says_so() {
+    let dir = tempdir();
+    let e = Manifest::load(dir.path()).unwrap_err();
+    assert!(matches!(e, ManifestError::Missing { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "no manifest.json in {}: not a backup directory, or the backup never reached its \
+             first Flush",
+            dir.path().display()
+        )
+    );
+    let e = Manifest::load(dir.path().join("nowhere")).unwrap_err();
+    assert!(matches!(e, ManifestError::Missing { .. }), "{e}");
+    assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
+}
+
+#[test]
+fn bad_json_is_refused() {
+    let e = load_json("{not json").unwrap_err();
+    assert!(matches!(e, ManifestError::Json { .. }), "{e}");
+    let s = e.to_string();
+    assert!(s.starts_with("bad JSON in "), "{s}");
+    assert!(s.contains("line 1"), "{s}");
+    let e = io::Error::from(e);
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(
+        e.get_ref()
+            .unwrap()
+            .downcast_ref::<ManifestError>()
+            .is_some()
+    );
+
+    assert!(matches!(
+        load_json("").unwrap_err(),
+        ManifestError::Json { .. }
+    ));
+    assert!(matches!(
+        load_json("[]").unwrap_err(),
+        ManifestError::Json { .. }
+    ));
+}
+
+fn good_json() -> String {
+    let dir = tempdir();
+    let m = backup(dir.path(), 2, Codec::Zstd { level: 3 });
+    serde_json::to_string_pretty(&m).unwrap()
+}
+
+#[test]
+fn versions_fields_and_hex_are_checked() {
+    let json = good_json();
+    assert!(load_json(&json).is_ok());
+
+    let e = load_json(&json.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap_err();
+    assert!(
+        matches!(e, ManifestError::UnsupportedVersion { found: 2, .. }),
+        "{e}"
+    );
+    assert_style(&e.to_string());
+
+    let e = load_json(&json.replace("\"set_name\"", "\"extra\": 1, \"set_name\"")).unwrap_err();
+    assert!(matches!(e, ManifestError::Json { .. }), "{e}");
+
+    let e = load_json(&json.replace("\"set_name\": \"nightly\",", "")).unwrap_err();
+    assert!(matches!(e, ManifestError::Json { .. }), "{e}");
+
+    for bad in [
+        "\"xyz\"",
+        "\"feedbeef00001111222233334444555\"",
+        "\"+eedbeef000011112222333344445555\"",
+        "\"feedbeef0000111122223333444455555\"",
+        "12",
+    ] {
+        let changed = json.replace("\"feedbeef000011112222333344445555\"", bad);
+        let e = load_json(&changed).unwrap_err();
+        assert!(matches!(e, ManifestError::Json { .. }), "{bad}: {e}");
+    }
+    // Upper case hex is read.
+    let upper = json.replace(
+        "\"feedbeef000011112222333344445555\"",
+        "\"FEEDBEEF000011112222333344445555\"",
+    );
+    assert!(load_json(&upper).is_ok());
+
+    let mut m: Manifest = serde_json::from_str(&json).unwrap();
+    m.stripes[0].stream_xxh3 = 0x1234;
+    let s = serde_json::to_string(&m).unwrap();
+    assert!(s.contains("\"stream_xxh3\":\"0000000000001234\""), "{s}");
+    let long = s.replace("\"0000000000001234\"", "\"00000000000012340\"");
+    assert!(load_json(&long).is_err());
+}
+
+#[test]
+fn too_large_a_file_is_not_read_whole() {
+    let dir = tempdir();
+    let big = vec![b' '; MAX_MANIFEST_LEN as usize + 1];
+    fs::write(dir.path().join(MANIFEST_FILE), big).unwrap();
+    let e = Manifest::load(dir.path()).unwrap_err();
+    assert!(matches!(e, ManifestError::TooLarge { .. }), "{e}");
+}
+
+fn problem(m: &Manifest) -> ManifestProblem {
+    let p = m.validate().unwrap_err();
+    assert_style(&p.to_string());
+    // store refuses it, and load refuses it as written by another program.
+    let dir = tempdir();
+    let e = m.store(dir.path()).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    assert!(!dir.path().join(MANIFEST_FILE).exists());
+    fs::write(
+        dir.path().join(MANIFEST_FILE),
+        serde_json::to_vec(m).unwrap(),
+    )
+    .unwrap();
+    match Manifest::load(dir.path()) {
+        Err(ManifestError::Invalid { problem, .. }) => assert_eq!(problem, p),
+        other => panic!("{other:?}"),
+    }
+    p
+}
+
+#[test]
+fn file_names_that_could_escape_are_refused() {
+    let dir = tempdir();
+    let good = backup(dir.path(), 2, Codec::Stored);
+    for name in [
+        "../stripe-00.vdis",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "..",
+        ".",
+        "",
+        ".hidden",
+        "C:stripe",
+        "stripe-00.vdis.",
+        "NUL",
+        "con.txt",
+        "Com1.vdis",
+        "lpt9",
+        "manifest.json",
+        "Manifest.JSON.tmp",
+        "stripe\0",
+        "stripe 00",
+        "str\u{f6}m",
+        &"x".repeat(256),
+    ] {
+        let mut m = good.clone();
+        m.stripes[1].file = name.into();
+        assert!(m.stripe_path(dir.path(), 1).is_none(), "{name:?}");
+        match problem(&m) {
+            ManifestProblem::UnsafeFileName { index: 1, file, .. } => assert_eq!(file, name),
+            other => panic!("{name:?}: {other}"),
+        }
+    }
+    // Plain names are fine.
+    for name in ["stripe-01.vdis", "a", "backup_1.part-2", "COM10", "console"] {
+        let mut m = good.clone();
+        m.stripes[1].file = name.into();
+        m.validate().unwrap();
+        assert_eq!(m.stripe_path(dir.path(), 1).unwrap(), dir.path().join(name));
+    }
+}
+
+#[test]
+fn stripe_indexes_must_be_each_there_once() {
+    let dir = tempdir();
+    let good = backup(dir.path(), 3, Codec::Stored);
+
+    let mut m = good.clone();
+    m.stripes[2].index = 0;
+    m.stripes[2].file = "other.vdis".into();
+    assert_eq!(problem(&m), ManifestProblem::DuplicateStripe(0));
+    assert_eq!(
+        ManifestProblem::DuplicateStripe(0).to_string(),
+        "stripe 0 appears more than once"
+    );
+
+    let mut m = good.clone();
+    m.stripes.pop();
+    assert_eq!(problem(&m), ManifestProblem::MissingStripe(2));
+
+    let mut m = good.clone();
+    m.stripes[1].index = 3;
+    assert!(matches!(
+        problem(&m),
+        ManifestProblem::StripeIndexOutOfRange {
+            index: 3,
+            device_count: 3
+        }
+    ));
+
+    let mut m = good.clone();
+    m.stripes[2].file = "STRIPE-00.vdis".into();
+    assert!(matches!(
+        problem(&m),
+        ManifestProblem::DuplicateFileName {
+            first: 0,
+            second: 2,
+            ..
+        }
+    ));
+
+    // Order does not matter.
+    let mut m = good.clone();
+    m.stripes.reverse();
+    m.validate().unwrap();
+}
+
+#[test]
+fn impossible_values_are_refused() {
+    let dir = tempdir();
+    let good = backup(dir.path(), 2, Codec::Stored);
+
+    let mut m = good.clone();
+    m.device_count = 0;
+    m.stripes.clear();
+    assert_eq!(problem(&m), ManifestProblem::DeviceCount(0));
+    let mut m = good.clone();
+    m.block_size = 3000;
+    assert_eq!(problem(&m), ManifestProblem::BlockSize(3000));
+    let mut m = good.clone();
+    m.max_transfer_size = 1 << 30;
+    assert_eq!(problem(&m), ManifestProblem::MaxTransferSize(1 << 30));
+    let mut m = good.clone();
+    m.codec = Codec::Zstd { level: 99 };
+    assert_eq!(problem(&m), ManifestProblem::ZstdLevel(99));
+
+    let totals: [fn(&mut StripeEntry); 7] = [
+        |e| e.checkpoints = 0,
+        |e| {
+            e.update(&Checkpoint::START);
+            e.raw_bytes = 1;
+        },
+        |e| e.stored_bytes = 100,
+        |e| e.stored_bytes = u64::MAX,
+        |e| e.data_records = u64::MAX,
+        |e| e.raw_bytes -= 1,
+        |e| {
+            e.raw_bytes = 0;
+            e.data_records = 0;
+            e.stored_bytes = (HEADER_LEN + CHECKPOINT_RECORD_LEN) as u64;
+            e.checkpoints = 1;
+            e.stream_xxh3 = 1;
+        },
+    ];
+    for change in totals {
+        let mut m = good.clone();
+        change(&mut m.stripes[1]);
+        assert!(
+            matches!(
+                problem(&m),
+                ManifestProblem::ImpossibleTotals { index: 1, .. }
+            ),
+            "{:?}",
+            m.stripes[1]
+        );
+    }
+}
+
+#[test]
+fn stripe_headers_are_matched_to_the_backup() {
+    let dir = tempdir();
+    let m = backup(dir.path(), 2, Codec::Stored);
+    let header = m.stripe_header(1);
+    assert_eq!(m.check_stripe_header(&header).unwrap().index, 1);
+
+    let other = StripeHeader {
+        backup_id: 1,
+        ..header
+    };
+    let p = m.check_stripe_header(&other).unwrap_err();
+    assert!(
+        matches!(
+            p,
+            ManifestProblem::HeaderMismatch {
+                index: 1,
+                field: "backup id",
+                ..
+            }
+        ),
+        "{p}"
+    );
+    assert_style(&p.to_string());
+    let beyond = StripeHeader {
+        index: 5,
+        count: 6,
+        ..header
+    };
+    assert!(m.check_stripe_header(&beyond).is_err());
+}
+
+#[test]
+fn store_fails_cleanly_where_it_cannot_write() {
+    let dir = tempdir();
+    let m = backup(dir.path(), 1, Codec::Stored);
+    let e = m.store(dir.path().join("nowhere")).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    assert!(e.to_string().contains("manifest.json.tmp"), "{e}");
+}
+
+#[test]
+fn stripe_file_names() {
+    assert_eq!(stripe_file_name(0), "stripe-00.vdis");
+    assert_eq!(stripe_file_name(63), "stripe-63.vdis");
+    for i in 0..MAX_STRIPES {
+        check_file_name(&stripe_file_name(i)).unwrap();
+    }
+}
+
+#[test]
+fn a_new_manifest_is_in_progress_with_no_checkpoint() {
+    let config = vdi_core::Config {
+        device_count: 2,
+        features: vdi_core::Features(3),
+        prefix_zone_size: 0,
+        alignment: 512,
+        soft_file_mark_block_size: 0,
+        eom_warning_size: 0,
+        server_timeout: 0,
+        block_size: 65536,
+        max_io_depth: 4,
+        max_transfer_size: 4 << 20,
+        buffer_area_size: 0,
+    };
+    let dir = tempdir();
+    let mut m = Manifest::new(7, 1_700_000_000, "set", &config, Codec::Zstd { level: 3 });
+    assert_eq!(m.state, ManifestState::InProgress);
+    assert_eq!(m.vdi_features, 3);
+    assert_eq!(m.stripes.len(), 2);
+    assert_eq!(m.stripes[1], StripeEntry::new(1));
+    assert_eq!(m.stripes[1].expected(), Checkpoint::START);
+    m.store(dir.path()).unwrap();
+    assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+
+    // A stripe whose header was written but no checkpoint yet reads as empty.
+    let w = StripeWriter::new(Vec::new(), m.stripe_header(1), m.codec).unwrap();
+    let file = w.into_inner();
+    let entry = m.stripe(1).unwrap();
+    assert_eq!(
+        stripe::verify_expected(&file[..], entry.expected()).unwrap(),
+        Checkpoint::START
+    );
+
+    // Then a checkpoint.
+    let mut w = StripeWriter::new(Vec::new(), m.stripe_header(0), m.codec).unwrap();
+    w.write_chunk(b"data").unwrap();
+    let cp = w.checkpoint().unwrap();
+    m.stripe_mut(0).unwrap().update(&cp);
+    m.state = ManifestState::Flushed;
+    m.store(dir.path()).unwrap();
+    let loaded = Manifest::load(dir.path()).unwrap();
+    assert_eq!(loaded.stripe(0).unwrap().expected(), cp);
+}
