@@ -240,22 +240,11 @@ async fn serve(
     });
     let bars = Progress::start("backup", &counters, expected, progress);
     let start = Instant::now();
-    let tasks: Vec<_> = devices
-        .into_iter()
-        .map(|(device, mut sink)| {
-            tokio::spawn(async move {
-                let r = backup_to(&device, &mut sink).await;
-                (r, sink)
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(
-            t.await
-                .map_err(|e| Failure::other(format!("a device task failed: {e}")))?,
-        );
-    }
+    let results = on_every_device(devices, |(device, mut sink)| async move {
+        let r = backup_to(&device, &mut sink).await;
+        (r, sink)
+    })
+    .await?;
     let elapsed = start.elapsed();
     bars.finish();
     // Each writer finishes its stripe (a last checkpoint if the engine closed the device without
@@ -298,6 +287,32 @@ async fn serve(
         devices: config.device_count,
         engine_line: None,
     })
+}
+
+/// Runs `serve` on every device at once, each in a task of its own (every device must be
+/// served concurrently: the engine keeps them in step), and returns their results in device
+/// order.
+pub(crate) async fn on_every_device<T, F, Fut>(
+    devices: Vec<T>,
+    serve: F,
+) -> Outcome<Vec<Fut::Output>>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|d| tokio::spawn(serve(d)))
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(
+            t.await
+                .map_err(|e| Failure::other(format!("a device task failed: {e}")))?,
+        );
+    }
+    Ok(results)
 }
 
 /// What a device's failure means for the user.

@@ -26,7 +26,7 @@ use vdi_core::{ClientConfig, Config, Features, stripe_device_name};
 use vdi_shm::ClientSet;
 
 use crate::{
-    backup::device_failure,
+    backup::{device_failure, on_every_device},
     cli::RestoreArgs,
     engine::Engine,
     failure::{Failure, Outcome},
@@ -199,22 +199,11 @@ async fn serve(
     }
     let bars = Progress::start("restore", &counters, expected, progress);
     let start = Instant::now();
-    let tasks: Vec<_> = devices
-        .into_iter()
-        .map(|(device, mut source)| {
-            tokio::spawn(async move {
-                let r = restore_from(&device, &mut source.reader).await;
-                (r, source)
-            })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(
-            t.await
-                .map_err(|e| Failure::other(format!("a device task failed: {e}")))?,
-        );
-    }
+    let results = on_every_device(devices, |(device, mut source)| async move {
+        let r = restore_from(&device, &mut source.reader).await;
+        (r, source)
+    })
+    .await?;
     let elapsed = start.elapsed();
     bars.finish();
     let mut total = 0;
