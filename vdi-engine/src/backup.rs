@@ -15,7 +15,7 @@ use crate::{
     format::{Header, MAX_DATABASE_SIZE, StreamLayout},
     options::{BackupJob, Options, OptionsError},
     report::{EffectiveConfig, Operation, Report},
-    run::{self, Device, PanicGuard, Pending, Pool, Run},
+    run::{self, Device, PanicGuard, Pending, Pool, Run, tally},
 };
 
 /// What a backup device remembers besides the common state.
@@ -223,14 +223,7 @@ fn backup_on<S: ServerDeviceSet>(
         verified: false,
         warnings,
     };
-    for d in &devs {
-        let st = d.lock();
-        report.device_bytes.push(st.extra.bytes);
-        report.commands += st.sent;
-        report.flushes += st.flushes;
-        report.completes += st.completes;
-        report.clear_errors += st.clear_errors;
-    }
+    tally(&mut report, &devs, |x| x.bytes);
     debug!(?report, "backup done");
     Ok(report)
 }

@@ -15,7 +15,7 @@ use crate::{
     format::{Header, Region, StreamLayout},
     options::{Options, RestoreJob},
     report::{EffectiveConfig, Operation, Report, Warning},
-    run::{self, Device, PanicGuard, Pending, Pool, Rng, Run, lock},
+    run::{self, Device, PanicGuard, Pending, Pool, Rng, Run, lock, tally},
 };
 
 /// The read that met the end of the data.
@@ -227,12 +227,7 @@ fn restore_on<S: ServerDeviceSet>(
         verified,
         warnings,
     };
-    for d in &devs {
-        let st = d.lock();
-        report.device_bytes.push(st.extra.bytes);
-        report.commands += st.sent;
-        report.clear_errors += st.clear_errors;
-    }
+    tally(&mut report, &devs, |x| x.bytes);
     debug!(?report, "restore done");
     Ok(report)
 }

@@ -404,6 +404,23 @@ pub(crate) struct DevState<X> {
     pub(crate) extra: X,
 }
 
+/// Adds each device's counts to `report`, in device order; `bytes` reads the stream bytes a
+/// device moved from the operation's own state.
+pub(crate) fn tally<D: ServerDevice, X>(
+    report: &mut crate::Report,
+    devs: &[Device<'_, D, X>],
+    bytes: impl Fn(&X) -> u64,
+) {
+    for d in devs {
+        let st = d.lock();
+        report.device_bytes.push(bytes(&st.extra));
+        report.commands += st.sent;
+        report.flushes += st.flushes;
+        report.completes += st.completes;
+        report.clear_errors += st.clear_errors;
+    }
+}
+
 impl<X> DevState<X> {
     /// Commands sent and not yet completed (or still being handled).
     pub(crate) fn outstanding(&self) -> usize {
