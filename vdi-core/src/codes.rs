@@ -209,6 +209,9 @@ codes! {
     REGDB_E_CLASSNOTREG = 0x8004_0154_u32 as i32, "REGDB_E_CLASSNOTREG", "class not registered";
     CLASS_E_CLASSNOTAVAILABLE = 0x8004_0111_u32 as i32, "CLASS_E_CLASSNOTAVAILABLE", "the class is not available";
     CO_E_NOTINITIALIZED = 0x8004_01F0_u32 as i32, "CO_E_NOTINITIALIZED", "CoInitialize has not been called";
+    E_POINTER = 0x8000_4003_u32 as i32, "E_POINTER", "an invalid pointer was passed";
+    RPC_E_CHANGED_MODE = 0x8001_0106_u32 as i32, "RPC_E_CHANGED_MODE", "the thread is already in another COM apartment";
+    E_NOTSUPPORTED = 0x8007_0032_u32 as i32, "HRESULT_FROM_WIN32(ERROR_NOT_SUPPORTED)", "the request is not supported (on this platform)";
 }
 
 impl HResult {

@@ -77,6 +77,52 @@ fn hresults_match_vdierror_h() {
 }
 
 #[test]
+fn com_hresults_match_winerror_h() {
+    let expected: [(HResult, u32, &str); 11] = [
+        (HResult::E_ACCESSDENIED, 0x8007_0005, "E_ACCESSDENIED"),
+        (HResult::E_NOINTERFACE, 0x8000_4002, "E_NOINTERFACE"),
+        (HResult::E_POINTER, 0x8000_4003, "E_POINTER"),
+        (HResult::E_OUTOFMEMORY, 0x8007_000E, "E_OUTOFMEMORY"),
+        (HResult::E_INVALIDARG, 0x8007_0057, "E_INVALIDARG"),
+        (
+            HResult::REGDB_E_CLASSNOTREG,
+            0x8004_0154,
+            "REGDB_E_CLASSNOTREG",
+        ),
+        (
+            HResult::CLASS_E_CLASSNOTAVAILABLE,
+            0x8004_0111,
+            "CLASS_E_CLASSNOTAVAILABLE",
+        ),
+        (
+            HResult::CO_E_NOTINITIALIZED,
+            0x8004_01F0,
+            "CO_E_NOTINITIALIZED",
+        ),
+        (
+            HResult::RPC_E_CHANGED_MODE,
+            0x8001_0106,
+            "RPC_E_CHANGED_MODE",
+        ),
+        (
+            HResult::E_NOTSUPPORTED,
+            0x8007_0032,
+            "HRESULT_FROM_WIN32(ERROR_NOT_SUPPORTED)",
+        ),
+        (
+            CompletionCode::NOT_SUPPORTED.to_hresult(),
+            0x8007_0032,
+            "HRESULT_FROM_WIN32(ERROR_NOT_SUPPORTED)",
+        ),
+    ];
+    for (hr, value, name) in expected {
+        assert_eq!(hr.0 as u32, value);
+        assert_eq!(format!("{hr:?}"), name);
+        assert!(!hr.is_ok());
+    }
+}
+
+#[test]
 fn errors_round_trip_through_hresults() {
     for hr in HResult::ALL.iter().copied().filter(|h| !h.is_ok()) {
         let e = Error::from_hresult(hr).unwrap();
