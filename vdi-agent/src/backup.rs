@@ -34,6 +34,8 @@ use crate::{
 /// What a finished backup reports.
 #[derive(Debug)]
 pub(crate) struct BackupReport {
+    /// Each stripe's final totals, in device order.
+    pub(crate) stripes: Vec<Checkpoint>,
     pub(crate) raw_bytes: u64,
     pub(crate) stored_bytes: u64,
     pub(crate) elapsed: Duration,
@@ -98,7 +100,7 @@ pub(crate) async fn run(args: &BackupArgs, progress: bool) -> Outcome<BackupRepo
         (Ok(mut report), end) => {
             report.engine_line = end.map(|e| e.stdout.trim().to_owned());
             if let Some(d) = &dir {
-                finish_manifest(d)?;
+                finish_manifest(d, &report.stripes)?;
             }
             Ok(report)
         }
@@ -129,8 +131,15 @@ fn prepare_dir(dir: &Path) -> Outcome {
 }
 
 /// Marks the manifest complete once the engine reported success.
-fn finish_manifest(dir: &Path) -> Outcome {
+/// Stripes the engine closed without a final Flush were hardened at the close; the manifest
+/// takes their final totals now that the engine has confirmed the backup.
+fn finish_manifest(dir: &Path, stripes: &[Checkpoint]) -> Outcome {
     let mut m = Manifest::load(dir).map_err(|e| Failure::data(e.to_string()))?;
+    for (i, cp) in stripes.iter().enumerate() {
+        if let Some(entry) = m.stripe_mut(i as u32) {
+            entry.update(cp);
+        }
+    }
     m.state = ManifestState::Complete;
     m.store(dir)
         .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))
@@ -197,7 +206,7 @@ async fn serve(
         let device = set
             .open_device(&dev_name)
             .await
-            .map_err(|e| Failure::other(format!("cannot open device '{dev_name}': {e}")))?;
+            .map_err(|e| open_failure("backup", &dev_name, e))?;
         let (output, label) = match dir {
             Some(d) => {
                 let path = d.join(stripe_file_name(i));
@@ -249,6 +258,7 @@ async fn serve(
     bars.finish();
     // Each writer finishes its stripe (a last checkpoint if the engine closed the device without
     // a final Flush) and reports its totals or its error.
+    let mut stripes = Vec::with_capacity(results.len());
     let mut raw = 0;
     let mut stored = 0;
     let mut first_sink_error: Option<Failure> = None;
@@ -257,6 +267,7 @@ async fn serve(
         let i = i as u32;
         match sink.finish().await {
             Ok(end) => {
+                stripes.push(end.totals);
                 raw += end.totals.raw_bytes;
                 stored += end.totals.stored_bytes;
                 if end.unflushed && r.is_ok() {
@@ -281,6 +292,7 @@ async fn serve(
         return Err(device_failure("backup", i, &e));
     }
     Ok(BackupReport {
+        stripes,
         raw_bytes: raw,
         stored_bytes: stored,
         elapsed,
@@ -313,6 +325,17 @@ where
         );
     }
     Ok(results)
+}
+
+/// Why `OpenDevice` failed, for the user: an abort is the engine's doing.
+pub(crate) fn open_failure(operation: &str, device: &str, e: vdi_core::Error) -> Failure {
+    if e.is_abort() {
+        Failure::engine(format!(
+            "the {operation} was aborted (SignalAbort) while device '{device}' was being opened"
+        ))
+    } else {
+        Failure::other(format!("cannot open device '{device}': {e}"))
+    }
 }
 
 /// What a device's failure means for the user.
@@ -553,9 +576,12 @@ fn write_stripe(
             }
         }
     }
+    // Data after the last Flush was never confirmed: the stripe file is made whole (a last
+    // checkpoint, fsync), but the manifest keeps the last confirmed checkpoint until the engine
+    // reports success (see `finish_manifest`).
     let unflushed = writer.totals() != last;
     if unflushed {
-        last = harden(index, &mut writer, manifest)?;
+        last = harden(index, &mut writer, None)?;
     }
     Ok(WriterEnd {
         totals: last,

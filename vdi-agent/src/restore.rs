@@ -18,7 +18,7 @@ use tokio::{
     sync::mpsc,
 };
 use vdi_agent::{
-    manifest::Manifest,
+    manifest::{Manifest, ManifestState},
     stripe::{Checkpoint, StripeReader},
 };
 use vdi_async::{AsyncSet, restore_from};
@@ -26,7 +26,7 @@ use vdi_core::{ClientConfig, Config, Features, stripe_device_name};
 use vdi_shm::ClientSet;
 
 use crate::{
-    backup::{device_failure, on_every_device},
+    backup::{device_failure, on_every_device, open_failure},
     cli::RestoreArgs,
     engine::Engine,
     failure::{Failure, Outcome},
@@ -126,6 +126,19 @@ pub(crate) async fn run(args: &RestoreArgs, progress: bool) -> Outcome<RestoreRe
 /// starts: the manifest, that each file exists with the length and header the manifest says.
 fn open_dir(dir: &Path, verify_first: bool) -> Outcome<(Vec<Source>, u32)> {
     let manifest = Manifest::load(dir).map_err(|e| Failure::data(e.to_string()))?;
+    match manifest.state {
+        ManifestState::Complete => {}
+        ManifestState::Flushed => eprintln!(
+            "vdi-agent: warning: the backup in {} did not complete (the engine never confirmed it); restoring what its last Flush hardened",
+            dir.display()
+        ),
+        ManifestState::InProgress => {
+            return Err(Failure::data(format!(
+                "the backup in {} never reached its first Flush: there is nothing durable to restore",
+                dir.display()
+            )));
+        }
+    }
     if verify_first {
         verify::verify_dir(dir, false)?;
     }
@@ -191,7 +204,7 @@ async fn serve(
         let device = set
             .open_device(&dev_name)
             .await
-            .map_err(|e| Failure::other(format!("cannot open device '{dev_name}': {e}")))?;
+            .map_err(|e| open_failure("restore", &dev_name, e))?;
         devices.push((
             device,
             StripeSource::start(i, source, Arc::clone(&counters))?,

@@ -211,6 +211,20 @@ fn missing_stripe_is_detected() {
 }
 
 #[test]
+fn a_backup_that_never_flushed_is_not_restored() {
+    let t = scratch();
+    let dir = t.path().join("b");
+    // The engine aborts before any Flush: the manifest stays "in-progress".
+    assert_eq!(
+        backup(&dir, 2, "2MiB", &["--engine-arg=--abort-at=3"]).code,
+        3
+    );
+    let r = restore(&dir, &[]);
+    assert_eq!(r.code, 5);
+    assert!(r.stderr.contains("never reached its first Flush"));
+}
+
+#[test]
 fn not_a_backup_directory() {
     let t = scratch();
     let v = verify(t.path());
