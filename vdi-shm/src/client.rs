@@ -118,7 +118,7 @@ impl vdi_core::ClientBackend for ShmClient {
             }
             Err(sys::ConnectError::Os(e)) => return Err(e),
         };
-        let (control, sock) = monitor::handshake(sock, Role::Secondary, &self.options)?;
+        let (control, sock) = monitor::handshake(sock, name, Role::Secondary, &self.options)?;
         let client_cfg = control.client_config();
         client_cfg
             .validate()

@@ -2,7 +2,6 @@
 //! with arbitrary bytes. Used by `fuzz/fuzz_targets/shared_region.rs` (`cargo xtask fuzz`).
 
 use std::{
-    os::fd::OwnedFd,
     sync::{Mutex, OnceLock, PoisonError, atomic::Ordering},
     time::Duration,
 };
@@ -14,7 +13,7 @@ use crate::{
     layout::{Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH},
     queue::{self, RingIndex},
     segments::Segments,
-    sys::Mapping,
+    sys::{Attachment, Mapping},
 };
 
 struct Fixture {
@@ -36,7 +35,7 @@ fn fixture(devices: u32) -> &'static Mutex<Fixture> {
                 let control = Control::create(&format!("fuzz{n}"), &cfg, 0x1234_5678)
                     .expect("fuzz fixture: control segment");
                 let segments = Segments::new();
-                let map = Mapping::create("vdi-shm:fuzz:segment0", 64 * 1024)
+                let map = Mapping::create("vdi-shm:fuzz:segment0", 64 * 1024, &[])
                     .expect("fuzz fixture: buffer segment");
                 segments.insert(0, map);
                 Mutex::new(Fixture { control, segments })
@@ -85,15 +84,15 @@ pub fn shared_region(data: &[u8]) {
             words[at % words.len()].store(u64::from_le_bytes(v), Ordering::Relaxed);
         }
     }
-    let Ok(fd) = fx.control.mapping().fd().try_clone_to_owned() else {
+    let Ok(fd) = fx.control.mapping().attachment() else {
         return;
     };
     check(fd, &fx, devices, rest);
 }
 
-fn check(fd: OwnedFd, fx: &Fixture, devices: u32, data: &[u8]) {
+fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
     let len = fx.control.layout().len as u64;
-    let Ok(control) = Control::open(fd, len, devices) else {
+    let Ok(control) = Control::open(fd, &format!("fuzz{devices}"), len, devices) else {
         return;
     };
     let client = control.client_config();

@@ -104,6 +104,19 @@ impl Layout {
         }
     }
 
+    /// The byte offsets of the words processes sleep on: the set state, and the `wake_seq` of
+    /// both rings of every device (the platform layer may need a kernel object for each).
+    pub(crate) fn wake_words(&self) -> Vec<usize> {
+        let wake_seq = std::mem::offset_of!(RingHeader, wake_seq);
+        let mut words = vec![H_STATE];
+        for i in 0..self.device_count {
+            let base = self.device(i);
+            words.push(base + DEV_SQ + wake_seq);
+            words.push(base + DEV_CQ + wake_seq);
+        }
+        words
+    }
+
     fn device(&self, index: u32) -> usize {
         assert!(
             index < self.device_count,
@@ -133,7 +146,11 @@ impl Control {
         handle_key: u32,
     ) -> Result<Self, Error> {
         let layout = Layout::new(config.device_count);
-        let map = Mapping::create(&format!("vdi-shm:{name}:control"), layout.len)?;
+        let map = Mapping::create(
+            &format!("vdi-shm:{name}:control"),
+            layout.len,
+            &layout.wake_words(),
+        )?;
         let c = Self::from_parts(map, layout);
         c.init(config, handle_key);
         Ok(c)
@@ -171,9 +188,11 @@ impl Control {
         c.u64_at(H_MAGIC).store(MAGIC, Ordering::Release);
     }
 
-    /// Maps a control segment a peer sent and checks its header against this build's layout.
+    /// Maps the control segment of set `name` a peer sent and checks its header against this
+    /// build's layout.
     pub(crate) fn open(
-        fd: std::os::fd::OwnedFd,
+        attachment: sys::Attachment,
+        name: &str,
         len: u64,
         device_count: u32,
     ) -> Result<Self, Error> {
@@ -185,7 +204,12 @@ impl Control {
         if len != layout.len as u64 {
             return Err(Error::Protocol(ProtocolReason::VersionMismatch));
         }
-        let map = Mapping::open(fd, layout.len)?;
+        let map = Mapping::open(
+            attachment,
+            &format!("vdi-shm:{name}:control"),
+            layout.len,
+            &layout.wake_words(),
+        )?;
         let c = Self::from_parts(map, layout);
         if c.u64_at(H_MAGIC).load(Ordering::Acquire) != MAGIC
             || c.u32_at(H_VERSION).load(Ordering::Relaxed) != LAYOUT_VERSION

@@ -7,19 +7,21 @@
 //!
 //! What it does, and how:
 //! - **Rendezvous.** The creator listens on a socket named after the set in the library's own
-//!   namespace (Linux: the abstract socket namespace, freed by the kernel when the creator dies,
-//!   so a stale set never blocks its name). Peers connect, their credentials are checked (same
-//!   user, or an admitted user or group: see [`Options`]), and shared memory travels as sealed
-//!   memfds.
+//!   namespace (Linux: the abstract socket namespace; Windows: a named pipe
+//!   `\\.\pipe\vdi-shm.1\<name>`), freed by the system when the creator dies, so a stale set
+//!   never blocks its name. Peers connect, their credentials are checked (same user, or on Linux
+//!   an admitted user or group: see [`Options`]), and shared memory travels as sealed memfds
+//!   (Linux) or as section handles the peer duplicates (Windows).
 //! - **Zero copy.** Buffers live in shared segments the server allocates, pre-faulted, with the
 //!   client's prefix zone directly below each aligned data zone. A command hands the client the
 //!   server's buffer itself; a completion hands it back.
 //! - **Commands.** Each device has a command ring (server → client) and a completion ring
 //!   (client → server) of [`QUEUE_DEPTH`] entries; a full queue gives the server `VD_E_BUSY`.
-//! - **Waiting.** A waiter spins briefly, then sleeps on a shared futex after announcing
-//!   itself, so a producer makes a system call only when someone sleeps; every sleep is bounded.
+//! - **Waiting.** A waiter spins briefly, then sleeps on a shared futex (Windows: an event per
+//!   shared word) after announcing itself, so a producer makes a system call only when someone
+//!   sleeps; every sleep is bounded.
 //! - **Death and garbage.** A monitor thread per process watches its connections; a peer that
-//!   dies (even by SIGKILL) aborts the set and wakes every waiter. Every value read from shared
+//!   dies (even by SIGKILL or `TerminateProcess`) aborts the set and wakes every waiter. Every value read from shared
 //!   memory is read once, validated, then used; a peer that writes garbage causes `VD_E_ABORT`
 //!   (reason: the peer misbehaved), never an out-of-bounds access, a panic or a hang.
 //!
@@ -31,7 +33,11 @@
 //!
 //! # Platforms
 //!
-//! Linux. Windows comes through vdi-win; on other systems the crate builds but has no backend.
+//! Linux and Windows, each behind the platform contract written atop `src/sys/mod.rs`
+//! (`sys/linux.rs`, `sys/windows.rs`); the rest of the crate is shared. On Windows, both
+//! processes of a set must run as the same user at the same integrity level (they duplicate
+//! each other's handles), and set names that differ only in case collide (pipe names are
+//! case-insensitive). On other systems the crate builds but has no backend.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(
@@ -45,47 +51,56 @@ pub(crate) mod pool;
 pub(crate) mod ring;
 pub(crate) mod sync;
 
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod client;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod layout;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod monitor;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod queue;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod segments;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod server;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod sys;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod view;
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 mod wire;
 
 #[cfg(all(
-    target_os = "linux",
+    any(target_os = "linux", windows),
     not(any(loom, miri)),
     any(test, feature = "fuzzing")
 ))]
 #[doc(hidden)]
 pub mod fuzzing;
 
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
 pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
+
+/// Test support, not an API: what is left of set `name`, as `(mappings, rendezvous)`: this
+/// process's mappings of the set's shared memory, and whether the set's pipe still exists.
+#[cfg(all(windows, not(any(loom, miri))))]
+#[doc(hidden)]
+pub fn leftovers(name: &str) -> (usize, usize) {
+    sys::leftovers(name)
+}
 
 /// Options of a client or server backend.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
-    /// Also admit peers running as this user (SQL Server on Linux runs as `mssql`).
+    /// Also admit peers running as this user (SQL Server on Linux runs as `mssql`). Linux only:
+    /// on Windows only peers of this process's own user (token SID) are admitted.
     pub admit_uid: Option<u32>,
-    /// Also admit peers whose effective group is this one.
+    /// Also admit peers whose effective group is this one. Linux only, as `admit_uid`.
     pub admit_gid: Option<u32>,
     /// How many times a waiter spins before it sleeps (default 2000, a few microseconds).
     pub spins: u32,

@@ -9,7 +9,7 @@
 //! survivor's waits return `VD_E_ABORT` at once rather than after a timeout.
 
 use std::{
-    os::fd::{AsFd, BorrowedFd},
+    io::ErrorKind,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -25,7 +25,7 @@ use crate::{
     Options,
     client::{self, Shared},
     layout::{Control, MAX_SEGMENTS, STATE_CREATED},
-    sys::{self, Mapping, Notifier, Socket},
+    sys::{self, Attachment, Mapping, Notifier, Socket, Waitable},
     wire::{MSG_LEN, Msg, Role, WIRE_VERSION},
 };
 
@@ -47,13 +47,6 @@ pub(crate) fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// The largest buffer segment a client maps (1 TiB).
 const MAX_SEGMENT_LEN: u64 = 1 << 40;
-
-/// Whether a peer with these credentials may join: this process's user, or an admitted user or
-/// group.
-fn admitted(cred: &sys::PeerCred, options: &Options) -> bool {
-    let (uid, _) = sys::current_ids();
-    cred.uid == uid || options.admit_uid == Some(cred.uid) || options.admit_gid == Some(cred.gid)
-}
 
 /// Connections accepted per turn of the monitor loop, so a flood cannot starve the peers.
 const ACCEPT_BURST: usize = 16;
@@ -123,23 +116,19 @@ impl Drop for Monitor {
     }
 }
 
-/// Connects as `role` to a primary: sends `Hello`, waits for `Welcome`, maps the control segment.
+/// Connects as `role` to the primary of set `set`: sends `Hello`, waits for `Welcome`, maps the
+/// control segment.
 pub(crate) fn handshake(
     sock: Socket,
+    set: &str,
     role: Role,
     options: &Options,
 ) -> Result<(Control, Socket), Error> {
-    // The abstract namespace has no permissions: anyone could have bound the name first.
+    // Anyone could have taken the name first (the abstract namespace has no permissions).
     // Only a listener run by an admitted user gets our data.
-    let cred = sock
-        .peer_cred()
-        .map_err(|e| sys::os_error("getsockopt(SO_PEERCRED)", e))?;
-    if !admitted(&cred, options) {
-        warn!(
-            uid = cred.uid,
-            gid = cred.gid,
-            "the set's listener runs as another user; refusing it"
-        );
+    let cred = sock.peer_cred()?;
+    if !sys::admitted(&cred, options) {
+        warn!(peer = ?cred, "the set's listener runs as another user; refusing it");
         return Err(Error::Security);
     }
     sock.send(
@@ -148,9 +137,9 @@ pub(crate) fn handshake(
             role,
         }
         .encode(),
-        &[],
+        None,
     )?;
-    let ready = sys::poll(&[sock.fd()], Some(HANDSHAKE_LIMIT));
+    let ready = sys::poll(&[sock.waitable()], Some(HANDSHAKE_LIMIT));
     if !ready[0].readable {
         // The primary accepted nothing within the limit: a stuck or foreign listener.
         return Err(Error::Protocol(ProtocolReason::NotReady));
@@ -158,7 +147,7 @@ pub(crate) fn handshake(
     let mut buf = [0u8; MSG_LEN];
     let (n, mut fds) = sock
         .recv(&mut buf)
-        .map_err(|e| sys::os_error("recvmsg", e))?;
+        .map_err(|e| sys::io_error("recvmsg", &e))?;
     let Some(Msg::Welcome {
         status,
         control_len,
@@ -179,7 +168,7 @@ pub(crate) fn handshake(
     if fds.len() != 1 {
         return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
     }
-    let control = Control::open(fds.remove(0), control_len, device_count)?;
+    let control = Control::open(fds.remove(0), set, control_len, device_count)?;
     Ok((control, sock))
 }
 
@@ -206,12 +195,12 @@ pub(crate) fn spawn_primary(
         while !stop.load(Ordering::Acquire) {
             // While accepting is paused, the notifier stands in for the (still readable) listener.
             let listen_fd = if Instant::now() < accept_paused_until {
-                notifier.fd()
+                notifier.waitable()
             } else {
-                listener.fd()
+                listener.waitable()
             };
-            let mut fds: Vec<BorrowedFd<'_>> = vec![notifier.fd(), listen_fd];
-            fds.extend(peers.iter().map(|p| p.sock.fd()));
+            let mut fds: Vec<Waitable<'_>> = vec![notifier.waitable(), listen_fd];
+            fds.extend(peers.iter().map(|p| p.sock.waitable()));
             let timeout = if Instant::now() < accept_paused_until {
                 Duration::from_millis(100)
             } else {
@@ -229,7 +218,7 @@ pub(crate) fn spawn_primary(
                 for _ in 0..ACCEPT_BURST {
                     let sock = match listener.accept() {
                         Ok(s) => s,
-                        Err(rustix::io::Errno::AGAIN) => break,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(_) => {
                             // Out of descriptors, say: the listener stays readable, so pause
                             // accepting instead of spinning.
@@ -238,9 +227,9 @@ pub(crate) fn spawn_primary(
                         }
                     };
                     let Ok(cred) = sock.peer_cred() else { continue };
-                    if !admitted(&cred, &options) {
-                        warn!(set = %shared.name, uid = cred.uid, gid = cred.gid, "refused a connection from another user");
-                        let _ = sock.send(&welcome_error(HResult::VD_E_SECURITY), &[]);
+                    if !sys::admitted(&cred, &options) {
+                        warn!(set = %shared.name, peer = ?cred, "refused a connection from another user");
+                        let _ = sock.send(&welcome_error(HResult::VD_E_SECURITY), None);
                         continue;
                     }
                     if peers.iter().filter(|p| p.role.is_none()).count() >= MAX_PENDING {
@@ -272,7 +261,9 @@ pub(crate) fn spawn_primary(
                 let received = if peer.role == Some(Role::Server) {
                     peer.sock.recv(&mut buf)
                 } else {
-                    peer.sock.recv_no_fds(&mut buf).map(|n| (n, Vec::new()))
+                    peer.sock
+                        .recv_no_attachments(&mut buf)
+                        .map(|n| (n, Vec::new()))
                 };
                 let (n, fds) = match received {
                     Ok((0, _)) => {
@@ -280,7 +271,7 @@ pub(crate) fn spawn_primary(
                         continue;
                     }
                     Ok(x) => x,
-                    Err(rustix::io::Errno::AGAIN) => {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         if r.hangup {
                             gone.push(i);
                         }
@@ -311,7 +302,7 @@ pub(crate) fn spawn_primary(
                             }
                         };
                         if status != HResult::S_OK {
-                            let _ = peer.sock.send(&welcome_error(status), &[]);
+                            let _ = peer.sock.send(&welcome_error(status), None);
                             gone.push(i);
                             continue;
                         }
@@ -322,7 +313,7 @@ pub(crate) fn spawn_primary(
                         };
                         if peer
                             .sock
-                            .send(&welcome.encode(), &[shared.control.mapping().fd()])
+                            .send(&welcome.encode(), Some(shared.control.mapping()))
                             .is_err()
                         {
                             gone.push(i);
@@ -334,7 +325,7 @@ pub(crate) fn spawn_primary(
                                     id,
                                     len: map.len() as u64,
                                 };
-                                let _ = peer.sock.send(&m.encode(), &[map.fd()]);
+                                let _ = peer.sock.send(&m.encode(), Some(&map));
                             }
                         } else {
                             server_seen = true;
@@ -343,7 +334,7 @@ pub(crate) fn spawn_primary(
                         peer.role = Some(role);
                     }
                     (Some(Role::Server), Some(Msg::Segment { id, len })) => {
-                        match map_segment(&shared.control, id, len, fds) {
+                        match map_segment(&shared.control, &shared.name, id, len, fds) {
                             Ok(map) => new_segments.push((id, map)),
                             Err(()) => {
                                 warn!(set = %shared.name, id, len, "the server sent an invalid segment; aborting");
@@ -366,7 +357,7 @@ pub(crate) fn spawn_primary(
                     len: map.len() as u64,
                 };
                 for p in peers.iter().filter(|p| p.role == Some(Role::Secondary)) {
-                    let _ = p.sock.send(&m.encode(), &[map.fd()]);
+                    let _ = p.sock.send(&m.encode(), Some(&map));
                 }
                 if !shared.segments.insert(id, map) {
                     shared.control.abort(AbortReason::PeerMisbehaved);
@@ -402,9 +393,10 @@ fn welcome_error(status: HResult) -> [u8; MSG_LEN] {
 /// Maps a segment the server announced, after checking it against the segment table.
 fn map_segment(
     control: &Control,
+    set: &str,
     id: u32,
     len: u64,
-    mut fds: Vec<std::os::fd::OwnedFd>,
+    mut fds: Vec<Attachment>,
 ) -> Result<Mapping, ()> {
     if id >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_LEN || fds.len() != 1 {
         return Err(());
@@ -413,7 +405,8 @@ fn map_segment(
         return Err(());
     }
     let len = usize::try_from(len).map_err(|_| ())?;
-    Mapping::open(fds.remove(0), len).map_err(|_| ())
+    let tag = format!("vdi-shm:{set}:segment{id}");
+    Mapping::open(fds.remove(0), &tag, len, &[]).map_err(|_| ())
 }
 
 /// The peer at the other end of a connection went away.
@@ -437,7 +430,7 @@ pub(crate) fn spawn_secondary(shared: Arc<Shared>, sock: Socket) -> Result<Monit
     Monitor::spawn(&name, move |notifier, stop| {
         let pid = sock.peer_cred().map(|c| c.pid).unwrap_or(0);
         while !stop.load(Ordering::Acquire) {
-            let ready = sys::poll(&[notifier.fd(), sock.fd()], None);
+            let ready = sys::poll(&[notifier.waitable(), sock.waitable()], None);
             if ready[0].readable {
                 notifier.drain();
                 continue;
@@ -453,14 +446,14 @@ pub(crate) fn spawn_secondary(shared: Arc<Shared>, sock: Socket) -> Result<Monit
                 }
                 Ok((n, fds)) => {
                     if let Some(Msg::Segment { id, len }) = Msg::decode(&buf[..n]) {
-                        let ok = map_segment(&shared.control, id, len, fds)
+                        let ok = map_segment(&shared.control, &shared.name, id, len, fds)
                             .is_ok_and(|map| shared.segments.insert(id, map));
                         if !ok {
                             shared.control.abort(AbortReason::PeerMisbehaved);
                         }
                     }
                 }
-                Err(rustix::io::Errno::AGAIN) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(_) => {
                     peer_gone(&shared.control, &shared.name, "primary client", pid);
                     break;
@@ -480,7 +473,7 @@ pub(crate) fn spawn_server(
     Monitor::spawn(&set.clone(), move |notifier, stop| {
         let pid = sock.peer_cred().map(|c| c.pid).unwrap_or(0);
         while !stop.load(Ordering::Acquire) {
-            let ready = sys::poll(&[notifier.fd(), sock.as_fd()], None);
+            let ready = sys::poll(&[notifier.waitable(), sock.waitable()], None);
             if ready[0].readable {
                 notifier.drain();
                 continue;
@@ -489,28 +482,19 @@ pub(crate) fn spawn_server(
                 continue;
             }
             let mut buf = [0u8; MSG_LEN];
-            match sock.recv_no_fds(&mut buf) {
-                Ok(0) | Err(rustix::io::Errno::CONNRESET | rustix::io::Errno::PIPE) => {
-                    // Latched first: the server's own state (commands outstanding) decides
-                    // whether a clean-looking end still strands it.
-                    control.set_peer_gone();
-                    peer_gone(&control, &set, "client", pid);
-                    break;
-                }
-                // The client sends nothing after the handshake; ignore anything it does.
-                Ok(_) | Err(rustix::io::Errno::AGAIN) => {}
-                Err(_) => {
-                    control.set_peer_gone();
-                    peer_gone(&control, &set, "client", pid);
-                    break;
-                }
+            // The client sends nothing after the handshake; anything it does is ignored. The
+            // end of the connection (or any failure but "nothing there") means it is gone.
+            let ended = match sock.recv_no_attachments(&mut buf) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != ErrorKind::WouldBlock,
+            };
+            if ended {
+                // Latched first: the server's own state (commands outstanding) decides
+                // whether a clean-looking end still strands it.
+                control.set_peer_gone();
+                peer_gone(&control, &set, "client", pid);
+                break;
             }
         }
     })
-}
-
-impl AsFd for Socket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd()
-    }
 }

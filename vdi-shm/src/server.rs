@@ -65,7 +65,7 @@ impl vdi_core::ServerBackend for ShmServer {
             }
             Err(sys::ConnectError::Os(e)) => return Err(e),
         };
-        let (control, sock) = monitor::handshake(sock, Role::Server, &self.options)?;
+        let (control, sock) = monitor::handshake(sock, name, Role::Server, &self.options)?;
         let client = control.client_config();
         if client.validate().is_err() || client.device_count != control.device_count() {
             return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
@@ -175,7 +175,7 @@ impl SetShared {
         if in_use.saturating_add(len as u64) > sys::buffer_memory_limit() {
             return Err(Error::Memory);
         }
-        let map = Mapping::create(&format!("vdi-shm:{}:segment{id}", self.name), len)?;
+        let map = Mapping::create(&format!("vdi-shm:{}:segment{id}", self.name), len, &[])?;
         // Registered locally before it is announced, so an id is never announced twice.
         if !st.pool.add_segment(id as u8, len as u64) {
             return Err(Error::Memory);
@@ -189,7 +189,7 @@ impl SetShared {
             id,
             len: len as u64,
         };
-        if let Err(e) = self.sock.send(&msg.encode(), &[map.fd()]) {
+        if let Err(e) = self.sock.send(&msg.encode(), Some(&map)) {
             // The client cannot learn of the segment: the set cannot go on.
             self.control.abort(AbortReason::PeerExited);
             return Err(e);

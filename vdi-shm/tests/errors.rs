@@ -2,7 +2,7 @@
 //! real backend (shared memory, sockets, monitor threads), with both sides in this process.
 //! Also the IO-ERROR rules and the abort rules of vdi-spec.md §6 and §9.2.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 mod common;
 
@@ -683,4 +683,22 @@ fn buffer_reused_at_once_while_another_thread_waits() {
         s.close().unwrap();
         assert_eq!(taker.join().unwrap(), Ok(2000));
     });
+}
+
+/// After the primary closes, its name can be created again at once, even while a server still
+/// holds its (now dead) connection to the old set.
+#[test]
+fn name_is_free_after_close_while_the_server_lingers() {
+    let name = common::unique_name("linger");
+    let set = ShmClient::new()
+        .create(None, &name, &ClientConfig::default())
+        .unwrap();
+    let server = ShmServer::new().open(None, &name).unwrap();
+    set.close().unwrap();
+    drop(set);
+    let again = ShmClient::new()
+        .create(None, &name, &ClientConfig::default())
+        .expect("the name is free once the primary closed");
+    again.close().unwrap();
+    drop(server);
 }

@@ -2,7 +2,7 @@
 //! byte arrives in order. The server (the engine) runs in a child process: this test binary
 //! re-run as `child_server`.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 mod common;
 

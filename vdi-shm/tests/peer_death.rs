@@ -9,7 +9,7 @@
 //! talking to the parent over its stdin and stdout. Detection latencies are printed (run with
 //! `--nocapture` to see them), never asserted.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 mod common;
 

@@ -10,7 +10,7 @@
 //! re-run as `child` in a role (`VDI_ROLE`); handles and answers travel over the secondaries'
 //! stdin and stdout.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! A backup between two threads of one process: the plumbing, end to end.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(target_os = "linux", windows))]
 
 use std::thread;
 

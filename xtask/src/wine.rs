@@ -5,7 +5,8 @@
 //!
 //! 1. The Rust target: `rustup target add x86_64-pc-windows-gnu`.
 //! 2. clippy for the Windows target: `cargo clippy --target x86_64-pc-windows-gnu -p vdi-win
-//!    --all-targets -- -D warnings` (the code under `cfg(windows)` is checked nowhere else).
+//!    -p vdi-shm --all-targets -- -D warnings` (the code under `cfg(windows)`, vdi-win's COM
+//!    layer and vdi-shm's Windows platform layer, is checked nowhere else).
 //! 3. Wine and the MinGW-w64 cross compiler: `apt-get update` and `apt-get install -y
 //!    --no-install-recommends wine gcc-mingw-w64-x86-64` when `wine` or `x86_64-w64-mingw32-gcc`
 //!    is missing (the recommends are fonts, sound and printing, which console tests never use).
@@ -19,10 +20,11 @@
 //!    forwarding to `RtlGenRandom` (`SystemFunction036` of advapi32), placed in the prefix's
 //!    `system32`.
 //! 6. `cargo test --target x86_64-pc-windows-gnu -p vdi-win --locked`, then the same with
-//!    `-p vdi-shm --lib`, with Wine as the runner (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=
-//!    wine`) and the MinGW linker. vdi-shm's backend is Linux-only and its integration tests
-//!    (`vdi-shm/tests/*.rs`) import it without a `cfg`, so they do not build for Windows; its unit
-//!    tests (the pool and the rings) do, and run.
+//!    `-p vdi-shm`, with Wine as the runner (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`)
+//!    and the MinGW linker. For vdi-shm that is its whole suite on its Windows backend
+//!    (`src/sys/windows.rs`: sections, events, named pipes): the unit tests, and the
+//!    multi-process integration tests (`vdi-shm/tests/*.rs`), whose child processes are the test
+//!    binary re-run under Wine and killed with `TerminateProcess`.
 //!
 //! Everything it builds goes to `target/wine` (`CARGO_TARGET_DIR`), away from the normal cache
 //! and its build lock.
@@ -93,6 +95,8 @@ pub(crate) fn run() -> Result<Outcome, String> {
             TARGET,
             "-p",
             "vdi-win",
+            "-p",
+            "vdi-shm",
             "--all-targets",
         ])
         .args(["--locked", "--", "-D", "warnings"])

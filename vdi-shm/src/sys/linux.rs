@@ -1,8 +1,9 @@
 //! Linux: sealed memfd mappings, shared futexes, abstract `AF_UNIX` sockets with `SCM_RIGHTS`,
 //! peer credentials, eventfd and poll.
 //!
-//! This is the only module of the backend that talks to the kernel. It keeps the `unsafe` code
-//! to two places: mapping and unmapping a memfd, and viewing a mapped range as shared atomics.
+//! This is the only module of the backend that talks to the kernel (the platform contract is
+//! in `mod.rs`, which also holds the typed views of a mapped range as shared atomics). Its
+//! `unsafe` code maps and unmaps a memfd and reads the peer's credentials.
 
 use std::{
     io::{IoSlice, IoSliceMut},
@@ -27,13 +28,23 @@ use rustix::{
 };
 use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
 
+use super::{ConnectError, MAP_ALIGN, Ready};
+use crate::Options;
+
+/// What [`poll`] waits on: a descriptor.
+pub(crate) use std::os::fd::BorrowedFd as Waitable;
+/// What carries a mapping to a peer: its memfd (sent with `SCM_RIGHTS`).
+pub(crate) use std::os::fd::OwnedFd as Attachment;
+
 /// The prefix of every abstract socket name this library binds: the library's own namespace.
 const SOCKET_PREFIX: &str = "vdi-shm.1/";
-/// Every mapping starts on a multiple of this (the largest data-zone alignment VDI allows), so
-/// offsets aligned within a segment are aligned in every process's address space.
-const MAP_ALIGN: usize = 64 * 1024;
 /// The most file descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 4;
+
+/// A system error `e` from `call` as the crate's error (see [`os_error`]).
+pub(crate) fn io_error(call: &'static str, e: &std::io::Error) -> Error {
+    os_error(call, Errno::from_io_error(e).unwrap_or(Errno::IO))
+}
 
 /// Maps an errno from `call` to the crate's error: out-of-memory and out-of-space conditions
 /// become `VD_E_MEMORY`, everything else `VD_E_UNEXPECTED` naming the call.
@@ -47,24 +58,6 @@ pub(crate) fn os_error(call: &'static str, e: Errno) -> Error {
         })
     }
 }
-
-/// Types that may be viewed in shared memory written by an untrusted process.
-///
-/// # Safety
-///
-/// Implementors must be valid for every bit pattern (including all zeroes), contain no
-/// pointers, and be mutated only through atomic operations, so that a peer writing any bytes at
-/// any time can change values but never break memory safety.
-pub(crate) unsafe trait ShmSafe: Sync {}
-
-// SAFETY: an AtomicU32 is valid for every bit pattern and is only accessed atomically.
-unsafe impl ShmSafe for AtomicU32 {}
-// SAFETY: as for AtomicU32.
-unsafe impl ShmSafe for std::sync::atomic::AtomicU64 {}
-// SAFETY: RingHeader is #[repr(C)] and made of AtomicU32 fields and padding bytes only.
-unsafe impl ShmSafe for crate::ring::RingHeader {}
-// SAFETY: Entry is #[repr(C)] and made of AtomicU64 fields only.
-unsafe impl ShmSafe for crate::ring::Entry {}
 
 /// A shared, sealed memfd mapped read-write into this process.
 ///
@@ -88,8 +81,9 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Creates a new memfd of `len` bytes (a multiple of the page size), allocates its pages,
-    /// seals it and maps it.
-    pub(crate) fn create(tag: &str, len: usize) -> Result<Self, Error> {
+    /// seals it and maps it. Shared futexes work on any word, so `wake_words` needs nothing.
+    pub(crate) fn create(tag: &str, len: usize, wake_words: &[usize]) -> Result<Self, Error> {
+        let _ = wake_words;
         if len == 0 || !len.is_multiple_of(page_size()) {
             return Err(Error::Invalid(InvalidReason::BufferSize));
         }
@@ -104,8 +98,15 @@ impl Mapping {
     }
 
     /// Maps a memfd received from a peer, after checking that it is sealed against shrinking and
-    /// growing, has exactly `expected_len` bytes, and has all of them allocated.
-    pub(crate) fn open(fd: OwnedFd, expected_len: usize) -> Result<Self, Error> {
+    /// growing, has exactly `expected_len` bytes, and has all of them allocated. The memfd's
+    /// own name is its tag; shared futexes need nothing for `wake_words`.
+    pub(crate) fn open(
+        fd: Attachment,
+        tag: &str,
+        expected_len: usize,
+        wake_words: &[usize],
+    ) -> Result<Self, Error> {
+        let _ = (tag, wake_words);
         let misbehaved = Error::Protocol(ProtocolReason::PeerMisbehaved);
         if expected_len == 0 || !expected_len.is_multiple_of(page_size()) {
             return Err(misbehaved);
@@ -200,42 +201,16 @@ impl Mapping {
         self.fd.as_fd()
     }
 
+    /// A copy of what [`Socket::send`] carries for this mapping, to open it again in this
+    /// process as a peer would.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn attachment(&self) -> std::io::Result<Attachment> {
+        self.fd.try_clone()
+    }
+
     /// The first byte of the mapping.
     pub(crate) fn base(&self) -> *mut u8 {
         self.ptr.as_ptr()
-    }
-
-    /// Whether `addr` lies inside the mapping.
-    pub(crate) fn contains(&self, addr: *const u8) -> bool {
-        let start = self.ptr.as_ptr() as usize;
-        (start..start + self.len).contains(&(addr as usize))
-    }
-
-    /// A view of `count` values of `T` at byte `offset`.
-    ///
-    /// Offsets come from the local layout computation, never from shared memory, so a range
-    /// outside the mapping or a misaligned offset is a bug in this crate: it panics.
-    pub(crate) fn slice<T: ShmSafe>(&self, offset: usize, count: usize) -> &[T] {
-        let bytes = count
-            .checked_mul(size_of::<T>())
-            .expect("layout: size overflow");
-        assert!(
-            offset.checked_add(bytes).is_some_and(|end| end <= self.len),
-            "layout: range outside the mapping"
-        );
-        assert!(
-            offset.is_multiple_of(align_of::<T>()),
-            "layout: misaligned offset"
-        );
-        // SAFETY: the range is inside the mapping (checked above), which lives as long as
-        // `self`; the offset is aligned for T and the base is page-aligned; T is ShmSafe, so any
-        // bytes a peer writes are a valid T and all mutation is atomic.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset).cast::<T>(), count) }
-    }
-
-    /// A view of one `T` at byte `offset` (see [`Mapping::slice`]).
-    pub(crate) fn get<T: ShmSafe>(&self, offset: usize) -> &T {
-        &self.slice::<T>(offset, 1)[0]
     }
 }
 
@@ -291,15 +266,6 @@ impl crate::ring::Wake for FutexWake {
     fn wake_all(&self, word: &AtomicU32) {
         futex_wake_all(word);
     }
-}
-
-/// What a failed connect means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConnectError {
-    /// Nobody listens under the name.
-    NotFound,
-    /// The system refused for another reason.
-    Os(Error),
 }
 
 /// A connected or listening `AF_UNIX` sequential-packet socket.
@@ -364,13 +330,18 @@ impl Socket {
     }
 
     /// Accepts one connection (blocking unless the listener is non-blocking).
-    pub(crate) fn accept(&self) -> rustix::io::Result<Self> {
-        rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC).map(Self)
+    pub(crate) fn accept(&self) -> std::io::Result<Self> {
+        Ok(rustix::net::accept_with(&self.0, SocketFlags::CLOEXEC).map(Self)?)
     }
 
     /// The credentials of the peer, as the kernel recorded them at connect time. The pid is 0
     /// when the peer is not visible in this process's pid namespace.
-    pub(crate) fn peer_cred(&self) -> rustix::io::Result<PeerCred> {
+    pub(crate) fn peer_cred(&self) -> Result<PeerCred, Error> {
+        self.peer_cred_raw()
+            .map_err(|e| os_error("getsockopt(SO_PEERCRED)", e))
+    }
+
+    fn peer_cred_raw(&self) -> rustix::io::Result<PeerCred> {
         let mut cred = libc::ucred {
             pid: 0,
             uid: 0,
@@ -402,8 +373,10 @@ impl Socket {
         })
     }
 
-    /// Sends one message with up to [`MAX_FDS`] file descriptors.
-    pub(crate) fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+    /// Sends one message, with the memfd of `mapping` if given.
+    pub(crate) fn send(&self, bytes: &[u8], mapping: Option<&Mapping>) -> Result<(), Error> {
+        let fd = mapping.map(Mapping::fd);
+        let fds: &[BorrowedFd<'_>] = fd.as_slice();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -428,16 +401,16 @@ impl Socket {
 
     /// Receives one message into `buf`; returns its length (0 at the end of the connection)
     /// and the file descriptors it carried. A message longer than `buf` is an error.
-    pub(crate) fn recv(&self, buf: &mut [u8]) -> rustix::io::Result<(usize, Vec<OwnedFd>)> {
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, Vec<Attachment>)> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        self.recv_into(buf, &mut space)
+        Ok(self.recv_into(buf, &mut space)?)
     }
 
     /// Receives one message from a peer we take no descriptors from: descriptors it sends are
     /// discarded by the kernel, never installed here (closing a peer's descriptor can block,
     /// e.g. on a FUSE file).
-    pub(crate) fn recv_no_fds(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
-        self.recv_into(buf, &mut []).map(|(n, _)| n)
+    pub(crate) fn recv_no_attachments(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(self.recv_into(buf, &mut []).map(|(n, _)| n)?)
     }
 
     fn recv_into(
@@ -475,7 +448,7 @@ impl Socket {
     }
 
     /// The descriptor, to poll.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn waitable(&self) -> Waitable<'_> {
         self.0.as_fd()
     }
 }
@@ -504,18 +477,9 @@ impl Notifier {
     }
 
     /// The descriptor, to poll.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn waitable(&self) -> Waitable<'_> {
         self.0.as_fd()
     }
-}
-
-/// Readiness of one descriptor after [`poll`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Ready {
-    /// Data (or a connection) to read.
-    pub(crate) readable: bool,
-    /// The peer hung up or the descriptor failed.
-    pub(crate) hangup: bool,
 }
 
 /// Waits until one of `fds` is readable or hung up, or `timeout` passes (`None`: no limit).
@@ -542,12 +506,11 @@ pub(crate) fn poll(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<Rea
         .collect()
 }
 
-/// This process's effective user and group ids.
-pub(crate) fn current_ids() -> (u32, u32) {
-    (
-        rustix::process::geteuid().as_raw(),
-        rustix::process::getegid().as_raw(),
-    )
+/// Whether a peer with these credentials may join: this process's (effective) user, or an
+/// admitted user or group.
+pub(crate) fn admitted(cred: &PeerCred, options: &Options) -> bool {
+    let uid = rustix::process::geteuid().as_raw();
+    cred.uid == uid || options.admit_uid == Some(cred.uid) || options.admit_gid == Some(cred.gid)
 }
 
 /// This process's id.

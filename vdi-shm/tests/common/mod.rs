@@ -106,7 +106,7 @@ impl ChildProc {
         }
     }
 
-    /// Kills the child with SIGKILL and reaps it.
+    /// Kills the child (SIGKILL on Linux, TerminateProcess on Windows) and reaps it.
     pub(crate) fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -218,7 +218,7 @@ impl PipedChild {
         self.proc.wait(limit)
     }
 
-    /// Kills the child with SIGKILL and reaps it.
+    /// Kills the child (SIGKILL on Linux, TerminateProcess on Windows) and reaps it.
     pub(crate) fn kill(self) {
         self.proc.kill();
     }
@@ -573,6 +573,7 @@ pub(crate) fn client_restore(
 
 /// Counts what is left of set `name`: this process's mappings of its memfds (named
 /// `vdi-shm:<name>:...`), and the abstract sockets bound under its name anywhere.
+#[cfg(target_os = "linux")]
 pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let tag = format!("memfd:vdi-shm:{name}:");
@@ -584,4 +585,11 @@ pub(crate) fn leftovers(name: &str) -> (usize, usize) {
         .filter(|l| l.split_whitespace().last() == Some(needle.as_str()))
         .count();
     (mapped, sockets)
+}
+
+/// Counts what is left of set `name`: this process's mappings of its sections, and whether its
+/// pipe (`\\.\pipe\vdi-shm.1\<name>`) exists on the machine (0 or 1).
+#[cfg(windows)]
+pub(crate) fn leftovers(name: &str) -> (usize, usize) {
+    vdi_shm::leftovers(name)
 }
