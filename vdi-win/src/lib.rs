@@ -8,7 +8,9 @@
 //! with `vdi.h` (GUIDs, vtable slots, structures), and holds all of this crate's `unsafe` code.
 //!
 //! It is not a server: SQL Server plays that part, through its own copy of the interfaces. The
-//! Windows platform layer of vdi-shm (named sections and events) is not here yet.
+//! Windows platform layer of our own shared-memory transport lives in vdi-shm
+//! (`vdi-shm/src/sys/windows.rs`: sections, events, a named pipe per set), next to its Linux
+//! one, so both sides of a set run on Windows without sqlvdi.dll.
 //!
 //! # Requirements on Windows
 //!
