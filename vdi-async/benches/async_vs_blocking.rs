@@ -2,7 +2,10 @@
 //! side.
 //!
 //! Run with `cargo bench -p vdi-async --bench async_vs_blocking` (add `-- quick` for a short
-//! run). The engine runs in a child process (this binary re-run with `VDI_BENCH_ROLE`) and
+//! run; `VDI_BENCH_ROUNDS=n` sets the runs per client, `VDI_BENCH_TRANSFERS=64,1024` the
+//! transfer sizes in KiB, default 1024 and 4096; with `RUST_LOG=vdi_async=debug` each device
+//! logs at its end how many commands the task took itself and how many the waiter thread
+//! took). The engine runs in a child process (this binary re-run with `VDI_BENCH_ROLE`) and
 //! fills each buffer before sending it; the client reads every byte (a checksum) and completes
 //! the Write. Runs alternate between the two clients (A B A B …) so that a change in the
 //! machine's load hits both alike; the table gives the median GB/s of each and their ratio.
@@ -10,7 +13,8 @@
 //! - **blocking**: `GetCommand` with an infinite timeout on the calling thread, then
 //!   `CompleteCommand`.
 //! - **async**: the command stream of an `AsyncDevice` polled by one task on a current-thread
-//!   runtime; the device's waiter thread takes the commands.
+//!   runtime: the task takes a command itself when the engine has sent it, and leaves the
+//!   waiting to the device's waiter thread otherwise.
 
 use std::{
     process::{Child, Command},
@@ -44,11 +48,27 @@ fn main() {
         engine(&name, transfer, total).expect("engine");
         return;
     }
-    let (total, rounds) = if quick() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let (total, mut rounds) = if quick() {
         (256u64 << 20, 2)
     } else {
         (2u64 << 30, 5)
     };
+    if let Some(n) = env_list("VDI_BENCH_ROUNDS").first() {
+        rounds = (*n).max(1) as usize;
+    }
+    let mut transfers: Vec<u32> = env_list("VDI_BENCH_TRANSFERS")
+        .into_iter()
+        .map(|kib| (kib as u32).max(1) << 10)
+        .collect();
+    if transfers.is_empty() {
+        transfers = vec![1 << 20, 4 << 20];
+    }
     println!(
         "# one-device backup, engine in a child process, {} MiB per run, {rounds} runs each, interleaved\n",
         total >> 20
@@ -59,7 +79,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for transfer in [1u32 << 20, 4 << 20] {
+    for transfer in transfers {
         let mut blocking = Vec::new();
         let mut asynch = Vec::new();
         for _ in 0..rounds {
@@ -67,12 +87,20 @@ fn main() {
             asynch.push(rt.block_on(run_async(transfer, total)));
         }
         let (b, a) = (median(&mut blocking), median(&mut asynch));
-        println!(
-            "| {} MiB | {b:.2} | {a:.2} | {:.2} |",
-            transfer >> 20,
-            a / b
-        );
+        let size = if transfer >= 1 << 20 {
+            format!("{} MiB", transfer >> 20)
+        } else {
+            format!("{} KiB", transfer >> 10)
+        };
+        println!("| {size} | {b:.2} | {a:.2} | {:.2} |", a / b);
     }
+}
+
+/// The numbers in the comma-separated environment variable `key`.
+fn env_list(key: &str) -> Vec<u64> {
+    std::env::var(key)
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -99,13 +127,22 @@ fn spawn_engine(name: &str, transfer: u32, total: u64) -> Child {
         .expect("spawn the engine")
 }
 
-fn finish(mut engine: Child, received: u64, total: u64, elapsed: Duration) -> f64 {
+fn finish(mut engine: Child, received: u64, sum: u64, total: u64, elapsed: Duration) -> f64 {
     assert!(engine.wait().expect("wait").success(), "engine failed");
     assert_eq!(received, total, "bytes received");
+    // The engine writes word i of the stream as i: the words of the whole stream sum to
+    // n(n-1)/2, so every byte was read, and read right.
+    let n = total / 8;
+    let expected = if n.is_multiple_of(2) {
+        (n / 2).wrapping_mul(n.wrapping_sub(1))
+    } else {
+        n.wrapping_mul((n - 1) / 2)
+    };
+    assert_eq!(sum, expected, "checksum of the stream");
     total as f64 / elapsed.as_secs_f64() / 1e9
 }
 
-/// Reads every byte: the checksum keeps the reads from being optimized away.
+/// Reads every byte (the sum of the stream's words, checked at the end).
 fn checksum(data: &[u8]) -> u64 {
     data.chunks_exact(8).fold(0u64, |a, w| {
         a.wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")))
@@ -138,10 +175,9 @@ fn run_blocking(transfer: u32, total: u64) -> f64 {
         dev.complete(cmd, c).expect("complete");
     }
     let elapsed = start.elapsed();
-    std::hint::black_box(sum);
     drop(dev);
     set.close().expect("close");
-    finish(engine, received, total, elapsed)
+    finish(engine, received, sum, total, elapsed)
 }
 
 async fn run_async(transfer: u32, total: u64) -> f64 {
@@ -167,10 +203,9 @@ async fn run_async(transfer: u32, total: u64) -> f64 {
         cmd.complete(c).expect("complete");
     }
     let elapsed = start.elapsed();
-    std::hint::black_box(sum);
     drop((commands, device));
     set.close().await.expect("close");
-    finish(engine, received, total, elapsed)
+    finish(engine, received, sum, total, elapsed)
 }
 
 /// The engine: writes `total` bytes in transfers of `transfer`, filling each buffer first.

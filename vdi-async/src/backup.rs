@@ -79,8 +79,8 @@ fn answer_other<D: ClientDevice>(c: AsyncCommand<D>) -> io::Result<()> {
 /// which fails the backup: the engine is never told that data is durable when it is not.
 ///
 /// The reader must be the device's only consumer for the bytes to be in stream order. The
-/// engine may keep several Writes outstanding (up to the device's bound): they wait, in order,
-/// in the device's queue.
+/// engine may keep several Writes outstanding: they wait, in order, until the reader takes
+/// them.
 ///
 /// # Cancel safety
 ///

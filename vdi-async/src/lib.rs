@@ -3,9 +3,11 @@
 //!
 //! - [`AsyncSet`]: create a set or join one as a secondary, await its configuration, open
 //!   devices, abort, close.
-//! - [`AsyncDevice`] and [`CommandStream`]: a device's commands as a [`futures::Stream`]; many
-//!   tasks may take commands of one device at once, up to a bound on outstanding commands, so
-//!   a slow consumer pushes back on the engine instead of growing memory.
+//! - [`AsyncDevice`] and [`CommandStream`]: a device's commands as a [`futures::Stream`], taken
+//!   by the polling task itself when they are there (no thread hop), by a waiter thread when
+//!   the task would have to wait; many tasks may take commands of one device at once, up to a
+//!   bound on outstanding commands, so a slow consumer pushes back on the engine instead of
+//!   growing memory.
 //! - [`AsyncCommand`]: an owned command, completed exactly once. [`AsyncCommand::complete`]
 //!   consumes it; [`AsyncCommand::into_bytes`] turns a Write's data into [`bytes::Bytes`]
 //!   without a copy and completes it when the last clone drops; a command dropped otherwise is
@@ -34,21 +36,43 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # How waiting works: a waiter thread per device
+//! # How waiting works: the polling task first, a waiter thread per device otherwise
 //!
 //! vdi-core's calls block the calling thread, with a timeout; the COM binding has nothing a
-//! reactor could poll (sqlvdi waits on its own events inside `GetCommand`). So each opened
-//! device gets a dedicated thread, `vdi-async <device>`, which loops: wait (in slices of
-//! 100 ms) until fewer commands are outstanding than the device's bound; `GetCommand` with a
-//! 100 ms timeout; hand the command to the device's queue, which wakes one waiting task. At
-//! `VD_E_CLOSE` every stream of the device ends; after an abort each yields the error once, then
-//! ends. No runtime worker thread ever blocks on VDI: `GetConfiguration`, `Close` and the other
-//! calls that may wait run on tokio's blocking pool, in 100 ms slices where the call waits.
-//! `CompleteCommand` does not wait and runs on the calling task's thread.
+//! reactor could poll (sqlvdi waits on its own events inside `GetCommand`). But `GetCommand`
+//! with a zero timeout ([`vdi_core::Timeout::POLL`]) never waits, so a task that polls a
+//! device's [`CommandStream`] takes the next command itself when the engine has already sent
+//! it (or sends it within 5 µs, for which the task keeps trying, as a blocking `GetCommand`
+//! spins before it sleeps), on its own thread: a busy consumer gets its commands with no
+//! thread hop, which on a small VM saves two cross-thread wake-ups (tens of µs each) per
+//! command. Only when there is no command yet does the task leave the waiting to the device's
+//! dedicated thread,
+//! `vdi-async <device>`, and return `Pending`: while some task waits and fewer commands are
+//! outstanding than the device's bound, that thread calls `GetCommand` with a 100 ms timeout,
+//! and hands the command it gets to the device's queue, which wakes the waiting tasks;
+//! without a waiting task it sleeps (in 100 ms slices). A poll takes a queued command before
+//! it calls `GetCommand` itself.
+//!
+//! One token guards every `GetCommand` of a device, so the calls are made one at a time, and
+//! the commands are numbered ([`AsyncCommand::sequence`]) in the engine's order under it. The
+//! thread queues its command before it gives the token back, and a task takes a command
+//! itself only with the token and an empty queue: so a single consumer gets the commands in
+//! the engine's order whichever way each came, and several consumers each get an increasing
+//! subsequence. The thread gives the token back between its 100 ms calls, so tasks can take
+//! commands directly as soon as they come again. A task never waits for the token: if the
+//! thread holds it, the task lets the thread bring the command. (The module `device` spells
+//! out the protocol and why no wake-up is lost.)
+//!
+//! At `VD_E_CLOSE` every stream of the device ends; after an abort each yields the error once,
+//! then ends (whether a task or the thread met the end). No runtime worker thread ever blocks
+//! on VDI: `GetConfiguration`, `Close` and the other calls that may wait run on tokio's
+//! blocking pool, in 100 ms slices where the call waits. `CompleteCommand` and `GetCommand`
+//! with a zero timeout do not wait and run on the calling task's thread.
 //!
 //! The thread costs a stack per device (a set has at most 64) and wakes every 100 ms while
-//! idle; it stops at the device's end. It also keeps `GetCommand` of a device on one thread,
-//! as sqlvdi advises.
+//! idle; it stops at the device's end. `GetCommand` of a device runs on that thread or on the
+//! threads of the tasks that poll the device, one call at a time (the COM binding enters the
+//! multithreaded apartment for each call, so any thread will do).
 //!
 //! # Cancel safety
 //!
@@ -70,6 +94,8 @@
 mod backup;
 mod command;
 mod device;
+#[cfg(all(loom, test))]
+mod loom_model;
 mod restore;
 mod serve;
 mod set;
