@@ -27,9 +27,9 @@
 //!
 //! # Async
 //!
-//! Waits here block the calling thread. An async layer (vdi-async) runs blocking calls on a
-//! dedicated waiter thread per device and wakes tasks from there; the calls take timeouts, so
-//! such a thread never blocks for longer than it chooses.
+//! Waits here block the calling thread. An async layer (vdi-async) polls with a zero timeout
+//! from its tasks and leaves the blocking waits to a waiter thread per device, which wakes the
+//! tasks; the calls take timeouts, so such a thread never blocks for longer than it chooses.
 //!
 //! # Platforms
 //!
