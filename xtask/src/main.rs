@@ -10,6 +10,9 @@
 //!   nightly; see [`fuzz`]).
 //! - `wine-test`: vdi-win and vdi-shm built for `x86_64-pc-windows-gnu` and tested under Wine,
 //!   installing Wine and MinGW-w64 when missing (see [`wine`]).
+//! - `bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the alternatives
+//!   (vdi-bench, with iceoryx2), results in `target/bench/` (see [`mod@bench`]). Not part of `ci`;
+//!   vdi-bench's own test runs a smoke version of it there.
 //!
 //! Stages that need a nightly toolchain (Miri, fuzzing) or Wine say `skipping <stage>: <reason>` and
 //! pass when it, or their component, is missing and cannot be installed: the stable checks
@@ -25,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod bench;
 mod fuzz;
 mod loom;
 mod miri;
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             .and_then(fuzz::run)
             .map(report_skip),
         Some("wine-test") => wine::run().map(report_skip),
+        Some("bench") => bench::parse(&args[1..]).and_then(|o| bench::run(&root, &o)),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -82,6 +87,9 @@ fn print_help() {
     println!(
         "  wine-test           vdi-win and vdi-shm tests for windows-gnu under Wine (installs it)"
     );
+    println!("  bench [--quick] [--no-iceoryx2] [--save]");
+    println!("                      benchmarks against the alternatives, into target/bench/");
+    println!("                      (--save: copy them to vdi-bench/results/ for BENCHMARKS.md)");
 }
 
 /// The workspace root: the parent of this crate's manifest directory.

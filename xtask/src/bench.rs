@@ -1,0 +1,97 @@
+//! `cargo xtask bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the
+//! alternatives (the vdi-bench crate), in one run.
+//!
+//! Builds vdi-bench in release with its `iceoryx2` feature (the comparison-only dependency CI
+//! never builds; its first build takes a minute or two) and runs it, writing to `target/bench/`:
+//! `results.md`, `results.json` and the SVG plots. `--quick` is a ~15 s run with fewer samples,
+//! `--no-iceoryx2` leaves iceoryx2 out (no heavy build; its rows say so), and `--save` copies the
+//! results into `vdi-bench/results/`, the committed run BENCHMARKS.md shows.
+//!
+//! The numbers are only as quiet as the machine: the command prints the load average before
+//! and after, and results.md records both.
+
+use std::{fs, path::Path, time::Instant};
+
+/// Where the results go, relative to the workspace root.
+const OUT: &str = "target/bench";
+/// Where `--save` copies them (committed).
+const SAVED: &str = "vdi-bench/results";
+
+/// The options of `cargo xtask bench`.
+#[derive(Debug, Default)]
+pub(crate) struct Options {
+    quick: bool,
+    no_iceoryx2: bool,
+    save: bool,
+}
+
+/// Parses the arguments after `bench`.
+pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options::default();
+    for a in args {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--no-iceoryx2" => o.no_iceoryx2 = true,
+            "--save" => o.save = true,
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` for bench; expected --quick, --no-iceoryx2, --save"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Builds and runs the benchmarks; with `--save`, copies the results next to BENCHMARKS.md.
+pub(crate) fn run(root: &Path, o: &Options) -> Result<(), String> {
+    let start = Instant::now();
+    let mut build = crate::cargo();
+    build.args(["build", "--release", "-p", "vdi-bench"]);
+    if !o.no_iceoryx2 {
+        build.args(["--features", "iceoryx2"]);
+    }
+    crate::stage("bench: build vdi-bench (release)", build)?;
+
+    let exe = root.join("target/release/vdi-bench");
+    let mut bench = std::process::Command::new(&exe);
+    bench.args(["--out", OUT]);
+    if o.quick {
+        bench.arg("--quick");
+    }
+    crate::stage("bench: run", bench)?;
+
+    if o.save {
+        save(root)?;
+    }
+    println!(
+        "\n=== xtask: bench done in {:.0}s; results in {OUT}/results.md{}",
+        start.elapsed().as_secs_f64(),
+        if o.save {
+            format!(", copied to {SAVED}/")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Copies results.md, results.json and the plots from `target/bench/` to `vdi-bench/results/`.
+fn save(root: &Path) -> Result<(), String> {
+    let from = root.join(OUT);
+    let to = root.join(SAVED);
+    fs::create_dir_all(&to).map_err(|e| format!("mkdir {}: {e}", to.display()))?;
+    let entries = fs::read_dir(&from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let keep = path
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| matches!(x, "md" | "json" | "svg"));
+        if keep && let Some(name) = path.file_name() {
+            fs::copy(&path, to.join(name))
+                .map_err(|e| format!("copy {} to {}: {e}", path.display(), to.display()))?;
+        }
+    }
+    Ok(())
+}
