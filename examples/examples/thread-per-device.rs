@@ -38,9 +38,7 @@
 //! rates.
 
 use std::{
-    fs::File,
-    io::{self, Read, Write},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
     sync::OnceLock,
     thread,
@@ -50,15 +48,11 @@ use std::{
 use examples::{
     BoxError,
     engine::{self, EngineCommand},
+    stripe_file::serve_stripe,
 };
-use vdi_core::{
-    ClientBackend, ClientCommand, ClientConfig, ClientDevice, ClientDeviceSet, CommandCode,
-    Completion, CompletionCode, Error, Features, Timeout,
-};
+use vdi_core::{ClientBackend, ClientConfig, ClientDeviceSet, Features};
 use vdi_shm::ShmClient;
 
-/// `GetCommand`'s wait; `VD_E_TIMEOUT` is not an error (§9.3).
-const WAIT: Timeout = Timeout::from_millis(1000);
 /// `MAXTRANSFERSIZE` of the statements: 1 MiB transfers (SQL Server's default for VDI is 64 KiB).
 const MAX_TRANSFER: u32 = 1 << 20;
 
@@ -192,76 +186,4 @@ fn serve_all(
         .collect::<Option<Vec<u64>>>()
         .ok_or("a device thread panicked")?;
     Ok((bytes, elapsed))
-}
-
-/// One device's command loop on its own file: Writes appended to it (`backup`), or Reads filled
-/// from it. Returns the bytes moved.
-fn serve_stripe(
-    device: &vdi_shm::ClientDevice,
-    path: &Path,
-    backup: bool,
-) -> Result<u64, BoxError> {
-    let mut file = if backup {
-        File::create(path)?
-    } else {
-        File::open(path)?
-    };
-    let (mut bytes, mut at_end) = (0u64, false);
-    loop {
-        let mut cmd = match device.command(WAIT) {
-            Ok(cmd) => cmd,
-            Err(Error::Closed) => return Ok(bytes),
-            Err(Error::Timeout) => continue,
-            Err(e) => return Err(format!("GetCommand: {e}").into()),
-        };
-        let size = cmd.size();
-        let result = match cmd.code() {
-            CommandCode::WRITE => file
-                .write_all(cmd.data())
-                .map(|()| Completion::success(size)),
-            CommandCode::READ if at_end => Ok(Completion::eof(0)),
-            CommandCode::READ => read_full(&mut file, cmd.data_mut()).map(|n| {
-                at_end = n < size as usize;
-                if at_end {
-                    Completion::eof(n as u32)
-                } else {
-                    Completion::success(n as u32)
-                }
-            }),
-            CommandCode::FLUSH | CommandCode::COMPLETE => {
-                file.sync_all().map(|()| Completion::success(0))
-            }
-            CommandCode::CLEAR_ERROR => Ok(Completion::success(0)),
-            _ => Ok(Completion::not_supported()),
-        };
-        match result {
-            Ok(completion) => {
-                bytes += u64::from(completion.bytes_transferred);
-                device
-                    .complete(cmd, completion)
-                    .map_err(|e| format!("CompleteCommand: {e}"))?;
-            }
-            Err(e) => {
-                let failed = Completion::with_code(CompletionCode::IO_DEVICE);
-                device
-                    .complete(cmd, failed)
-                    .map_err(|e| format!("CompleteCommand: {e}"))?;
-                return Err(format!("{}: {e}", path.display()).into());
-            }
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
