@@ -58,11 +58,7 @@ fn run(plan: Plan, role: &str, media: Features, client: impl FnOnce(&ClientSet, 
         server.wait(Duration::from_secs(60)).success(),
         "server process failed"
     );
-    assert_eq!(
-        common::leftovers(&name),
-        (0, 0),
-        "mappings or sockets left behind"
-    );
+    common::assert_no_leftovers(&name);
 }
 
 fn backup(plan: Plan) {

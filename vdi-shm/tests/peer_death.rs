@@ -177,11 +177,7 @@ fn until_error(what: &str, killed: Instant, mut probe: impl FnMut() -> Result<()
 }
 
 fn assert_nothing_left(name: &str) {
-    assert_eq!(
-        common::leftovers(name),
-        (0, 0),
-        "mappings or sockets of {name} left behind"
-    );
+    common::assert_no_leftovers(name);
 }
 
 #[test]

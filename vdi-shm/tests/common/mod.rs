@@ -571,6 +571,25 @@ pub(crate) fn client_restore(
     .map(drop)
 }
 
+/// Asserts that nothing of set `name` is left ([`leftovers`] is `(0, 0)`). The kernel frees a
+/// dead process's sockets asynchronously (a socket with a message in flight that carries a
+/// descriptor waits for the `AF_UNIX` garbage collector), so this looks again, for a bounded
+/// while, before it fails.
+pub(crate) fn assert_no_leftovers(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = leftovers(name);
+        if left == (0, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mappings or sockets of {name} left behind: {left:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Counts what is left of set `name`: this process's mappings of its memfds (named
 /// `vdi-shm:<name>:...`), and the abstract sockets bound under its name anywhere.
 #[cfg(target_os = "linux")]
