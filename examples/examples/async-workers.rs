@@ -279,11 +279,11 @@ async fn worker(name: String) -> Result<(), BoxError> {
         let [handle, device, offset, len] = w[..] else {
             return Err(format!("bad request {line:?}").into());
         };
-        let mapped = set.map_buffer_handle(BufferHandle(handle as u32)).await?;
-        let data = mapped
-            .as_slice()
-            .get(..len as usize)
-            .ok_or("short buffer")?;
+        let len = u32::try_from(len)?;
+        let mapped = set
+            .map_buffer_handle(BufferHandle(handle as u32), len)
+            .await?;
+        let data = mapped.as_slice();
         let answer = match check(device as u32, offset, data) {
             Some(sum) => format!("ok {sum}\n"),
             None => "bad\n".to_owned(),

@@ -385,23 +385,17 @@ fn handle_request(set: &ClientSet, file: &mut File, line: &str) -> Result<String
         ["write", handle, len] => {
             // MapBufferHandle: this process's view of the primary's command buffer.
             let mapped = set
-                .map_buffer_handle(BufferHandle(handle.parse()?))
+                .map_buffer_handle(BufferHandle(handle.parse()?), len.parse()?)
                 .map_err(|e| format!("MapBufferHandle: {e}"))?;
-            let data = mapped
-                .as_slice()
-                .get(..len.parse()?)
-                .ok_or("short buffer")?;
+            let data = mapped.as_slice();
             file.write_all(data)?;
             Ok(format!("{:016x}", xxh3_64(data)))
         }
         ["read", handle, len] => {
             let mut mapped = set
-                .map_buffer_handle(BufferHandle(handle.parse()?))
+                .map_buffer_handle(BufferHandle(handle.parse()?), len.parse()?)
                 .map_err(|e| format!("MapBufferHandle: {e}"))?;
-            let buf = mapped
-                .as_mut_slice()
-                .get_mut(..len.parse()?)
-                .ok_or("short buffer")?;
+            let buf = mapped.as_mut_slice();
             Ok(read_full(file, buf)?.to_string())
         }
         ["sync"] => {

@@ -198,22 +198,30 @@ impl<S: ClientDeviceSet + 'static> AsyncSet<S> {
         AsyncDevice::new(device, name, &self.shared.span)
     }
 
-    /// `MapBufferHandle`: this process's view of the buffer a handle names (from another
-    /// process's [`AsyncCommand::buffer_handle`](crate::AsyncCommand::buffer_handle)).
+    /// `MapBufferHandle`: this process's view of the first `len` bytes of the buffer a handle
+    /// names (from another process's
+    /// [`AsyncCommand::buffer_handle`](crate::AsyncCommand::buffer_handle), which sends the
+    /// command's size along with it). See
+    /// [`ClientDeviceSet::map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle).
     ///
     /// # Errors
     ///
-    /// `VD_E_INVALID` for a handle of another set or of a freed buffer.
+    /// `VD_E_INVALID` for a handle of another set or of a freed buffer, or a `len` larger
+    /// than the buffer.
     ///
     /// # Cancel safety
     ///
     /// This method is cancel safe: a mapping made for a dropped future is dropped (unmapped).
-    pub async fn map_buffer_handle(&self, handle: BufferHandle) -> Result<S::Mapped, Error>
+    pub async fn map_buffer_handle(
+        &self,
+        handle: BufferHandle,
+        len: u32,
+    ) -> Result<S::Mapped, Error>
     where
         S::Mapped: 'static,
     {
         let shared = Arc::clone(&self.shared);
-        run_blocking(move || shared.set.map_buffer_handle(handle)).await
+        run_blocking(move || shared.set.map_buffer_handle(handle, len)).await
     }
 
     /// `SignalAbort`: every wait on either side returns `VD_E_ABORT`; every device's stream

@@ -117,9 +117,9 @@ pub trait ClientCommand: Send {
 pub trait MappedBuffer: Send {
     /// The handle it was mapped from.
     fn handle(&self) -> BufferHandle;
-    /// The buffer's data zone.
+    /// The mapped bytes: the start of the buffer's data zone, as long as asked for.
     fn as_slice(&self) -> &[u8];
-    /// The buffer's data zone, to write.
+    /// The mapped bytes, to write.
     fn as_mut_slice(&mut self) -> &mut [u8];
 }
 
@@ -182,12 +182,21 @@ pub trait ClientDeviceSet: Send + Sync {
         command: &<Self::Device as ClientDevice>::Command,
     ) -> Result<BufferHandle, Error>;
 
-    /// `MapBufferHandle`: this process's view of the buffer a handle names.
+    /// `MapBufferHandle`: this process's view of the first `len` bytes of the buffer a handle
+    /// names.
+    ///
+    /// `len` is the size of the Read or Write command that carries the buffer: the process that
+    /// made the handle sends it along, since a handle says nothing of a length (sqlvdi's
+    /// `MapBufferHandle` returns an address only). The view lives until it is dropped, which
+    /// must happen before the command is completed. While it lives, no other view of those
+    /// bytes can be made in this process (a second mapping of the handle fails).
     ///
     /// # Errors
     ///
-    /// `VD_E_INVALID` for a handle of another set, or of a buffer that was freed since.
-    fn map_buffer_handle(&self, handle: BufferHandle) -> Result<Self::Mapped, Error>;
+    /// `VD_E_INVALID` for a handle of another set, or of a buffer that was freed since, for a
+    /// `len` larger than the buffer (or than the set's `maxTransferSize`), and for a buffer
+    /// this process already has a view of; `VD_E_PROTOCOL` when the set is not open.
+    fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<Self::Mapped, Error>;
 
     /// `SignalAbort`: every waiting call on either side returns `VD_E_ABORT`.
     ///

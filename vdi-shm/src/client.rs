@@ -289,6 +289,7 @@ impl ClientSet {
         &self,
         index: u32,
         generation: u16,
+        len: u32,
     ) -> Result<(BufView, crate::segments::Lease), Error> {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
         let shared = &self.shared;
@@ -304,7 +305,12 @@ impl ClientSet {
             .segments
             .wait_for(u32::from(d.segment), SEGMENT_WAIT, || shared.aborted())
             .ok_or(invalid)?;
-        let view = BufView::new(map, d.offset, u64::from(d.size)).ok_or(invalid)?;
+        if len > d.size {
+            return Err(Error::Invalid(InvalidReason::TransferSize));
+        }
+        // The whole buffer must lie in the segment; the view is its first `len` bytes.
+        BufView::new(Arc::clone(&map), d.offset, u64::from(d.size)).ok_or(invalid)?;
+        let view = BufView::new(map, d.offset, u64::from(len)).ok_or(invalid)?;
         // Not while this process holds the buffer another way (its command, or another
         // mapping of the same handle).
         let lease = shared
@@ -398,14 +404,14 @@ impl vdi_core::ClientDeviceSet for ClientSet {
         Ok(BufferHandle(h))
     }
 
-    fn map_buffer_handle(&self, handle: BufferHandle) -> Result<MappedBuffer, Error> {
+    fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<MappedBuffer, Error> {
         if self.shared.machine().state() == ClientSetState::DoesNotExist {
             return Err(Error::Protocol(ProtocolReason::WrongState(
                 Call::MapBufferHandle,
             )));
         }
         let (index, generation) = pool::decode_handle(handle.0, self.shared.control.handle_key());
-        let (view, lease) = self.descriptor_view(u32::from(index), generation)?;
+        let (view, lease) = self.descriptor_view(u32::from(index), generation, len)?;
         Ok(MappedBuffer {
             handle,
             view,

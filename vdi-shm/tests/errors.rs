@@ -366,7 +366,7 @@ fn get_command_timeout_close_and_complete_errors() {
     d0.complete(flush, Completion::success(0)).unwrap();
     p.sdevs[0].completion(WAIT).unwrap();
     assert_eq!(
-        hr(p.client.map_buffer_handle(BufferHandle(0xDEAD_BEEF))),
+        hr(p.client.map_buffer_handle(BufferHandle(0xDEAD_BEEF), 1)),
         HResult::VD_E_INVALID
     );
     // CloseDevice: GetCommand drains, then VD_E_CLOSE, every time after.

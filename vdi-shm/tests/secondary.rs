@@ -128,7 +128,7 @@ fn server_on_cue(name: &str) {
 /// - `fill H DEV OFF LEN`: fills the first LEN bytes of the buffer of handle H with device
 ///   DEV's stream from OFF; answers `ok` or `err <error>`;
 /// - `check H DEV OFF LEN`: checks them; answers `ok`, `bad` or `err <error>`;
-/// - `map H`: only maps; answers `ok` or `err <error>`;
+/// - `map H [LEN]`: only maps LEN bytes (0 if not given); answers `ok` or `err <error>`;
 /// - `close`: closes the set; answers `closed <result>`, then `mapped <count>` (this
 ///   process's mappings of the set left).
 fn secondary_worker(name: &str) {
@@ -165,13 +165,18 @@ fn serve_request(set: &ClientSet, line: &str) -> String {
             .unwrap_or_else(|| panic!("bad request {line:?}"))
     };
     let handle = BufferHandle(num(1) as u32);
-    let mut mapped = match set.map_buffer_handle(handle) {
+    let len = match words[0] {
+        "map" if words.len() == 2 => 0,
+        "map" => num(2) as u32,
+        _ => num(4) as u32,
+    };
+    let mut mapped = match set.map_buffer_handle(handle, len) {
         Ok(m) => m,
         Err(e) => {
             // A diagnostic only (the answer is the first result): does the map work later?
             let t = std::time::Instant::now();
             let later = loop {
-                let r = set.map_buffer_handle(handle).map(drop);
+                let r = set.map_buffer_handle(handle, len).map(drop);
                 if r.is_ok() || t.elapsed() > Duration::from_millis(200) {
                     break r;
                 }
@@ -189,11 +194,15 @@ fn serve_request(set: &ClientSet, line: &str) -> String {
         "map" => "ok".into(),
         "fill" | "check" => {
             let (device, offset, len) = (num(2) as u32, num(3), num(4) as usize);
-            assert!(len <= mapped.as_slice().len(), "{line}: buffer too small");
+            assert_eq!(
+                len,
+                mapped.as_slice().len(),
+                "{line}: the view is as long as asked"
+            );
             if words[0] == "fill" {
-                common::fill(device, offset, &mut mapped.as_mut_slice()[..len]);
+                common::fill(device, offset, mapped.as_mut_slice());
                 "ok".into()
-            } else if common::check(device, offset, &mapped.as_slice()[..len]) {
+            } else if common::check(device, offset, mapped.as_slice()) {
                 "ok".into()
             } else {
                 "bad".into()
@@ -385,7 +394,7 @@ fn secondary_fills_restore_buffers_by_handle() {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }
 
 /// A secondary checks every Write of a backup by handle; the primary completes them.
@@ -441,7 +450,7 @@ fn secondary_checks_backup_buffers_by_handle() {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }
 
 /// A secondary maps a handle it got before joining right after `OpenInSecondary` returns.
@@ -477,7 +486,7 @@ fn secondary_maps_a_handle_right_after_joining() {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }
 
 /// A handle of set B is no handle of set A: rejected with `VD_E_INVALID` in the primary and in
@@ -519,13 +528,13 @@ fn handle_of_another_set_is_rejected() {
     // While this process holds the command, mapping its buffer here again would make two
     // writable views of the same bytes: refused.
     assert_eq!(
-        b.map_buffer_handle(h_b).unwrap_err(),
+        b.map_buffer_handle(h_b, cmd_b.size()).unwrap_err(),
         Error::Invalid(InvalidReason::BufferHandle)
     );
     let invalid = a.buffer_handle(&cmd_b).unwrap_err();
     assert_eq!(invalid, Error::Invalid(InvalidReason::NotActiveCommand));
     assert_eq!(invalid.hresult(), HResult::VD_E_INVALID);
-    let invalid = a.map_buffer_handle(h_b).unwrap_err();
+    let invalid = a.map_buffer_handle(h_b, cmd_b.size()).unwrap_err();
     assert_eq!(invalid, Error::Invalid(InvalidReason::BufferHandle));
     assert_eq!(invalid.hresult(), HResult::VD_E_INVALID);
     worker.send(&format!("map {}", h_b.0));
@@ -548,8 +557,8 @@ fn handle_of_another_set_is_rejected() {
     drop((dev_a, dev_b, a, b));
     assert!(server_a.wait(SAY).success(), "server A failed");
     assert!(server_b.wait(SAY).success(), "server B failed");
-    assert_eq!(common::leftovers(&name_a), (0, 0));
-    assert_eq!(common::leftovers(&name_b), (0, 0));
+    common::assert_no_leftovers(&name_a);
+    common::assert_no_leftovers(&name_b);
 }
 
 /// The server frees a buffer and allocates another in its place: the old handle is stale and
@@ -590,7 +599,12 @@ fn stale_handle_is_rejected() {
     worker.expect(&err_line(stale), SAY);
     worker.send(&format!("fill {} 0 {n} {n}", h1.0));
     worker.expect(&err_line(stale), SAY);
-    assert_eq!(set.map_buffer_handle(h1).unwrap_err(), stale);
+    assert_eq!(set.map_buffer_handle(h1, n).unwrap_err(), stale);
+    // A view longer than the buffer is refused; the live handle still maps afterwards.
+    let too_long = Error::Invalid(InvalidReason::TransferSize);
+    assert_eq!(too_long.hresult(), HResult::VD_E_INVALID);
+    worker.send(&format!("map {} {}", h2.0, u32::MAX));
+    worker.expect(&err_line(too_long), SAY);
     worker.send(&format!("fill {} 0 {n} {n}", h2.0));
     worker.expect("ok", SAY);
     dev.complete(cmd2, Completion::success(n)).unwrap();
@@ -600,7 +614,7 @@ fn stale_handle_is_rejected() {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }
 
 /// `OpenInSecondary` is refused (`VD_E_PROTOCOL`) before the set is configured, and for a name
@@ -636,7 +650,7 @@ fn open_secondary_before_configuration_or_of_unknown_name_fails() {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }
 
 /// Starts the secondaries of the mprocess pattern, one per device 1..devices.
@@ -723,5 +737,5 @@ fn mprocess(config_first: bool) {
     assert_eq!(set.close(), Ok(()));
     drop((dev, set));
     assert!(server.wait(SAY).success(), "server process failed");
-    assert_eq!(common::leftovers(&name), (0, 0));
+    common::assert_no_leftovers(&name);
 }

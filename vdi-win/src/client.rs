@@ -10,6 +10,8 @@
 #![deny(unsafe_code)]
 
 use std::{
+    collections::BTreeMap,
+    ops::Bound,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -213,11 +215,19 @@ struct SetShared {
     /// What `GetConfiguration` returned first.
     config: OnceLock<Config>,
     local: Mutex<Local>,
+    /// The bytes of sqlvdi's buffers this process has views of.
+    leases: Arc<Leases>,
 }
 
 impl SetShared {
     fn local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `SignalAbort` on this process's own initiative (the caller is in the MTA).
+    fn abort(&self) {
+        let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        let _ = self.set.get().signal_abort();
     }
 
     /// Records an abort that sqlvdi reported, so later calls answer `VD_E_ABORT` locally.
@@ -276,6 +286,7 @@ impl SqlVdiSet {
                     machine,
                     devices: Vec::new(),
                 }),
+                leases: Arc::default(),
             }),
         }
     }
@@ -288,59 +299,6 @@ impl SqlVdiSet {
     /// The set's state as this process knows it.
     pub fn state(&self) -> ClientSetState {
         self.shared.local().machine.state()
-    }
-
-    /// `MapBufferHandle`, as a view of `len` bytes: how a secondary process reaches the buffer
-    /// of a command the primary holds.
-    ///
-    /// sqlvdi returns an address but no length, so the process that made the handle sends the
-    /// command's size along with it (which is why the trait's
-    /// [`map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle) cannot map here).
-    ///
-    /// # Errors
-    ///
-    /// `VD_E_INVALID` for an unknown handle, or a `len` above the set's `maxTransferSize`;
-    /// `VD_E_PROTOCOL` after `Close`.
-    ///
-    /// # Safety
-    ///
-    /// - `len` is at most the size of the Read or Write command whose buffer `handle` names;
-    /// - that command stays uncompleted while the view lives, and nothing else touches the
-    ///   buffer meanwhile (the process holding it waits for this one to finish).
-    #[allow(
-        unsafe_code,
-        reason = "the caller vouches for the length; see # Safety"
-    )]
-    pub unsafe fn map_buffer_handle_with_len(
-        &self,
-        handle: BufferHandle,
-        len: u32,
-    ) -> Result<SqlVdiMapped, Error> {
-        let op = Op::MapBufferHandle;
-        let r = (|| {
-            let _apartment = enter(op)?;
-            self.check_open(op, Call::MapBufferHandle)?;
-            if self
-                .shared
-                .config
-                .get()
-                .is_some_and(|c| len > c.max_transfer_size)
-            {
-                return Err(WinError::local(
-                    op,
-                    Error::Invalid(InvalidReason::BufferSize),
-                ));
-            }
-            // SAFETY: the caller's contract, as `FreeThreaded::map_buffer` states it.
-            let view = unsafe { self.shared.set.map_buffer(handle.0, len as usize) }
-                .map_err(|hr| WinError::from_hresult(op, hr))?;
-            Ok(SqlVdiMapped {
-                handle,
-                view,
-                _set: Arc::clone(&self.shared),
-            })
-        })();
-        r.map_err(WinError::report)
     }
 
     /// `VD_E_PROTOCOL` once the set is closed.
@@ -463,22 +421,57 @@ impl SqlVdiSet {
         Ok(BufferHandle(handle))
     }
 
-    fn map_buffer_handle_inner(&self, handle: BufferHandle) -> Result<SqlVdiMapped, WinError> {
+    fn map_buffer_handle_inner(
+        &self,
+        handle: BufferHandle,
+        len: u32,
+    ) -> Result<SqlVdiMapped, WinError> {
         let op = Op::MapBufferHandle;
         let _apartment = enter(op)?;
         self.check_open(op, Call::MapBufferHandle)?;
+        let invalid = |reason| WinError::local(op, Error::Invalid(reason));
+        if self
+            .shared
+            .config
+            .get()
+            .is_some_and(|c| len > c.max_transfer_size)
+        {
+            return Err(invalid(InvalidReason::TransferSize));
+        }
         // sqlvdi checks the handle; an unknown one gets its own error.
-        self.shared
+        let ptr = self
+            .shared
             .set
             .get()
             .map_buffer_handle(handle.0)
             .map_err(|hr| WinError::from_hresult(op, hr))?;
-        warn!(
-            ?handle,
-            "MapBufferHandle of sqlvdi returns no length, so a view cannot be made safely: \
-             use SqlVdiSet::map_buffer_handle_with_len with the size of the command"
-        );
-        Err(WinError::local(op, Error::Invalid(InvalidReason::Buffer)))
+        // sqlvdi says nothing of the buffer's length: the memory itself must hold `len` bytes
+        // we may read and write...
+        if !raw::runtime::read_write(ptr, len as usize) {
+            return Err(invalid(InvalidReason::TransferSize));
+        }
+        // ...and no other view in this process may reach them (a command this process holds,
+        // or another mapping).
+        let start = ptr.as_ptr() as usize;
+        let lease = Leases::take(&self.shared.leases, start, start + len as usize)
+            .ok_or_else(|| invalid(InvalidReason::Buffer))?;
+        #[allow(
+            unsafe_code,
+            reason = "the view's contract is checked just above; see the SAFETY comment"
+        )]
+        // SAFETY: `MappedView::new`'s contract: `ptr` came from `MapBufferHandle`; the `len`
+        // bytes at it are committed read-write memory of this process (checked just now; on
+        // Windows with VirtualQuery, elsewhere by `Activate`'s contract), and they stay mapped
+        // while the view lives, since the view keeps the set object (`Activate`'s contract:
+        // buffers live as long as the object). The lease makes this the only view of those
+        // bytes in this process until it drops, with the view.
+        let view = unsafe { MappedView::new(ptr, len as usize) };
+        Ok(SqlVdiMapped {
+            handle,
+            view,
+            _lease: lease,
+            _set: Arc::clone(&self.shared),
+        })
     }
 
     fn signal_abort_inner(&self) -> Result<(), WinError> {
@@ -531,10 +524,11 @@ impl vdi_core::ClientDeviceSet for SqlVdiSet {
         self.buffer_handle_inner(command).map_err(WinError::report)
     }
 
-    /// Always fails (after sqlvdi has checked the handle) with `VD_E_INVALID`: sqlvdi gives no
-    /// length. Use [`SqlVdiSet::map_buffer_handle_with_len`].
-    fn map_buffer_handle(&self, handle: BufferHandle) -> Result<SqlVdiMapped, Error> {
-        self.map_buffer_handle_inner(handle)
+    /// sqlvdi returns an address only: the `len` bytes there must be committed read-write
+    /// memory (checked with `VirtualQuery`), within the set's `maxTransferSize`, and not
+    /// already in a view of this process (a command it holds, or another mapping).
+    fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<SqlVdiMapped, Error> {
+        self.map_buffer_handle_inner(handle, len)
             .map_err(WinError::report)
     }
 
@@ -659,9 +653,29 @@ impl SqlVdiDevice {
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
+                let lease = match cmd.zones() {
+                    None => None,
+                    Some((start, end)) => match Leases::take(&set.leases, start, end) {
+                        Some(lease) => Some(lease),
+                        None => {
+                            // This process still has a view of the buffer (a mapping kept
+                            // after the command it came from was completed): two views of the
+                            // same bytes must not exist, so the command fails and the set is
+                            // aborted, as when a peer breaks the protocol.
+                            warn!(device = %inner.name, "GetCommand: the buffer is still mapped in this process (a view from MapBufferHandle outlived its command); aborting");
+                            let _ = complete_raw(inner, cmd, Completion::aborted());
+                            set.abort();
+                            return Err(WinError::local(
+                                op,
+                                Error::Aborted(AbortReason::Signalled),
+                            ));
+                        }
+                    },
+                };
                 Ok(SqlVdiCommand {
                     device: Arc::clone(inner),
                     cmd: Some(cmd),
+                    lease,
                 })
             }
             Err(hr) => {
@@ -698,6 +712,9 @@ impl SqlVdiDevice {
                 Error::Invalid(InvalidReason::BytesTransferred),
             ));
         }
+        // The buffer goes back with the completion: give up this process's claim on it first,
+        // so a thread that receives it again at once finds it free.
+        drop(command.lease.take());
         match command.cmd.take() {
             Some(cmd) => complete_raw(&self.inner, cmd, completion),
             None => Err(WinError::local(
@@ -766,6 +783,8 @@ pub struct SqlVdiCommand {
     device: Arc<DeviceInner>,
     /// `None` only once `complete` or `drop` took it.
     cmd: Option<ActiveCommand>,
+    /// This process's claim on the buffer's bytes, for commands that carry one.
+    lease: Option<Lease>,
 }
 
 impl SqlVdiCommand {
@@ -814,6 +833,7 @@ impl vdi_core::ClientCommand for SqlVdiCommand {
 
 impl Drop for SqlVdiCommand {
     fn drop(&mut self) {
+        drop(self.lease.take());
         if let Some(cmd) = self.cmd.take() {
             warn!(code = ?cmd.code(), device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
             let _ = complete_raw(&self.device, cmd, Completion::aborted());
@@ -821,12 +841,69 @@ impl Drop for SqlVdiCommand {
     }
 }
 
-/// A buffer mapped from a handle ([`SqlVdiSet::map_buffer_handle_with_len`]).
+/// A buffer mapped from a handle
+/// ([`ClientDeviceSet::map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle)).
+///
+/// Drop it before the process that holds the command completes it.
 #[derive(Debug)]
 pub struct SqlVdiMapped {
     handle: BufferHandle,
     view: MappedView,
+    _lease: Lease,
     _set: Arc<SetShared>,
+}
+
+/// The byte ranges of sqlvdi's buffers that this process has views of (start → end): the
+/// buffers of the commands it holds (prefix and data zone) and the mapped handles. sqlvdi
+/// hands out addresses only; this is what keeps two views of the same bytes from existing at
+/// once in one process.
+#[derive(Debug, Default)]
+struct Leases(Mutex<BTreeMap<usize, usize>>);
+
+impl Leases {
+    /// Claims `start..end`, unless it is empty or overlaps a range already claimed.
+    fn take(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
+        if start >= end {
+            // Nothing to claim: an empty view aliases nothing.
+            return Some(Lease {
+                leases: Arc::clone(this),
+                start: None,
+            });
+        }
+        let mut map = this.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = map.range(..=start).next_back();
+        if before.is_some_and(|(_, &e)| e > start) {
+            return None;
+        }
+        let after = map.range((Bound::Excluded(start), Bound::Unbounded)).next();
+        if after.is_some_and(|(&s, _)| s < end) {
+            return None;
+        }
+        map.insert(start, end);
+        Some(Lease {
+            leases: Arc::clone(this),
+            start: Some(start),
+        })
+    }
+}
+
+/// A claimed range; dropping it gives the range back.
+#[derive(Debug)]
+struct Lease {
+    leases: Arc<Leases>,
+    start: Option<usize>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(start) = self.start {
+            self.leases
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&start);
+        }
+    }
 }
 
 impl vdi_core::MappedBuffer for SqlVdiMapped {
@@ -840,5 +917,42 @@ impl vdi_core::MappedBuffer for SqlVdiMapped {
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.view.as_mut_slice()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Leases;
+
+    #[test]
+    fn leases_refuse_overlaps_and_free_on_drop() {
+        let leases = Arc::new(Leases::default());
+        let a = Leases::take(&leases, 100, 200).unwrap();
+        // Adjacent ranges are distinct bytes.
+        let b = Leases::take(&leases, 200, 300).unwrap();
+        let c = Leases::take(&leases, 50, 100).unwrap();
+        for (start, end) in [
+            (100, 200),
+            (150, 160),
+            (99, 101),
+            (199, 201),
+            (0, 1000),
+            (60, 70),
+        ] {
+            assert!(
+                Leases::take(&leases, start, end).is_none(),
+                "{start}..{end}"
+            );
+        }
+        // Empty ranges alias nothing.
+        assert!(Leases::take(&leases, 150, 150).is_some());
+        drop(a);
+        let again = Leases::take(&leases, 120, 180).unwrap();
+        assert!(Leases::take(&leases, 100, 121).is_none());
+        drop((b, c, again));
+        assert!(leases.0.lock().unwrap().is_empty());
+        drop(Leases::take(&leases, 0, usize::MAX).unwrap());
     }
 }

@@ -410,7 +410,7 @@ fn local_rules_answer_like_every_backend() {
     );
     assert_eq!(set.close().unwrap_err(), wrong(vdi_core::Call::Close));
     assert_eq!(
-        set.map_buffer_handle(BufferHandle(1)).unwrap_err(),
+        set.map_buffer_handle(BufferHandle(1), 1).unwrap_err(),
         wrong(vdi_core::Call::MapBufferHandle)
     );
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
@@ -581,9 +581,10 @@ fn buffer_handles() {
     assert_eq!(handle, BufferHandle(100));
     assert_eq!(fake.calls().last(), Some(&Call::GetBufferHandle { buffer }));
 
-    // The trait cannot map: sqlvdi gives no length. sqlvdi checks the handle first.
+    // While this process holds the command, a view of its buffer from the handle would be a
+    // second view of the same bytes: refused, after sqlvdi has checked the handle.
     assert_eq!(
-        set.map_buffer_handle(handle).unwrap_err(),
+        set.map_buffer_handle(handle, 32).unwrap_err(),
         Error::Invalid(InvalidReason::Buffer)
     );
     assert_eq!(
@@ -591,21 +592,43 @@ fn buffer_handles() {
         Some(&Call::MapBufferHandle { handle: 100 })
     );
     assert_eq!(
-        set.map_buffer_handle(BufferHandle(7)).unwrap_err(),
+        set.map_buffer_handle(BufferHandle(7), 32).unwrap_err(),
         Error::Invalid(InvalidReason::BufferHandle)
     );
-    // With the command's size, as a secondary process gets it from the primary.
-    // SAFETY: 32 is the command's size, and the command stays uncompleted, untouched, while
-    // the view lives.
-    let mapped = unsafe { set.map_buffer_handle_with_len(handle, 32) }.unwrap();
+    // Once the command is completed here, the buffer is free in this process (as it is, all
+    // along, in a secondary process that receives the handle and the command's size).
+    device.complete(cmd, Completion::success(32)).unwrap();
+    let mut mapped = set.map_buffer_handle(handle, 32).unwrap();
     assert_eq!(mapped.handle(), handle);
-    assert_eq!(mapped.as_slice(), cmd.data());
-    drop(mapped);
-    // SAFETY: refused before any view is made.
-    let too_long = unsafe { set.map_buffer_handle_with_len(handle, (1 << 20) + 1) };
+    assert_eq!(mapped.as_slice(), fake.command_bytes(0).0);
+    // One view at a time: the same handle again, or a shorter view of the same bytes.
     assert_eq!(
-        too_long.unwrap_err(),
-        Error::Invalid(InvalidReason::BufferSize)
+        set.map_buffer_handle(handle, 4).unwrap_err(),
+        Error::Invalid(InvalidReason::Buffer)
+    );
+    mapped.as_mut_slice().fill(0x5A);
+    assert_eq!(fake.command_bytes(0).0, [0x5A; 32]);
+    drop(mapped);
+    // Longer than maxTransferSize: refused before sqlvdi is asked.
+    fake.clear();
+    assert_eq!(
+        set.map_buffer_handle(handle, (1 << 20) + 1).unwrap_err(),
+        Error::Invalid(InvalidReason::TransferSize)
+    );
+    assert!(fake.calls().is_empty());
+    // Up to maxTransferSize, and an empty view, map.
+    assert_eq!(
+        set.map_buffer_handle(handle, 1 << 20)
+            .unwrap()
+            .as_slice()
+            .len(),
+        1 << 20
+    );
+    assert!(
+        set.map_buffer_handle(handle, 0)
+            .unwrap()
+            .as_slice()
+            .is_empty()
     );
 
     // No buffer, no handle; no call.
@@ -618,7 +641,6 @@ fn buffer_handles() {
     );
     assert!(fake.calls().is_empty());
     device.complete(flush, Completion::success(0)).unwrap();
-    device.complete(cmd, Completion::success(32)).unwrap();
 }
 
 #[test]

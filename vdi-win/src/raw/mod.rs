@@ -734,6 +734,17 @@ impl ActiveCommand {
         unsafe { slice::from_raw_parts_mut(self.buffer.sub(len), len) }
     }
 
+    /// The addresses the command's buffer covers, `start..end` (prefix zone and data zone),
+    /// for commands that have one.
+    pub fn zones(&self) -> Option<(usize, usize)> {
+        let len = self.data_len()?;
+        let data = self.buffer as usize;
+        Some((
+            data.saturating_sub(self.prefix_zone as usize),
+            data.saturating_add(len),
+        ))
+    }
+
     /// The data zone's length, for commands that have one.
     fn data_len(&self) -> Option<usize> {
         (self.code.has_buffer() && !self.buffer.is_null() && self.size > 0)
@@ -882,7 +893,11 @@ impl FreeThreaded<IClientVirtualDeviceSet2> {
 ///   [`IClientVirtualDeviceSet2::from_raw`] requires;
 /// - be free-threaded: callable from any thread that is not in a single-threaded apartment,
 ///   concurrently, and releasable from any thread, as [`FreeThreaded::new`] requires
-///   (sqlvdi.dll's objects, made in the multithreaded apartment, are).
+///   (sqlvdi.dll's objects, made in the multithreaded apartment, are);
+/// - keep the memory of every buffer it hands out (in a command, or from `MapBufferHandle`)
+///   mapped for as long as the set object lives;
+/// - off Windows, where `VirtualQuery` cannot check it, return from `MapBufferHandle` an
+///   address with at least `maxTransferSize` bytes of readable and writable memory.
 pub unsafe trait Activate: Send + Sync + fmt::Debug {
     /// A new, not yet created, device set, with one reference for the caller.
     ///

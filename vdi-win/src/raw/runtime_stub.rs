@@ -5,6 +5,8 @@
 //! activation answers `HRESULT_FROM_WIN32(ERROR_NOT_SUPPORTED)`: sqlvdi.dll exists only on
 //! Windows.
 
+use core::ptr::NonNull;
+
 use super::{E_NOT_SUPPORTED, Guid, HResult, Interface};
 
 /// No apartment to enter.
@@ -36,4 +38,11 @@ impl MtaUsage {
 /// None needed here; the signature matches `runtime_windows.rs`.
 pub(crate) unsafe fn create_instance<T: Interface>(_clsid: &Guid) -> Result<T, HResult> {
     Err(E_NOT_SUPPORTED)
+}
+
+/// Always `true`: off Windows the only objects are [`Activate`](super::Activate)
+/// implementations made in this process (test fakes), whose contract vouches for the memory of
+/// the buffers they hand out.
+pub(crate) fn read_write(_ptr: NonNull<u8>, _len: usize) -> bool {
+    true
 }

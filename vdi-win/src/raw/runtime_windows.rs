@@ -7,13 +7,21 @@
 //! - `MtaUsage::acquire()`: keeps the MTA alive, and COM DLLs loaded, while the guard lives, even
 //!   when no thread has called `CoInitializeEx` (`CoIncrementMTAUsage`).
 //! - `create_instance::<T>(clsid)`: `CoCreateInstance(clsid, NULL, CLSCTX_INPROC_SERVER, T::IID)`.
+//! - `read_write(ptr, len)`: whether all `len` bytes at `ptr` are committed memory of this
+//!   process that may be read and written now (`VirtualQuery`); `true` off Windows.
 
 use core::{ffi::c_void, marker::PhantomData, ptr, ptr::NonNull};
 
 use windows_sys::{
-    Win32::System::Com::{
-        CLSCTX_INPROC_SERVER, CO_MTA_USAGE_COOKIE, COINIT_MULTITHREADED, CoCreateInstance,
-        CoDecrementMTAUsage, CoIncrementMTAUsage, CoInitializeEx, CoUninitialize,
+    Win32::System::{
+        Com::{
+            CLSCTX_INPROC_SERVER, CO_MTA_USAGE_COOKIE, COINIT_MULTITHREADED, CoCreateInstance,
+            CoDecrementMTAUsage, CoIncrementMTAUsage, CoInitializeEx, CoUninitialize,
+        },
+        Memory::{
+            MEM_COMMIT, MEMORY_BASIC_INFORMATION, PAGE_EXECUTE_READWRITE, PAGE_GUARD,
+            PAGE_NOACCESS, PAGE_NOCACHE, PAGE_READWRITE, PAGE_WRITECOMBINE, VirtualQuery,
+        },
     },
     core::GUID,
 };
@@ -112,4 +120,94 @@ pub(crate) unsafe fn create_instance<T: Interface>(clsid: &Guid) -> Result<T, HR
     // SAFETY: a successful `CoCreateInstance` returns an owned reference to the interface
     // `T::IID`, of an object that keeps the contracts (this function's caller).
     Ok(unsafe { transmute_interface::<T>(ptr) })
+}
+
+/// Whether all `len` bytes at `ptr` are committed, readable and writable memory of this process
+/// (every region `VirtualQuery` reports across the range is `MEM_COMMIT` with `PAGE_READWRITE`
+/// or `PAGE_EXECUTE_READWRITE`, and no guard page). An empty range is accepted.
+///
+/// It says what holds now: memory that another thread unmaps later is the caller's business.
+pub(crate) fn read_write(ptr: NonNull<u8>, len: usize) -> bool {
+    let start = ptr.as_ptr() as usize;
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    let mut at = start;
+    while at < end {
+        // SAFETY: MEMORY_BASIC_INFORMATION is plain integers and pointers, for which all-zero
+        // bytes are a valid value.
+        let mut info: MEMORY_BASIC_INFORMATION = unsafe { core::mem::zeroed() };
+        // SAFETY: VirtualQuery only reads the process's address map; any address may be asked
+        // about, and `info` is a valid out buffer of the size passed.
+        let got = unsafe {
+            VirtualQuery(
+                at as *const c_void,
+                &mut info,
+                size_of::<MEMORY_BASIC_INFORMATION>(),
+            )
+        };
+        if got == 0 || info.State != MEM_COMMIT {
+            return false;
+        }
+        let protect = info.Protect & !(PAGE_GUARD | PAGE_NOCACHE | PAGE_WRITECOMBINE);
+        if info.Protect & (PAGE_GUARD | PAGE_NOACCESS) != 0
+            || (protect != PAGE_READWRITE && protect != PAGE_EXECUTE_READWRITE)
+        {
+            return false;
+        }
+        let region_end = (info.BaseAddress as usize).saturating_add(info.RegionSize);
+        if region_end <= at {
+            return false;
+        }
+        at = region_end;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use core::ptr::NonNull;
+
+    use windows_sys::Win32::System::Memory::{
+        MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_READONLY, PAGE_READWRITE, VirtualAlloc,
+        VirtualFree, VirtualProtect,
+    };
+
+    use super::read_write;
+
+    #[test]
+    fn read_write_covers_exactly_the_committed_read_write_pages() {
+        const PAGE: usize = 4096;
+        // SAFETY: reserves four pages of fresh address space; nothing else uses them.
+        let base =
+            unsafe { VirtualAlloc(core::ptr::null(), 4 * PAGE, MEM_RESERVE, PAGE_READWRITE) };
+        assert!(!base.is_null());
+        // SAFETY: commits the first two pages of the reservation just made.
+        let got = unsafe { VirtualAlloc(base, 2 * PAGE, MEM_COMMIT, PAGE_READWRITE) };
+        assert_eq!(got, base);
+        let mut old = 0;
+        // SAFETY: the second page is committed and ours; nothing refers to it.
+        let ok = unsafe {
+            VirtualProtect(
+                base.cast::<u8>().add(PAGE).cast(),
+                PAGE,
+                PAGE_READONLY,
+                &mut old,
+            )
+        };
+        assert_ne!(ok, 0);
+        let at = |offset: usize| NonNull::new(base.cast::<u8>().wrapping_add(offset)).unwrap();
+
+        assert!(read_write(at(0), PAGE));
+        assert!(read_write(at(100), PAGE - 100));
+        assert!(read_write(at(0), 0));
+        // Into the read-only page, or the reserved (uncommitted) ones.
+        assert!(!read_write(at(0), PAGE + 1));
+        assert!(!read_write(at(PAGE), 1));
+        assert!(!read_write(at(2 * PAGE), 1));
+        assert!(!read_write(at(PAGE - 1), usize::MAX));
+
+        // SAFETY: releases the reservation made above; no reference to it remains.
+        assert_ne!(unsafe { VirtualFree(base, 0, MEM_RELEASE) }, 0);
+    }
 }

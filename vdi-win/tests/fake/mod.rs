@@ -263,7 +263,11 @@ impl Fake {
     pub(crate) fn command_bytes(&self, n: usize) -> (Vec<u8>, Vec<u8>) {
         let st = self.lock();
         let c = &st.commands[n];
-        (c.buffer[c.prefix..].to_vec(), c.buffer[..c.prefix].to_vec())
+        let end = c.prefix + c.cmd.size as usize;
+        (
+            c.buffer[c.prefix..end].to_vec(),
+            c.buffer[..c.prefix].to_vec(),
+        )
     }
 
     /// A new set object, with one reference for the caller.
@@ -591,9 +595,13 @@ unsafe extern "system" fn get_command(
         completed: false,
     });
     if code.has_buffer() {
-        // The data zone counts up from 0; the prefix zone holds 0xEE.
+        // The data zone counts up from 0; the prefix zone holds 0xEE. Every buffer holds
+        // maxTransferSize bytes, as `Activate`'s contract asks of an implementation off
+        // Windows (a mapped handle's view may be that long).
+        let max = f.server_config.lock().unwrap().max_transfer_size.max(size);
         slotted.buffer = vec![0xEE; prefix];
         slotted.buffer.extend((0..size).map(|i| i as u8));
+        slotted.buffer.resize(prefix + max as usize, 0);
         // SAFETY: `prefix` is within the buffer just built.
         slotted.cmd.buffer = unsafe { slotted.buffer.as_mut_ptr().add(prefix) };
     }
