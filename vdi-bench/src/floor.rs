@@ -9,13 +9,12 @@
 //!   vdi-shm's server does in the asleep rows). One sleep and one wake per round trip: the floor
 //!   of any transport whose client is asleep.
 //!
-//! The word lives in a memfd the parent creates and hands to the child as its standard input,
-//! so nothing is left behind in the file system whatever happens. This module holds the crate's
-//! only `unsafe` code: mapping that memfd and viewing its first word as an atomic.
+//! The word lives in a sealed memfd the parent creates (through vdi-shm's hidden `floor`
+//! module, so this crate has no `unsafe` code) and hands to the child as its standard input, so
+//! nothing is left behind in the file system whatever happens.
 
 use std::{
-    fs::File,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
     time::Instant,
@@ -23,60 +22,17 @@ use std::{
 
 use rustix::thread::futex;
 
+use vdi_shm::floor::SharedWord;
+
 use crate::util::{self, Context, Count, Peer, Result, Watchdog};
 
-/// One page of shared memory holding the word both processes bounce.
-#[derive(Debug)]
-struct SharedWord {
-    map: memmap2::MmapMut,
-}
-
-impl SharedWord {
-    const LEN: u64 = 4096;
-
-    /// A new zeroed page in a memfd, mapped here; the memfd goes to the child.
-    fn create() -> Result<(Self, OwnedFd)> {
-        let fd = rustix::fs::memfd_create("vdi-bench-floor", rustix::fs::MemfdFlags::CLOEXEC)
-            .context("memfd_create for the floor")?;
-        rustix::fs::ftruncate(&fd, Self::LEN).context("ftruncate of the floor memfd")?;
-        let file = File::from(fd.try_clone().context("dup of the floor memfd")?);
-        Ok((Self::map(&file)?, fd))
-    }
-
-    /// The page the parent created, from this process's standard input.
-    fn from_stdin() -> Result<Self> {
-        let fd = std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("dup of standard input (the floor memfd)")?;
-        let file = File::from(fd);
-        let len = file.metadata().context("fstat of the floor memfd")?.len();
-        if len != Self::LEN {
-            return Err(util::Error::msg(format!(
-                "standard input is not the floor memfd ({len} bytes)"
-            )));
-        }
-        Self::map(&file)
-    }
-
-    fn map(file: &File) -> Result<Self> {
-        // SAFETY: the memfd has no name in any file system, so only the two processes of this
-        // pair can reach it; its length is set once, before either maps it, and never changed;
-        // both processes touch the memory only through `AtomicU32` (see `word`), so no Rust
-        // reference ever sees a concurrent non-atomic write.
-        let map = unsafe { memmap2::MmapMut::map_mut(file) }.context("mmap of the floor memfd")?;
-        Ok(Self { map })
-    }
-
-    /// The shared word, at the start of the page.
-    fn word(&self) -> &AtomicU32 {
-        let ptr = self.map.as_ptr().cast::<AtomicU32>();
-        // SAFETY: the mapping is one page long and page-aligned, so its first 4 bytes are an
-        // aligned `u32` inside it; `AtomicU32` is valid for any bit pattern; the reference
-        // borrows `self`, so it cannot outlive the mapping; every access, here and in the peer,
-        // is atomic.
-        unsafe { &*ptr }
-    }
+/// The page the parent created, from this process's standard input.
+fn word_from_stdin() -> Result<SharedWord> {
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("dup of standard input (the floor memfd)")?;
+    SharedWord::open(fd).context("standard input is not the floor memfd")
 }
 
 /// Which floor.
@@ -102,7 +58,7 @@ const STOP: u32 = u32::MAX;
 
 /// Timed round trips in nanoseconds, as `count` says.
 pub(crate) fn round_trips(kind: Floor, count: Count) -> Result<Vec<u64>> {
-    let (shared, fd) = SharedWord::create()?;
+    let (shared, fd) = SharedWord::create().context("the floor's shared page")?;
     let word = shared.word();
     let mut peer = Peer::spawn(kind.role(), &[], Some(Stdio::from(fd)))?;
     let mut samples = Vec::with_capacity(count.n);
@@ -144,7 +100,7 @@ pub(crate) fn round_trips(kind: Floor, count: Count) -> Result<Vec<u64>> {
 /// [`STOP`].
 pub(crate) fn child(kind: Floor, args: &[String]) -> Result<()> {
     let _ = args;
-    let shared = SharedWord::from_stdin()?;
+    let shared = word_from_stdin()?;
     let word = shared.word();
     let timeout = futex::Timespec {
         tv_sec: 1,

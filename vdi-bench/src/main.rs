@@ -28,6 +28,8 @@
 //! `results.json`, and SVG plots: `rtt-spinning.svg`, `rtt-asleep.svg`, `streaming.svg`,
 //! `async.svg`, `scale.svg`. Nothing here asserts on timing: the numbers are for people.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 #[cfg(target_os = "linux")]

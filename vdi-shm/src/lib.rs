@@ -87,6 +87,11 @@ pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
 
 /// Test support, not an API: what is left of set `name`, as `(mappings, rendezvous)`: this
 /// process's mappings of the set's shared memory, and whether the set's pipe still exists.
+/// Support for vdi-bench's floors, not an API.
+#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+#[doc(hidden)]
+pub mod floor;
+
 #[cfg(all(windows, not(any(loom, miri))))]
 #[doc(hidden)]
 pub fn leftovers(name: &str) -> (usize, usize) {
