@@ -9,12 +9,9 @@
 //! abort once), that commands nobody can take are completed with `ERROR_OPERATION_ABORTED`,
 //! and that the waiter thread exits.
 //!
-//! Run them with `cfg(loom)` on this crate only (tokio does not build with it):
-//!
-//! ```text
-//! cargo rustc -p vdi-async --lib --profile test -- --cfg loom
-//! target/debug/deps/vdi_async-<hash> loom_model   # the newest such binary
-//! ```
+//! `cargo xtask loom` runs them, with `cfg(loom)` on this crate only (tokio does not build
+//! with it): `cargo rustc -p vdi-async --lib --profile test -- --cfg loom`, then the test
+//! binary cargo reports, with the filter `loom_model`.
 //!
 //! `LOOM_MAX_PREEMPTIONS` sets the preemption bound (default 2 here: seconds; 3 takes about
 //! five minutes).

@@ -4,7 +4,8 @@
 //!   Miri, 20 seconds of fuzzing and the Windows tests under Wine (see [`loom`], [`miri`],
 //!   [`fuzz`], [`wine`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
-//! - `loom`: the loom models of vdi-shm's lock-free code, alone.
+//! - `loom`: the loom models of vdi-shm's lock-free code and of vdi-async's device protocol,
+//!   alone.
 //! - `miri`: the heap-only tests under Miri (nightly), alone.
 //! - `fuzz [--seconds N]`: the `shared_region` cargo-fuzz target for N seconds (default 60;
 //!   nightly; see [`fuzz`]).
@@ -81,7 +82,7 @@ fn print_help() {
     println!("commands:");
     println!("  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, Wine");
     println!("  tidy                repository rules no compiler checks (xtask/src/tidy.rs)");
-    println!("  loom                vdi-shm's loom models (RUSTFLAGS=\"--cfg loom\", target/loom)");
+    println!("  loom                the loom models of vdi-shm and vdi-async (target/loom*)");
     println!("  miri                vdi-core and vdi-shm's heap-only tests under Miri (nightly)");
     println!("  fuzz [--seconds N]  the shared_region fuzz target for N s (default 60; nightly)");
     println!(
