@@ -51,43 +51,49 @@ pub(crate) mod pool;
 pub(crate) mod ring;
 pub(crate) mod sync;
 
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod client;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod layout;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod monitor;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod queue;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod segments;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod server;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod sys;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod view;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod wire;
 
 #[cfg(all(
-    any(target_os = "linux", windows),
+    any(unix, windows),
     not(any(loom, miri)),
     any(test, feature = "fuzzing")
 ))]
 #[doc(hidden)]
 pub mod fuzzing;
 
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
 
 /// Test support, not an API: what is left of set `name`, as `(mappings, rendezvous)`: this
 /// process's mappings of the set's shared memory, and whether the set's pipe still exists.
-#[cfg(all(windows, not(any(loom, miri))))]
+#[cfg(all(
+    any(
+        windows,
+        all(unix, any(not(target_os = "linux"), feature = "portable-unix"))
+    ),
+    not(any(loom, miri))
+))]
 #[doc(hidden)]
 pub fn leftovers(name: &str) -> (usize, usize) {
     sys::leftovers(name)

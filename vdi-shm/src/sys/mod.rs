@@ -43,7 +43,14 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(
+    all(target_os = "linux", not(feature = "portable-unix")),
+    path = "linux.rs"
+)]
+#[cfg_attr(
+    all(unix, any(not(target_os = "linux"), feature = "portable-unix")),
+    path = "posix.rs"
+)]
 #[cfg_attr(windows, path = "windows.rs")]
 mod imp;
 
