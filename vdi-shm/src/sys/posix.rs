@@ -1345,3 +1345,371 @@ pub(crate) fn random_u32() -> u32 {
     h.write_u32(std::process::id());
     h.finish() as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader},
+        os::unix::fs::PermissionsExt,
+        process::{Command, Stdio},
+        sync::atomic::AtomicUsize,
+    };
+
+    use super::*;
+
+    /// A name no other test (or test process) uses.
+    fn unique(what: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "posix-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A fresh scratch directory of this process.
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(unique(what));
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    const MISBEHAVED: Error = Error::Protocol(ProtocolReason::PeerMisbehaved);
+
+    /// Not a test of its own: the child process of `stale_socket_of_a_killed_listener_...`,
+    /// which listens under `VDI_POSIX_CHILD_LISTEN` and waits to be killed.
+    #[test]
+    fn child_listener() {
+        let Ok(name) = std::env::var("VDI_POSIX_CHILD_LISTEN") else {
+            return;
+        };
+        let _listener = Socket::listen(&name).unwrap();
+        println!("listening");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    #[test]
+    fn stale_socket_of_a_killed_listener_does_not_block_the_name() {
+        let name = unique("stale");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sys::imp::tests::child_listener", "--nocapture"])
+            .env("VDI_POSIX_CHILD_LISTEN", &name)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The test harness talks first; the child says "listening" once it holds the name.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != "listening" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the child ended");
+        }
+        // Alive: the name is taken, and a connection reaches the child.
+        assert_eq!(
+            Socket::listen(&name).unwrap_err(),
+            Error::Protocol(ProtocolReason::AlreadyExists)
+        );
+        assert!(Socket::connect(&name).is_ok());
+        assert_eq!(leftovers(&name), (0, 1));
+        // SIGKILL: the socket file stays, but nobody listens and nobody holds the lock.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let paths = set_paths(&name, false).unwrap().unwrap();
+        assert!(paths.sock.exists() && paths.lock.exists());
+        assert_eq!(Socket::connect(&name).unwrap_err(), ConnectError::NotFound);
+        // The name can be created again, and connected to; dropping removes both files.
+        let listener = Socket::listen(&name).unwrap();
+        assert!(Socket::connect(&name).is_ok());
+        drop(listener);
+        assert!(!paths.sock.exists() && !paths.lock.exists());
+        assert_eq!(leftovers(&name), (0, 0));
+    }
+
+    #[test]
+    fn stale_files_of_other_names_are_swept() {
+        let dir = rendezvous_dir(true).unwrap().unwrap();
+        let stale = SetPaths::new(dir, &unique("swept"));
+        std::fs::write(&stale.sock, b"").unwrap();
+        std::fs::write(&stale.lock, b"").unwrap();
+        let name = unique("sweeper");
+        let _listener = Socket::listen(&name).unwrap();
+        assert!(!stale.sock.exists() && !stale.lock.exists());
+    }
+
+    #[test]
+    fn a_listener_drop_frees_the_name() {
+        let name = unique("drop");
+        let listener = Socket::listen(&name).unwrap();
+        assert_eq!(
+            Socket::listen(&name).unwrap_err(),
+            Error::Protocol(ProtocolReason::AlreadyExists)
+        );
+        drop(listener);
+        assert_eq!(Socket::connect(&name).unwrap_err(), ConnectError::NotFound);
+        drop(Socket::listen(&name).unwrap());
+    }
+
+    #[test]
+    fn bad_directories_are_refused() {
+        let uid = rustix::process::geteuid().as_raw();
+        let base = scratch("dirs");
+        let good = base.join("good");
+        assert_eq!(
+            resolve_dir(good.clone(), uid, true).unwrap(),
+            Some(good.clone())
+        );
+        let mode = std::fs::metadata(&good).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "created owner-only");
+        // Someone else's directory (checked as if we were another user).
+        assert_eq!(check_dir(&good, uid.wrapping_add(1)), Err(Error::Security));
+        // Writable by the group or by others.
+        for mode in [0o770, 0o702, 0o777] {
+            std::fs::set_permissions(&good, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                resolve_dir(good.clone(), uid, true),
+                Err(Error::Security),
+                "{mode:o}"
+            );
+        }
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A symbolic link to a good directory, and a file.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert_eq!(resolve_dir(link, uid, true), Err(Error::Security));
+        let file = base.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(resolve_dir(file, uid, true), Err(Error::Security));
+        // Missing, and not to be created: no set there.
+        assert_eq!(resolve_dir(base.join("missing"), uid, false), Ok(None));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn every_name_up_to_the_limit_fits() {
+        let dir = PathBuf::from(format!("/tmp/{DIR_NAME}-{}", u32::MAX));
+        let long = "n".repeat(vdi_core::MAX_NAME_LEN);
+        let longer = format!("{}m", &long[1..]);
+        for name in [long.as_str(), longer.as_str(), "#short", "short"] {
+            let p = SetPaths::new(dir.clone(), name);
+            assert!(p.sock.as_os_str().len() < SUN_PATH_MAX, "{name}");
+            assert!(unix_addr(&p.sock).is_ok());
+        }
+        // Short names are kept; long ones and those starting with '#' are hashed, distinctly.
+        assert_eq!(stem(&dir, "short"), "short");
+        assert_eq!(stem(&dir, &long).len(), HASHED_STEM_LEN);
+        assert_ne!(stem(&dir, &long), stem(&dir, &longer));
+        assert_ne!(stem(&dir, "#short"), "#short");
+        // A path no sockaddr holds is the name error.
+        let too_long = dir.join("x".repeat(200));
+        assert!(matches!(
+            unix_addr(&too_long),
+            Err(Error::Invalid(InvalidReason::Name(
+                vdi_core::NameError::TooLong(_)
+            )))
+        ));
+        // And the longest name works end to end.
+        let name = format!("{}{}", unique("long"), "x".repeat(vdi_core::MAX_NAME_LEN));
+        let name = &name[name.len() - vdi_core::MAX_NAME_LEN..];
+        let listener = Socket::listen(name).unwrap();
+        assert!(Socket::connect(name).is_ok());
+        drop(listener);
+    }
+
+    #[test]
+    fn a_wake_wakes_every_waiter_of_the_word() {
+        let page = page_size();
+        let a = Arc::new(Mapping::create("vdi-shm:posix-test:wake", page, &[0, 64]).unwrap());
+        // A second mapping of the same object, as a peer process would have.
+        let b = Arc::new(
+            Mapping::open(
+                a.attachment().unwrap(),
+                "vdi-shm:posix-test:wake",
+                page,
+                &[64, 0],
+            )
+            .unwrap(),
+        );
+        const WAIT: Duration = Duration::from_secs(60);
+        let waiters: Vec<_> = (0..6)
+            .map(|i| {
+                let m = Arc::clone(if i % 2 == 0 { &a } else { &b });
+                std::thread::spawn(move || {
+                    let word: &AtomicU32 = m.get(0);
+                    let start = Instant::now();
+                    while word.load(Ordering::SeqCst) == 0 {
+                        futex_wait(word, 0, WAIT);
+                        assert!(start.elapsed() < WAIT, "a waiter slept out its timeout");
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // A wake of another word wakes nobody for good: they go back to sleep.
+        b.get::<AtomicU32>(64).store(1, Ordering::SeqCst);
+        futex_wake_all(b.get(64));
+        std::thread::sleep(Duration::from_millis(20));
+        a.get::<AtomicU32>(0).store(1, Ordering::SeqCst);
+        futex_wake_all(b.get(0));
+        for w in waiters {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_wait_on_a_changed_word_returns_at_once() {
+        let page = page_size();
+        let a = Mapping::create("vdi-shm:posix-test:changed", page, &[0]).unwrap();
+        let word: &AtomicU32 = a.get(0);
+        // A pending wake of long ago is drained, not taken for a new one.
+        futex_wake_all(word);
+        word.store(5, Ordering::SeqCst);
+        futex_wait(word, 4, Duration::from_secs(60));
+        // Words that are no wake words wait on this process's own condition variable.
+        let local = Arc::new(AtomicU32::new(0));
+        let l = Arc::clone(&local);
+        let t = std::thread::spawn(move || {
+            while l.load(Ordering::SeqCst) == 0 {
+                futex_wait(&l, 0, Duration::from_secs(60));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        local.store(1, Ordering::SeqCst);
+        futex_wake_all(&local);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_shrunk_or_malformed_object_is_refused() {
+        let page = page_size();
+        let len = 4 * page;
+        let map = Mapping::create("vdi-shm:posix-test:shrunk", len, &[0]).unwrap();
+        let att = map.attachment().unwrap();
+        // Our own mapping goes first: shrinking under it would be the very SIGBUS we refuse.
+        drop(map);
+        // Where the system lets the size change at all (not macOS; not FreeBSD's sealed
+        // objects), a smaller object is refused.
+        if rustix::fs::ftruncate(&att.object, (len - page) as u64).is_ok() {
+            assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+        }
+        // Wrong sizes, counts of wake objects, or a wake object that is no socket.
+        let map = Mapping::create("vdi-shm:posix-test:shrunk", len, &[0]).unwrap();
+        assert_eq!(
+            Mapping::open(map.attachment().unwrap(), "t", 2 * len, &[0]).unwrap_err(),
+            MISBEHAVED
+        );
+        assert_eq!(
+            Mapping::open(map.attachment().unwrap(), "t", len, &[]).unwrap_err(),
+            MISBEHAVED
+        );
+        let mut att = map.attachment().unwrap();
+        att.wake[0] = map.object.try_clone().unwrap();
+        assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+    }
+
+    /// A message's length and how many attachments it carried.
+    fn counts(r: io::Result<(usize, Vec<Attachment>)>) -> (usize, usize) {
+        let (n, atts) = r.unwrap();
+        (n, atts.len())
+    }
+
+    /// A connected pair through the rendezvous: (listener, connecting end, accepted end).
+    fn pair(what: &str) -> (Socket, Socket, Socket) {
+        let name = unique(what);
+        let listener = Socket::listen(&name).unwrap();
+        let client = Socket::connect(&name).unwrap();
+        assert!(poll(&[listener.waitable()], Some(Duration::from_secs(5)))[0].readable);
+        let server = listener.accept().unwrap();
+        (listener, client, server)
+    }
+
+    #[test]
+    fn a_control_segment_of_64_devices_travels_in_frames() {
+        let (_l, client, server) = pair("frames");
+        let page = page_size();
+        let words: Vec<usize> = (0..129).map(|i| i * 8).collect();
+        let map = Mapping::create("vdi-shm:posix-test:frames", 4 * page, &words).unwrap();
+        client.send(b"hello", Some(&map)).unwrap();
+        client.send(b"again", None).unwrap();
+        let mut buf = [0u8; 32];
+        let (n, mut atts) = server.recv(&mut buf).unwrap();
+        assert_eq!((&buf[..n], atts.len()), (&b"hello"[..], 1));
+        let att = atts.remove(0);
+        assert_eq!(att.wake.len(), 2 * words.len());
+        let peer = Mapping::open(att, "vdi-shm:posix-test:frames", 4 * page, &words).unwrap();
+        assert_eq!(counts(server.recv(&mut buf)), (5, 0));
+        assert_eq!(&buf[..5], b"again");
+        // The wake objects are the creator's: the last word wakes across the two mappings.
+        let last = 128 * 8;
+        let t = std::thread::spawn(move || {
+            let word: &AtomicU32 = peer.get(last);
+            while word.load(Ordering::SeqCst) == 0 {
+                futex_wait(word, 0, Duration::from_secs(60));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        map.get::<AtomicU32>(last).store(1, Ordering::SeqCst);
+        futex_wake_all(map.get(last));
+        t.join().unwrap();
+        // The end of the connection.
+        drop(client);
+        assert_eq!(counts(server.recv(&mut buf)), (0, 0));
+    }
+
+    #[test]
+    fn garbage_and_half_frames() {
+        let (_l, client, server) = pair("garbage");
+        server.set_nonblocking().unwrap();
+        let mut buf = [0u8; 32];
+        // Half a header: nothing yet, and no blocking.
+        rustix::net::send(&client.fd, &FRAME_MAGIC.to_le_bytes(), SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        // The rest of a frame of 3 bytes.
+        rustix::net::send(&client.fd, &[3, 0, 0, 0, 0, 0, 7, 8, 9], SendFlags::empty()).unwrap();
+        assert_eq!(counts(server.recv(&mut buf)), (3, 0));
+        assert_eq!(&buf[..3], &[7, 8, 9]);
+        // A payload longer than any message, or a wrong magic: the stream is unusable.
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 200, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(&client.fd, &[0; 8], SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        // A blocking receive gives up on a peer that sends half a message.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(&client.fd, &[0x44], SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn peers_are_this_user() {
+        let (_l, client, server) = pair("cred");
+        let uid = rustix::process::geteuid().as_raw();
+        for s in [&client, &server] {
+            let cred = s.peer_cred().unwrap();
+            assert_eq!(cred.uid, uid);
+            assert!(admitted(&cred, &Options::default()));
+        }
+        let stranger = PeerCred {
+            pid: 0,
+            uid: uid.wrapping_add(1),
+            gid: u32::MAX - 1,
+        };
+        assert!(!admitted(&stranger, &Options::default()));
+    }
+}
