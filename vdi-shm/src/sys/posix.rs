@@ -772,15 +772,24 @@ impl SetPaths {
     }
 }
 
-/// Takes the exclusive lock on `path` without waiting: `Ok(None)` when a live process holds it.
-fn take_lock(path: &Path) -> Result<Option<OwnedFd>, Error> {
+/// Takes the exclusive lock on `path` without waiting, creating the file if `create`:
+/// `Ok(None)` when a live process holds it (or, without `create`, when there is no file).
+fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     for _ in 0..8 {
-        let fd = rustix::fs::open(
+        let fd = match rustix::fs::open(
             path,
-            OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            if create {
+                flags | OFlags::CREATE
+            } else {
+                flags
+            },
             Mode::RUSR | Mode::WUSR,
-        )
-        .map_err(|e| os_error("open(lock)", e))?;
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(os_error("open(lock)", e)),
+        };
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Ok(None),
@@ -799,7 +808,8 @@ fn take_lock(path: &Path) -> Result<Option<OwnedFd>, Error> {
 }
 
 /// Removes the files of names whose lock nobody holds (their listener died), at most
-/// [`SWEEP_LIMIT`] of them.
+/// [`SWEEP_LIMIT`] of them. It never creates a lock file: one it created could make a
+/// listener arriving at that moment find the name taken.
 fn sweep_stale(dir: &Path, except: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -813,7 +823,7 @@ fn sweep_stale(dir: &Path, except: &Path) {
         if path == except || path.extension().is_none_or(|e| e != "lock") {
             continue;
         }
-        if let Ok(Some(lock)) = take_lock(&path) {
+        if let Ok(Some(lock)) = take_lock(&path, false) {
             let _ = rustix::fs::unlink(path.with_extension("sock"));
             let _ = rustix::fs::unlink(path.as_path());
             drop(lock);
@@ -939,7 +949,7 @@ impl Socket {
     pub(crate) fn listen(name: &str) -> Result<Self, Error> {
         let paths = set_paths(name, true)?.ok_or(Error::Protocol(ProtocolReason::NotReady))?;
         let addr = unix_addr(&paths.sock)?;
-        let Some(lock) = take_lock(&paths.lock)? else {
+        let Some(lock) = take_lock(&paths.lock, true)? else {
             return Err(Error::Protocol(ProtocolReason::AlreadyExists));
         };
         sweep_stale(&paths.dir, &paths.lock);
@@ -1107,7 +1117,13 @@ impl Socket {
                             Err(ErrorKind::UnexpectedEof.into())
                         };
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        // Checked once, as the header completes.
+                        if st.frame.len() == FRAME_HEADER && !header_ok(&mut st, take) {
+                            *st = RecvState::default();
+                            return Err(ErrorKind::InvalidData.into());
+                        }
+                    }
                     Err(Errno::INTR) => {}
                     Err(Errno::AGAIN) => {
                         let now = Instant::now();
@@ -1124,10 +1140,6 @@ impl Socket {
                         *st = RecvState::default();
                         return Err(e.into());
                     }
-                }
-                if st.frame.len() == FRAME_HEADER && !header_ok(&mut st, take) {
-                    *st = RecvState::default();
-                    return Err(ErrorKind::InvalidData.into());
                 }
                 continue;
             }
@@ -1687,7 +1699,35 @@ mod tests {
             server.recv(&mut buf).unwrap_err().kind(),
             ErrorKind::InvalidData
         );
-        // A blocking receive gives up on a peer that sends half a message.
+        // Descriptors declared but not sent.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 0, 0, 1, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        // A blocking receive waits for the rest of a message that comes a little later...
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 2, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            rustix::net::send(&client.fd, &[1, 2], SendFlags::empty()).unwrap();
+            client
+        });
+        assert_eq!(counts(server.recv(&mut buf)), (2, 0));
+        assert_eq!(&buf[..2], &[1, 2]);
+        drop(late.join().unwrap());
+        // ... and gives up on a peer that sends half a message.
         let (_l, client, server) = pair("garbage");
         rustix::net::send(&client.fd, &[0x44], SendFlags::empty()).unwrap();
         assert_eq!(
