@@ -178,11 +178,11 @@ fn until_error(what: &str, killed: Instant, mut probe: impl FnMut() -> Result<()
 
 /// As [`assert_nothing_left`], after the set's creator was killed: the portable Unix backend
 /// may still show the dead creator's socket file, which no longer holds the name, until the
-/// next set created by this user sweeps it away (see `common::STALE_AFTER_KILL`).
+/// next set created by this user sweeps it away (see `common::STALE_SOCKET_FILE`).
 fn assert_nothing_left_but_stale(name: &str) {
     let (mapped, sockets) = common::leftovers(name);
     assert!(
-        mapped == 0 && sockets <= common::STALE_AFTER_KILL,
+        mapped == 0 && (sockets == 0 || (common::STALE_SOCKET_FILE && sockets == 1)),
         "mappings or sockets of {name} left behind: {:?}",
         (mapped, sockets)
     );

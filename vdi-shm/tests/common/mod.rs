@@ -598,15 +598,11 @@ pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     vdi_shm::leftovers(name)
 }
 
-/// The most [`leftovers`] counts as the rendezvous of a set whose creator was killed: nothing
-/// where the system frees the name (Linux's abstract sockets, Windows' pipes); with the
-/// portable Unix backend, the dead creator's socket file (it no longer holds the name: its lock
-/// went with the process) until the next set this user creates sweeps it away.
-pub(crate) const STALE_AFTER_KILL: usize = if cfg!(all(
+/// Whether [`leftovers`] may count the rendezvous of a set whose creator was killed: not where
+/// the system frees the name (Linux's abstract sockets, Windows' pipes); with the portable Unix
+/// backend, the dead creator's socket file stays (it no longer holds the name: its lock went
+/// with the process) until the next set this user creates sweeps it away.
+pub(crate) const STALE_SOCKET_FILE: bool = cfg!(all(
     unix,
     any(not(target_os = "linux"), feature = "portable-unix")
-)) {
-    1
-} else {
-    0
-};
+));
