@@ -8,10 +8,12 @@
 //! What it does, and how:
 //! - **Rendezvous.** The creator listens on a socket named after the set in the library's own
 //!   namespace (Linux: the abstract socket namespace; Windows: a named pipe
-//!   `\\.\pipe\vdi-shm.1\<name>`), freed by the system when the creator dies, so a stale set
-//!   never blocks its name. Peers connect, their credentials are checked (same user, or on Linux
-//!   an admitted user or group: see [`Options`]), and shared memory travels as sealed memfds
-//!   (Linux) or as section handles the peer duplicates (Windows).
+//!   `\\.\pipe\vdi-shm.1\<name>`; other Unix systems: a socket file in a private directory of
+//!   the user, held by a lock), freed by the system when the creator dies, so a stale set never
+//!   blocks its name. Peers connect, their credentials are checked (same user, or on Linux an
+//!   admitted user or group: see [`Options`]), and shared memory travels as sealed memfds
+//!   (Linux), as section handles the peer duplicates (Windows), or as POSIX shared memory
+//!   descriptors (other Unix systems).
 //! - **Zero copy.** Buffers live in shared segments the server allocates, pre-faulted, with the
 //!   client's prefix zone directly below each aligned data zone. A command hands the client the
 //!   server's buffer itself; a completion hands it back.
@@ -33,11 +35,26 @@
 //!
 //! # Platforms
 //!
-//! Linux and Windows, each behind the platform contract written atop `src/sys/mod.rs`
-//! (`sys/linux.rs`, `sys/windows.rs`); the rest of the crate is shared. On Windows, both
-//! processes of a set must run as the same user at the same integrity level (they duplicate
-//! each other's handles), and set names that differ only in case collide (pipe names are
-//! case-insensitive). On other systems the crate builds but has no backend.
+//! Linux, Windows and other Unix systems, each behind the platform contract written atop
+//! `src/sys/mod.rs` (`sys/linux.rs`, `sys/windows.rs`, `sys/posix.rs`); the rest of the crate is
+//! shared. On Windows, both processes of a set must run as the same user at the same integrity
+//! level (they duplicate each other's handles), and set names that differ only in case collide
+//! (pipe names are case-insensitive). Elsewhere the crate builds but has no backend.
+//!
+//! The portable Unix backend (macOS, FreeBSD, and every Unix but Linux) uses only portable
+//! facilities: POSIX shared memory, a socket pair for each word processes sleep on (instead of
+//! a futex), and a socket file per set in `$XDG_RUNTIME_DIR/vdi-shm.1/` or
+//! `/tmp/vdi-shm.1-<uid>/`, so both processes of a set must run as the same user. It has one
+//! residual risk the others do not: where nothing stops a shared memory object from shrinking
+//! (Linux with `portable-unix`; macOS refuses to resize one, FreeBSD seals it), a peer of the
+//! same user holding a segment could shrink it and crash this process with SIGBUS. A set of 64 devices costs 258 descriptors in
+//! each process (two per sleeping word).
+//!
+//! # Features
+//!
+//! - `portable-unix`: the portable Unix backend on Linux too, instead of the Linux one, for
+//!   testing the fallback on Linux; not for applications.
+//! - `fuzzing`: entry points for cargo-fuzz; not for applications.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(
@@ -51,48 +68,58 @@ pub(crate) mod pool;
 pub(crate) mod ring;
 pub(crate) mod sync;
 
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod client;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod layout;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod monitor;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod queue;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod segments;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod server;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod sys;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod view;
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 mod wire;
 
 #[cfg(all(
-    any(target_os = "linux", windows),
+    any(unix, windows),
     not(any(loom, miri)),
     any(test, feature = "fuzzing")
 ))]
 #[doc(hidden)]
 pub mod fuzzing;
 
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
-#[cfg(all(any(target_os = "linux", windows), not(any(loom, miri))))]
+#[cfg(all(any(unix, windows), not(any(loom, miri))))]
 pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
 
-/// Test support, not an API: what is left of set `name`, as `(mappings, rendezvous)`: this
-/// process's mappings of the set's shared memory, and whether the set's pipe still exists.
-/// Support for vdi-bench's floors, not an API.
-#[cfg(all(target_os = "linux", not(any(loom, miri))))]
+/// Support for vdi-bench's floors, not an API (the Linux backend's sealed memfds).
+#[cfg(all(
+    target_os = "linux",
+    not(feature = "portable-unix"),
+    not(any(loom, miri))
+))]
 #[doc(hidden)]
 pub mod floor;
 
-#[cfg(all(windows, not(any(loom, miri))))]
+/// Test support, not an API: what is left of set `name`, as `(mappings, rendezvous)`: this
+/// process's mappings of the set's shared memory, and whether the set's pipe still exists.
+#[cfg(all(
+    any(
+        windows,
+        all(unix, any(not(target_os = "linux"), feature = "portable-unix"))
+    ),
+    not(any(loom, miri))
+))]
 #[doc(hidden)]
 pub fn leftovers(name: &str) -> (usize, usize) {
     sys::leftovers(name)
@@ -103,7 +130,8 @@ pub fn leftovers(name: &str) -> (usize, usize) {
 #[non_exhaustive]
 pub struct Options {
     /// Also admit peers running as this user (SQL Server on Linux runs as `mssql`). Linux only:
-    /// on Windows only peers of this process's own user (token SID) are admitted.
+    /// on Windows only peers of this process's own user (token SID) are admitted, and with the
+    /// portable Unix backend only peers of this process's user reach the set's directory.
     pub admit_uid: Option<u32>,
     /// Also admit peers whose effective group is this one. Linux only, as `admit_uid`.
     pub admit_gid: Option<u32>,

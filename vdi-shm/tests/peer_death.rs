@@ -176,6 +176,18 @@ fn until_error(what: &str, killed: Instant, mut probe: impl FnMut() -> Result<()
     }
 }
 
+/// As [`assert_nothing_left`], after the set's creator was killed: the portable Unix backend
+/// may still show the dead creator's socket file, which no longer holds the name, until the
+/// next set created by this user sweeps it away (see `common::STALE_SOCKET_FILE`).
+fn assert_nothing_left_but_stale(name: &str) {
+    let (mapped, sockets) = common::leftovers(name);
+    assert!(
+        mapped == 0 && (sockets == 0 || (common::STALE_SOCKET_FILE && sockets == 1)),
+        "mappings or sockets of {name} left behind: {:?}",
+        (mapped, sockets)
+    );
+}
+
 fn assert_nothing_left(name: &str) {
     common::assert_no_leftovers(name);
 }
@@ -332,7 +344,7 @@ fn client_killed_holding_commands() {
     assert_eq!(dev.close(), Err(PEER_EXITED));
     assert_eq!(set.close(), Ok(()));
     drop((command, buffers, dev, devices, set));
-    assert_nothing_left(&name);
+    assert_nothing_left_but_stale(&name);
 }
 
 #[test]
@@ -408,7 +420,7 @@ fn client_killed_mid_stream() {
     assert_eq!(dev.close(), Err(PEER_EXITED));
     assert_eq!(set.close(), Ok(()));
     drop((free, dev, devices, set));
-    assert_nothing_left(&name);
+    assert_nothing_left_but_stale(&name);
 }
 
 #[test]
@@ -432,7 +444,7 @@ fn client_killed_before_begin_configuration() {
     assert_eq!(set.end_configuration(), Err(PEER_EXITED));
     assert_eq!(set.close(), Ok(()));
     drop(set);
-    assert_nothing_left(&name);
+    assert_nothing_left_but_stale(&name);
 }
 
 #[test]
@@ -457,7 +469,7 @@ fn client_killed_while_server_configures() {
     assert_eq!(set.end_configuration(), Err(PEER_EXITED));
     assert_eq!(set.close(), Ok(()));
     drop(set);
-    assert_nothing_left(&name);
+    assert_nothing_left_but_stale(&name);
 }
 
 #[test]
@@ -476,8 +488,9 @@ fn dead_creator_leaves_no_stale_set() {
     );
     assert_eq!(common::leftovers(&name), (0, 1));
     kill(creator);
-    // The kernel freed the name with the process: nothing to open, nothing left.
-    assert_nothing_left(&name);
+    // The kernel freed the name with the process: nothing to open, nothing left (but, for a
+    // while, the portable Unix backend's socket file, which no longer holds the name).
+    assert_nothing_left_but_stale(&name);
     assert_eq!(
         ShmServer::new().open(None, &name).unwrap_err(),
         Error::Invalid(InvalidReason::NoSuchSet)

@@ -1,8 +1,8 @@
 //! Project tooling, run as `cargo xtask <command>` (the cargo-xtask pattern).
 //!
 //! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs, then the loom models,
-//!   Miri, 20 seconds of fuzzing and the Windows tests under Wine (see [`loom`], [`miri`],
-//!   [`fuzz`], [`wine`]).
+//!   Miri, 20 seconds of fuzzing, the portable Unix backend and the Windows tests under Wine
+//!   (see [`loom`], [`miri`], [`fuzz`], [`portable`], [`wine`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
 //! - `loom`: the loom models of vdi-shm's lock-free code and of vdi-async's device protocol,
 //!   alone.
@@ -11,11 +11,13 @@
 //!   nightly; see [`fuzz`]).
 //! - `wine-test`: vdi-win and vdi-shm built for `x86_64-pc-windows-gnu` and tested under Wine,
 //!   installing Wine and MinGW-w64 when missing (see [`wine`]).
+//! - `portable-test`: vdi-shm's portable Unix backend: clippy for FreeBSD and macOS, and the
+//!   whole vdi-shm test suite on it here (see [`portable`]).
 //! - `bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the alternatives
 //!   (vdi-bench, with iceoryx2), results in `target/bench/` (see [`mod@bench`]). Not part of `ci`;
 //!   vdi-bench's own test runs a smoke version of it there.
 //!
-//! Stages that need a nightly toolchain (Miri, fuzzing) or Wine say `skipping <stage>: <reason>` and
+//! Stages that need a nightly toolchain (Miri, fuzzing), another Rust target or Wine say `skipping <stage>: <reason>` and
 //! pass when it, or their component, is missing and cannot be installed: the stable checks
 //! decide whether CI passes on any machine.
 //!
@@ -33,6 +35,7 @@ mod bench;
 mod fuzz;
 mod loom;
 mod miri;
+mod portable;
 mod tidy;
 mod wine;
 
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             .and_then(fuzz::run)
             .map(report_skip),
         Some("wine-test") => wine::run().map(report_skip),
+        Some("portable-test") => portable::run().map(report_skip),
         Some("bench") => bench::parse(&args[1..]).and_then(|o| bench::run(&root, &o)),
         Some("help" | "--help" | "-h") | None => {
             print_help();
@@ -80,13 +84,18 @@ fn main() -> ExitCode {
 fn print_help() {
     println!("cargo xtask <command>\n");
     println!("commands:");
-    println!("  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, Wine");
+    println!(
+        "  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, portable, Wine"
+    );
     println!("  tidy                repository rules no compiler checks (xtask/src/tidy.rs)");
     println!("  loom                the loom models of vdi-shm and vdi-async (target/loom*)");
     println!("  miri                vdi-core and vdi-shm's heap-only tests under Miri (nightly)");
     println!("  fuzz [--seconds N]  the shared_region fuzz target for N s (default 60; nightly)");
     println!(
         "  wine-test           vdi-win and vdi-shm tests for windows-gnu under Wine (installs it)"
+    );
+    println!(
+        "  portable-test       vdi-shm's portable Unix backend: FreeBSD/macOS clippy, tests here"
     );
     println!("  bench [--quick] [--no-iceoryx2] [--save]");
     println!("                      benchmarks against the alternatives, into target/bench/");
@@ -204,6 +213,45 @@ fn wait_bounded(cmd: &mut Command, limit: Option<Duration>) -> Result<Option<Exi
     }
 }
 
+/// Longest wait for `rustup target add`.
+const RUSTUP_LIMIT: Duration = Duration::from_secs(600);
+
+/// Installs the Rust `target` unless the toolchain has it (for the stage named `stage_name`);
+/// `Err` is a reason to skip.
+pub(crate) fn ensure_rust_target(target: &str, stage_name: &str) -> Result<(), String> {
+    if rust_target_installed(target) {
+        return Ok(());
+    }
+    let mut version = Command::new("rustup");
+    version.arg("--version");
+    probe(version).map_err(|e| {
+        format!("the {target} Rust target is missing and rustup cannot add it ({e})")
+    })?;
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", target]);
+    stage_bounded(
+        &format!("{stage_name}: rustup target add {target}"),
+        add,
+        Some(RUSTUP_LIMIT),
+    )
+    .map_err(|e| format!("the {target} Rust target cannot be added ({e})"))
+}
+
+/// Whether the running toolchain's sysroot holds `target`'s std.
+fn rust_target_installed(target: &str) -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    out.status.success()
+        && Path::new(&sysroot)
+            .join("lib/rustlib")
+            .join(target)
+            .join("lib")
+            .is_dir()
+}
+
 /// Prints why a stage was skipped; the command still succeeds.
 fn report_skip(outcome: Outcome) {
     if let Outcome::Skipped(reason) = outcome {
@@ -245,7 +293,12 @@ fn ci() -> Result<(), String> {
 
     loom::run()?;
     let mut skipped = Vec::new();
-    for outcome in [miri::run()?, fuzz::run(CI_FUZZ_SECONDS)?, wine::run()?] {
+    for outcome in [
+        miri::run()?,
+        fuzz::run(CI_FUZZ_SECONDS)?,
+        portable::run()?,
+        wine::run()?,
+    ] {
         if let Outcome::Skipped(reason) = outcome {
             println!("=== xtask: {reason}");
             skipped.push(reason);

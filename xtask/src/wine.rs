@@ -34,13 +34,13 @@
 //! the installation failing. Anything that fails after the tools are there fails the stage.
 
 use std::{
-    env, fs,
+    fs,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use crate::{Outcome, cargo, probe, project_root, stage, stage_bounded};
+use crate::{Outcome, cargo, ensure_rust_target, probe, project_root, stage, stage_bounded};
 
 /// The Rust target Wine runs.
 const TARGET: &str = "x86_64-pc-windows-gnu";
@@ -48,8 +48,6 @@ const TARGET: &str = "x86_64-pc-windows-gnu";
 const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 /// Longest wait for `apt-get update` plus `apt-get install`, each.
 const APT_LIMIT: Duration = Duration::from_secs(900);
-/// Longest wait for `rustup target add`.
-const RUSTUP_LIMIT: Duration = Duration::from_secs(600);
 /// Longest wait for `wineboot --init`.
 const WINEBOOT_LIMIT: Duration = Duration::from_secs(300);
 /// Longest wait for building and running the tests under Wine.
@@ -83,7 +81,7 @@ pub(crate) fn run() -> Result<Outcome, String> {
     let root = project_root();
     let target_dir = root.join("target/wine");
 
-    if let Err(reason) = ensure_rust_target() {
+    if let Err(reason) = ensure_rust_target(TARGET, "wine-test") {
         return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}")));
     }
 
@@ -141,37 +139,6 @@ fn wine_env(cmd: &mut Command, prefix: &Path) {
         .env("WINEDLLOVERRIDES", "mscoree=;mshtml=")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY");
-}
-
-/// Installs the Rust target unless the toolchain has it; `Err` is a reason to skip.
-fn ensure_rust_target() -> Result<(), String> {
-    if rust_target_installed() {
-        return Ok(());
-    }
-    let mut version = Command::new("rustup");
-    version.arg("--version");
-    probe(version).map_err(|e| {
-        format!("the {TARGET} Rust target is missing and rustup cannot add it ({e})")
-    })?;
-    let mut add = Command::new("rustup");
-    add.args(["target", "add", TARGET]);
-    stage_bounded("wine-test: rustup target add", add, Some(RUSTUP_LIMIT))
-        .map_err(|e| format!("the {TARGET} Rust target cannot be added ({e})"))
-}
-
-/// Whether the running toolchain's sysroot holds the target's std.
-fn rust_target_installed() -> bool {
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
-        return false;
-    };
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    out.status.success()
-        && Path::new(&sysroot)
-            .join("lib/rustlib")
-            .join(TARGET)
-            .join("lib")
-            .is_dir()
 }
 
 /// Whether `program --version` runs.

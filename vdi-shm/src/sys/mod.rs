@@ -2,7 +2,8 @@
 //!
 //! The rest of the crate (layout, rings, pool, client, server, monitor) is platform-neutral and
 //! reaches the system only through the items below. Each platform module (`linux.rs`,
-//! `windows.rs`) implements the same contract; this file holds what is common to both.
+//! `windows.rs`, `posix.rs`) implements the same contract; this file holds what is common to
+//! them.
 //!
 //! # The contract
 //!
@@ -20,7 +21,8 @@
 //!   most `timeout`, and returns early on a change or a `futex_wake_all(word)` from any process;
 //!   `FutexWake` is the same pair as the ring's wait strategy. `wake_words` (byte offsets given
 //!   to `Mapping::create`/`open`, the same list on both sides) are the words of the mapping that
-//!   processes sleep on; a platform without an address-keyed cross-process wait (Windows) gives
+//!   processes sleep on; a platform without an address-keyed cross-process wait (Windows, the
+//!   portable Unix backend) gives
 //!   each of them a kernel object and travels those with the mapping. Every wait is bounded by
 //!   its timeout, so a lost wake-up costs latency, never a hang.
 //! - **`Socket`**: the rendezvous, named after the set in the library's own namespace. `listen`
@@ -39,11 +41,21 @@
 //!
 //! Linux is implemented with sealed memfds, shared futexes and abstract `AF_UNIX` sockets
 //! (`linux.rs`); Windows with pagefile-backed sections, events and named pipes, objects passed
-//! by handle duplication (`windows.rs`). Elsewhere the crate builds without a backend.
+//! by handle duplication (`windows.rs`); every other Unix with POSIX shared memory, a socket
+//! pair per wake word and socket files in a private directory held by `flock` (`posix.rs`,
+//! also selected on Linux by the `portable-unix` feature, to test it there). Elsewhere the
+//! crate builds without a backend.
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(
+    all(target_os = "linux", not(feature = "portable-unix")),
+    path = "linux.rs"
+)]
+#[cfg_attr(
+    all(unix, any(not(target_os = "linux"), feature = "portable-unix")),
+    path = "posix.rs"
+)]
 #[cfg_attr(windows, path = "windows.rs")]
 mod imp;
 

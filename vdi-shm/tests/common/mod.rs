@@ -592,7 +592,7 @@ pub(crate) fn assert_no_leftovers(name: &str) {
 
 /// Counts what is left of set `name`: this process's mappings of its memfds (named
 /// `vdi-shm:<name>:...`), and the abstract sockets bound under its name anywhere.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(feature = "portable-unix")))]
 pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let tag = format!("memfd:vdi-shm:{name}:");
@@ -606,9 +606,22 @@ pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     (mapped, sockets)
 }
 
-/// Counts what is left of set `name`: this process's mappings of its sections, and whether its
-/// pipe (`\\.\pipe\vdi-shm.1\<name>`) exists on the machine (0 or 1).
-#[cfg(windows)]
+/// Counts what is left of set `name`: this process's mappings of its shared memory, and
+/// whether its rendezvous exists (0 or 1): on Windows its pipe (`\\.\pipe\vdi-shm.1\<name>`),
+/// with the portable Unix backend its socket file, live or stale.
+#[cfg(any(
+    windows,
+    all(unix, any(not(target_os = "linux"), feature = "portable-unix"))
+))]
 pub(crate) fn leftovers(name: &str) -> (usize, usize) {
     vdi_shm::leftovers(name)
 }
+
+/// Whether [`leftovers`] may count the rendezvous of a set whose creator was killed: not where
+/// the system frees the name (Linux's abstract sockets, Windows' pipes); with the portable Unix
+/// backend, the dead creator's socket file stays (it no longer holds the name: its lock went
+/// with the process) until the next set this user creates sweeps it away.
+pub(crate) const STALE_SOCKET_FILE: bool = cfg!(all(
+    unix,
+    any(not(target_os = "linux"), feature = "portable-unix")
+));

@@ -1,0 +1,1755 @@
+//! Portable Unix: POSIX shared memory, a socket pair per wake word, filesystem `AF_UNIX` stream
+//! sockets in a private directory, `flock`, and poll.
+//!
+//! This is the backend on every Unix but Linux (macOS, FreeBSD, ...), and on Linux with the
+//! `portable-unix` feature, which exists to test it there. `mod.rs` says what it provides. The
+//! choices, and why:
+//!
+//! - **Shared memory** is a POSIX shared memory object (`shm_open` with a random name under
+//!   `/vdi-shm.1.`, `O_CREAT | O_EXCL`, mode 0600, short enough for macOS's 31-byte limit),
+//!   unlinked at once: like a memfd it then exists only as descriptors, which travel with
+//!   `SCM_RIGHTS`. The mode is 0600 even for a set that admits other users, since the name is
+//!   gone before anyone could open it by name, and a descriptor received carries its own
+//!   access. On FreeBSD the object is a `memfd_create` object sealed against shrinking and
+//!   growing, as on Linux, and a peer's object must show those seals. Mappings are placed at a
+//!   multiple of 64 KiB inside a larger reservation, as on Linux, and every page is touched up
+//!   front (written by the creator, read by a peer), since `MAP_POPULATE` is Linux's alone.
+//! - **The residual risk: SIGBUS.** Where there are no seals (macOS, and Linux with
+//!   `portable-unix`), a peer holding the descriptor could shrink the object under our mapping
+//!   with `ftruncate`, and our next touch of a lost page would raise SIGBUS and kill the
+//!   process. `open` checks the size (`fstat`) against the layout, which stops a short object
+//!   sent by mistake or on purpose, but not one shrunk later. macOS refuses to resize a POSIX
+//!   shared memory object after its first `ftruncate`, so there the checked size holds; on
+//!   Linux with `portable-unix` it does not (tmpfs files can shrink), which is one reason the
+//!   feature is for tests only. Peers are admitted only when they run as this process's user
+//!   (see below), so this is a crash a process can cause to another process of the same user,
+//!   not across users. Nor does `open` check that every page is allocated (Linux compares
+//!   `st_blocks`): reading the pages of a sparse object allocates no memory on tmpfs, and on
+//!   macOS the object is anonymous memory either way.
+//! - **Wake-ups.** No portable system call waits on a word of shared memory across processes
+//!   (FreeBSD's `_umtx_op` and macOS's `os_sync_wait_on_address` do, each in its own way), so,
+//!   as on Windows, each wake word gets a kernel object that travels with the mapping: a
+//!   connected pair of `AF_UNIX` stream sockets, both ends in every process. `futex_wake_all`
+//!   sends one byte to one end; `futex_wait` drains the other end, re-reads the word, returns if
+//!   it changed, else polls the drained end for at most the timeout. Sends and receives pass
+//!   `MSG_DONTWAIT`, a per-call flag, so a peer that clears `O_NONBLOCK` on the shared socket
+//!   cannot make a wake or a drain block (with a pipe it could); a full socket means a wake is
+//!   already pending. Why no wake-up is lost, and what one race costs, is written at
+//!   [`futex_wait`]. Each wake word costs two descriptors per process: a set of 64 devices
+//!   has 129 wake words, so 258 descriptors in each process that maps its control segment.
+//! - **Rendezvous** is a stream socket file in a private directory of the user:
+//!   `$XDG_RUNTIME_DIR/vdi-shm.1/` when that variable names a directory of ours short enough for
+//!   every socket path, else `/tmp/vdi-shm.1-<uid>/`. The directory is created 0700 and, when
+//!   it exists already, used only if it is a directory (not a symlink) owned by this user and
+//!   writable by nobody else; otherwise `listen` and `connect` fail with `VD_E_SECURITY` and a
+//!   warning names the directory and the reason. A set `name` has the files `<name>.sock` and
+//!   `<name>.lock`; a name that would not fit the smallest `sun_path` (104 bytes, BSD and
+//!   macOS) with its directory, or that starts with `#`, is stored as `#` and 32 hex digits of
+//!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works.
+//! - **A name is held by a lock, not by the file.** `listen` takes an exclusive `flock` on
+//!   `<name>.lock` (without waiting: a live holder means `AlreadyExists`), and holds it for the
+//!   listener's life; the kernel drops it when the process dies, also by SIGKILL. Whoever gets
+//!   the lock removes a stale socket file and binds; a dropped listener removes both files,
+//!   the lock file last and while still holding the lock. A lock taken on a file that its
+//!   holder unlinked meanwhile is detected (the path no longer names the locked file) and
+//!   taken again. A creator killed by SIGKILL leaves its two files behind: the next `listen` of
+//!   the name reuses them, and every `listen` removes the stale files of other names it finds
+//!   (their lock free). `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
+//!   `ENOENT`): `ConnectError::NotFound`.
+//! - **Messages** travel on a stream socket (macOS has no `SOCK_SEQPACKET` for `AF_UNIX`), in
+//!   frames: an 8-byte header (magic, payload length, descriptors in this frame, frames still
+//!   to come), then the payload. Descriptors ride in `SCM_RIGHTS` with their frame, at most 32
+//!   a frame, so a control segment with its 258 wake descriptors goes as several frames (Linux
+//!   takes at most 253 descriptors in one message). The receiver reads exactly the bytes of
+//!   the frame it is in, keeps a partial frame between calls, and checks every header, so a
+//!   peer that sends garbage ends its connection, and a peer that sends half a frame makes a
+//!   non-blocking `recv` answer `WouldBlock` and a blocking one give up after 5 seconds.
+//! - **Identity**: `SO_PEERCRED` on Linux, `getpeereid` elsewhere (the pid is then reported as
+//!   0; it is only logged). Peers are checked with [`admitted`] as on Linux, but the directory
+//!   is the user's own, so peers of other users cannot reach it: `Options::admit_uid` and
+//!   `admit_gid` have no effect here, as on Windows.
+//! - The monitor's notifier is a socket pair too, and `poll` is poll(2).
+
+use std::{
+    collections::hash_map::RandomState,
+    ffi::c_void,
+    hash::{BuildHasher, Hasher},
+    io::{self, ErrorKind, IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    ptr::{self, NonNull},
+    sync::{
+        Arc, Condvar, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rustix::{
+    event::{PollFd, PollFlags, Timespec},
+    fs::{AtFlags, CWD, FileType, FlockOperation, Mode, OFlags},
+    io::Errno,
+    mm::{MapFlags, ProtFlags},
+    net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+        SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags,
+        SocketType,
+    },
+};
+use tracing::{trace, warn};
+use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
+
+use super::{ConnectError, MAP_ALIGN, Ready};
+use crate::Options;
+
+/// What [`poll`] waits on: a descriptor.
+pub(crate) use std::os::fd::BorrowedFd as Waitable;
+
+/// The prefix of every shared memory object name (macOS allows 31 bytes in all).
+#[cfg(not(target_os = "freebsd"))]
+const SHM_PREFIX: &str = "/vdi-shm.1.";
+/// The rendezvous directory's name (under `$XDG_RUNTIME_DIR`, or with `-<uid>` under `/tmp`).
+const DIR_NAME: &str = "vdi-shm.1";
+/// The smallest `sun_path` of the supported systems (BSD, macOS), its NUL included. Linux has
+/// 108; the smaller limit is used everywhere, so a name maps to the same file on every system.
+const SUN_PATH_MAX: usize = 104;
+/// A hashed file stem: `#` and 32 hex digits.
+const HASHED_STEM_LEN: usize = 33;
+/// The longer of the two suffixes (`.sock`, `.lock`).
+const SUFFIX_LEN: usize = 5;
+/// The most stale names one `listen` removes.
+const SWEEP_LIMIT: usize = 64;
+
+/// A frame's header: magic, payload length, descriptors in the frame, frames still to come.
+const FRAME_HEADER: usize = 8;
+const FRAME_MAGIC: u16 = 0x5644;
+/// The longest payload a message has.
+const MAX_PAYLOAD: usize = 64;
+/// The most descriptors one frame carries.
+const FDS_PER_FRAME: usize = 32;
+/// The most descriptors one message carries: a control segment of 64 devices (its object and
+/// two per wake word: 1 + 2 × 129), with room to spare.
+const MAX_MESSAGE_FDS: usize = 320;
+/// The most frames one message has.
+const MAX_FRAMES: usize = MAX_MESSAGE_FDS.div_ceil(FDS_PER_FRAME);
+/// How long a blocking receive waits for the rest of a message, and a send for room.
+const IO_LIMIT: Duration = Duration::from_secs(5);
+/// How many reads one drain of a wake socket makes at most (a peer could keep writing).
+const DRAIN_LIMIT: usize = 8;
+
+/// A system error `e` from `call` as the crate's error (see [`os_error`]).
+pub(crate) fn io_error(call: &'static str, e: &io::Error) -> Error {
+    os_error(call, Errno::from_io_error(e).unwrap_or(Errno::IO))
+}
+
+/// Maps an errno from `call` to the crate's error: out-of-memory and out-of-space conditions
+/// become `VD_E_MEMORY`, everything else `VD_E_UNEXPECTED` naming the call.
+pub(crate) fn os_error(call: &'static str, e: Errno) -> Error {
+    if e == Errno::NOMEM || e == Errno::NOSPC || e == Errno::FBIG {
+        Error::Memory
+    } else {
+        Error::System(SystemError {
+            call,
+            code: e.raw_os_error(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors
+
+/// The flags for a new socket: close-on-exec where the system takes it at creation.
+fn socket_flags() -> SocketFlags {
+    #[cfg(not(target_vendor = "apple"))]
+    return SocketFlags::CLOEXEC;
+    #[cfg(target_vendor = "apple")]
+    return SocketFlags::empty();
+}
+
+/// What a new socket descriptor still needs: on macOS, close-on-exec (not settable at creation
+/// there) and no SIGPIPE (there is no `MSG_NOSIGNAL`); on FreeBSD, no SIGPIPE either way.
+fn finish_socket(fd: &OwnedFd) -> rustix::io::Result<()> {
+    #[cfg(target_vendor = "apple")]
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+    #[cfg(any(target_vendor = "apple", target_os = "freebsd"))]
+    rustix::net::sockopt::set_socket_nosigpipe(fd, true)?;
+    let _ = fd;
+    Ok(())
+}
+
+/// The flags of every send: no SIGPIPE where the flag exists (macOS: `SO_NOSIGPIPE` instead).
+fn send_flags() -> SendFlags {
+    #[cfg(not(target_vendor = "apple"))]
+    return SendFlags::NOSIGNAL;
+    #[cfg(target_vendor = "apple")]
+    return SendFlags::empty();
+}
+
+/// The flags of every receive that may carry descriptors: close-on-exec where it exists.
+fn recv_flags() -> RecvFlags {
+    #[cfg(not(target_vendor = "apple"))]
+    return RecvFlags::CMSG_CLOEXEC;
+    #[cfg(target_vendor = "apple")]
+    return RecvFlags::empty();
+}
+
+/// A connected pair of stream sockets: a wake object, or a notifier.
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), Error> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        socket_flags(),
+        None,
+    )
+    .map_err(|e| os_error("socketpair", e))?;
+    finish_socket(&a).map_err(|e| os_error("setsockopt", e))?;
+    finish_socket(&b).map_err(|e| os_error("setsockopt", e))?;
+    Ok((a, b))
+}
+
+/// Makes `fd` readable (one byte; a full socket is readable already).
+fn signal(fd: BorrowedFd<'_>) {
+    let _ = rustix::net::send(fd, &[1], send_flags() | SendFlags::DONTWAIT);
+}
+
+/// Reads what is pending on `fd`, without blocking. `false`: the socket is at its end or
+/// failed, and will stay readable.
+fn drain(fd: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 64];
+    for _ in 0..DRAIN_LIMIT {
+        match rustix::net::recv(fd, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return false,
+            Ok((n, _)) if n < buf.len() => return true,
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Waits until `fd` shows `flags` or `timeout` passes; whether it did.
+fn wait_fd(fd: BorrowedFd<'_>, flags: PollFlags, timeout: Duration) -> bool {
+    let mut pfd = [PollFd::new(&fd, flags)];
+    let ts = timespec(timeout);
+    matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
+}
+
+fn timespec(t: Duration) -> Timespec {
+    Timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as _,
+        tv_nsec: t.subsec_nanos() as _,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared memory
+
+/// One wake word's socket pair: `rx` is polled and drained, `tx` is written.
+#[derive(Debug)]
+struct WakePair {
+    rx: OwnedFd,
+    tx: OwnedFd,
+}
+
+/// The socket pairs of a mapping's wake words, by byte offset (sorted).
+#[derive(Debug)]
+struct WakeTable {
+    words: Vec<(usize, WakePair)>,
+}
+
+impl WakeTable {
+    fn pair(&self, offset: usize) -> Option<&WakePair> {
+        self.words
+            .binary_search_by_key(&offset, |(o, _)| *o)
+            .ok()
+            .map(|i| &self.words[i].1)
+    }
+}
+
+/// A live mapping of this process: where it is, its tag, and its wake words' sockets.
+#[derive(Debug)]
+struct Registered {
+    base: usize,
+    len: usize,
+    tag: String,
+    wake: Arc<WakeTable>,
+}
+
+/// Every live mapping of this process, so a wait or wake on a word finds the word's sockets.
+static MAPPINGS: RwLock<Vec<Registered>> = RwLock::new(Vec::new());
+
+/// What carries a mapping to a peer: the shared memory object and, for each wake word in
+/// order, its socket pair's two ends.
+#[derive(Debug)]
+pub(crate) struct Attachment {
+    object: OwnedFd,
+    wake: Vec<OwnedFd>,
+}
+
+/// A shared memory object mapped read-write into this process.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    object: OwnedFd,
+    wake: Arc<WakeTable>,
+}
+
+// SAFETY: the mapping is plain shared memory; all access through `get`/`slice` is to ShmSafe
+// (atomic) types, and raw byte access is handed out only under the protocol's ownership rules by
+// the callers of `base`. The descriptors may be used from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as for Send.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Creates a zero-filled shared memory object of `len` bytes (a multiple of the page size),
+    /// maps it, touches every page, and makes a socket pair for each of `wake_words`.
+    pub(crate) fn create(tag: &str, len: usize, wake_words: &[usize]) -> Result<Self, Error> {
+        if len == 0 || !len.is_multiple_of(page_size()) {
+            return Err(Error::Invalid(InvalidReason::BufferSize));
+        }
+        let object = new_object(tag, len)?;
+        let mut words = Vec::with_capacity(wake_words.len());
+        for &offset in wake_words {
+            let (rx, tx) = socket_pair()?;
+            words.push((offset, WakePair { rx, tx }));
+        }
+        let map = Self::map(object, tag, len, words)?;
+        map.touch_pages(true);
+        trace!(tag, len, "shared memory created");
+        Ok(map)
+    }
+
+    /// Maps an object a peer sent, after checking that it cannot shrink where the system can
+    /// seal it (FreeBSD), that it has exactly `expected_len` bytes, and that its wake objects
+    /// are sockets.
+    pub(crate) fn open(
+        attachment: Attachment,
+        tag: &str,
+        expected_len: usize,
+        wake_words: &[usize],
+    ) -> Result<Self, Error> {
+        let misbehaved = Error::Protocol(ProtocolReason::PeerMisbehaved);
+        if expected_len == 0
+            || !expected_len.is_multiple_of(page_size())
+            || attachment.wake.len() != 2 * wake_words.len()
+        {
+            return Err(misbehaved);
+        }
+        // Seals first, where there are any: once SHRINK and GROW are set the size can no longer
+        // change, so the size read next stays true for the mapping's lifetime.
+        #[cfg(target_os = "freebsd")]
+        {
+            use rustix::fs::SealFlags;
+            let seals = rustix::fs::fcntl_get_seals(&attachment.object).map_err(|_| misbehaved)?;
+            if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+                return Err(misbehaved);
+            }
+        }
+        let stat = rustix::fs::fstat(&attachment.object).map_err(|_| misbehaved)?;
+        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+            return Err(misbehaved);
+        }
+        // A wake object is only ever polled, sent to and received from with MSG_DONTWAIT, so
+        // any descriptor would be harmless; anything but a socket is still a peer's mistake.
+        for fd in &attachment.wake {
+            let st = rustix::fs::fstat(fd).map_err(|_| misbehaved)?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+                return Err(misbehaved);
+            }
+        }
+        let mut sorted = wake_words.to_vec();
+        sorted.sort_unstable();
+        let mut ends = attachment.wake.into_iter();
+        let mut words = Vec::with_capacity(sorted.len());
+        for offset in sorted {
+            let (Some(rx), Some(tx)) = (ends.next(), ends.next()) else {
+                return Err(misbehaved);
+            };
+            words.push((offset, WakePair { rx, tx }));
+        }
+        let map = Self::map(attachment.object, tag, expected_len, words)?;
+        map.touch_pages(false);
+        Ok(map)
+    }
+
+    /// Maps `len` bytes of `object` at a multiple of [`MAP_ALIGN`] and registers the mapping.
+    fn map(
+        object: OwnedFd,
+        tag: &str,
+        len: usize,
+        mut words: Vec<(usize, WakePair)>,
+    ) -> Result<Self, Error> {
+        // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
+        // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
+        // the object over an aligned part of the reservation, and give the slack back.
+        let reserve = len.checked_add(MAP_ALIGN).ok_or(Error::Memory)?;
+        // SAFETY: a new, inaccessible, private anonymous reservation at an address the kernel
+        // chooses; nothing existing is touched.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                ptr::null_mut(),
+                reserve,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| os_error("mmap", e))?;
+        let start = base as usize;
+        let aligned = start.next_multiple_of(MAP_ALIGN);
+        // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
+        // function owns and nothing else uses, so MAP_FIXED replaces only that; `object` was
+        // checked (or made) to hold `len` bytes (see the module docs for what a peer could
+        // still do to an unsealed object).
+        let mapped = unsafe {
+            rustix::mm::mmap(
+                aligned as *mut c_void,
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &object,
+                0,
+            )
+        };
+        let head = aligned - start;
+        let tail = reserve - head - len;
+        // SAFETY: the slack before and after the mapping is the rest of our own reservation;
+        // no reference into it exists.
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(base, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap((aligned + len) as *mut c_void, tail);
+            }
+        }
+        let ptr = match mapped {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: the reservation's middle part, still ours, is released on failure.
+                let _ = unsafe { rustix::mm::munmap(aligned as *mut c_void, len) };
+                return Err(os_error("mmap", e));
+            }
+        };
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Memory)?;
+        words.sort_unstable_by_key(|(o, _)| *o);
+        let map = Self {
+            ptr,
+            len,
+            object,
+            wake: Arc::new(WakeTable { words }),
+        };
+        MAPPINGS
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Registered {
+                base: ptr.as_ptr() as usize,
+                len,
+                tag: tag.to_owned(),
+                wake: Arc::clone(&map.wake),
+            });
+        Ok(map)
+    }
+
+    /// Touches one word in every page, so the pages are faulted in now, not on the data path.
+    fn touch_pages(&self, write: bool) {
+        let page = page_size();
+        for i in 0..self.len / page {
+            let w: &AtomicU32 = self.get(i * page);
+            if write {
+                // Fresh memory no other process has yet: storing 0 changes nothing.
+                w.store(0, Ordering::Relaxed);
+            } else {
+                let _ = w.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The descriptors a message carries for this mapping: the object, then each wake word's
+    /// two ends, in the order of the (sorted) wake words.
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.object.as_fd())
+            .chain(
+                self.wake
+                    .words
+                    .iter()
+                    .flat_map(|(_, p)| [p.rx.as_fd(), p.tx.as_fd()]),
+            )
+            .collect()
+    }
+
+    /// A copy of what [`Socket::send`] carries for this mapping, to open it again in this
+    /// process as a peer would.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn attachment(&self) -> io::Result<Attachment> {
+        let mut fds = self
+            .fds()
+            .into_iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<io::Result<Vec<_>>>()?;
+        let object = fds.remove(0);
+        Ok(Attachment { object, wake: fds })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        let base = self.ptr.as_ptr() as usize;
+        MAPPINGS
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|r| r.base != base);
+        // SAFETY: ptr/len are exactly what mmap returned, and every reference derived from the
+        // mapping borrows `self`, so none outlives this call. Byte views handed out by callers
+        // hold an Arc to the mapping.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A new shared memory object of `len` bytes: sealed against shrinking and growing (FreeBSD).
+#[cfg(target_os = "freebsd")]
+fn new_object(tag: &str, len: usize) -> Result<OwnedFd, Error> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(tag, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .map_err(|e| os_error("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, len as u64).map_err(|e| os_error("ftruncate", e))?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| os_error("fcntl(F_ADD_SEALS)", e))?;
+    Ok(fd)
+}
+
+/// A new shared memory object of `len` bytes: `shm_open` under a random name, unlinked at once
+/// (it lives on as the descriptor).
+#[cfg(not(target_os = "freebsd"))]
+fn new_object(tag: &str, len: usize) -> Result<OwnedFd, Error> {
+    let _ = tag;
+    let mut attempts = 0;
+    let fd = loop {
+        let name = format!("{SHM_PREFIX}{:08x}{:08x}", random_u32(), random_u32());
+        match rustix::shm::open(
+            name.as_str(),
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
+            Mode::RUSR | Mode::WUSR,
+        ) {
+            Ok(fd) => {
+                let _ = rustix::shm::unlink(name.as_str());
+                break fd;
+            }
+            Err(Errno::EXIST) if attempts < 8 => attempts += 1,
+            Err(e) => return Err(os_error("shm_open", e)),
+        }
+    };
+    // shm_open sets close-on-exec (POSIX requires FD_CLOEXEC on the new descriptor).
+    rustix::fs::ftruncate(&fd, len as u64).map_err(|e| os_error("ftruncate", e))?;
+    Ok(fd)
+}
+
+/// The most bytes of shared buffers this process lets one device set have: three quarters of
+/// the machine's physical memory (`sysconf(_SC_PHYS_PAGES)`), or no limit but the system's if
+/// it does not tell.
+pub(crate) fn buffer_memory_limit() -> u64 {
+    // SAFETY: sysconf reads a system value; it has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    match u64::try_from(pages) {
+        Ok(p) if p > 0 => p.saturating_mul(page_size() as u64) / 4 * 3,
+        _ => u64::MAX,
+    }
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wake-ups
+
+/// The wake table and the pair index of `word`, if it is a wake word of a live mapping.
+fn wake_table(word: &AtomicU32) -> Option<(Arc<WakeTable>, usize)> {
+    let addr = ptr::from_ref(word) as usize;
+    let all = MAPPINGS.read().unwrap_or_else(PoisonError::into_inner);
+    let r = all
+        .iter()
+        .find(|r| (r.base..r.base + r.len).contains(&addr))?;
+    r.wake.pair(addr - r.base)?;
+    Some((Arc::clone(&r.wake), addr - r.base))
+}
+
+/// Waits and wakes on words that are not wake words of a mapping (only threads of this process
+/// can reach those): one lock and condition variable for all of them.
+static LOCAL: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+
+/// Sleeps while `word` holds `expected`, for at most `timeout`; returns early on a change seen
+/// before sleeping, on a [`futex_wake_all`] from any process, or spuriously.
+///
+/// Drain, re-read, poll. A wake is a byte sent after the word changed, so:
+/// - a change before the re-read is seen by the re-read, and the wait returns at once;
+/// - a change after the re-read sends its byte after the drain, so the poll returns at once;
+/// - every waiter already in poll sees the byte (poll does not consume it): a wake wakes all;
+/// - the byte stays until the next waiter drains it, so it costs no one a spurious return.
+///
+/// The one race left is two waiters on one word: if the second drains between the first's
+/// re-read and its poll, it takes the first's byte, and the first sleeps until its timeout
+/// (the callers' slice, at most 100 ms), never longer. Two sleepers on one word are rare (a
+/// ring has one consumer), and a word is woken only when a sleeper is announced. A wake object
+/// that a peer broke (closed its end) stays readable; the wait then sleeps out its timeout
+/// instead of returning at once, so a broken peer costs latency, not a spinning thread.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let Some((table, offset)) = wake_table(word) else {
+        let guard = LOCAL.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if word.load(Ordering::SeqCst) == expected {
+            let _ = LOCAL.1.wait_timeout(guard, timeout);
+        }
+        return;
+    };
+    let Some(pair) = table.pair(offset) else {
+        return;
+    };
+    let healthy = drain(pair.rx.as_fd());
+    if word.load(Ordering::SeqCst) != expected {
+        return;
+    }
+    if healthy {
+        wait_fd(pair.rx.as_fd(), PollFlags::IN, timeout);
+    } else {
+        std::thread::sleep(timeout);
+    }
+}
+
+/// Wakes every thread, in any process, sleeping on `word`.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    match wake_table(word) {
+        Some((table, offset)) => {
+            if let Some(pair) = table.pair(offset) {
+                signal(pair.tx.as_fd());
+            }
+        }
+        None => {
+            drop(LOCAL.0.lock().unwrap_or_else(PoisonError::into_inner));
+            LOCAL.1.notify_all();
+        }
+    }
+}
+
+/// The socket-pair wake-ups as the ring's wait strategy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FutexWake;
+
+impl crate::ring::Wake for FutexWake {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        futex_wait(word, expected, timeout);
+    }
+
+    fn wake_all(&self, word: &AtomicU32) {
+        futex_wake_all(word);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rendezvous directory
+
+/// Why a rendezvous directory was refused.
+fn refuse(dir: &Path, why: &str) -> Error {
+    warn!(dir = %dir.display(), why, "refusing the rendezvous directory");
+    Error::Security
+}
+
+/// Checks that `dir` is a directory (not a symlink) owned by `uid` that nobody else may write.
+fn check_dir(dir: &Path, uid: u32) -> Result<(), Error> {
+    let st = rustix::fs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| os_error("lstat", e))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {}
+        FileType::Symlink => return Err(refuse(dir, "it is a symbolic link")),
+        _ => return Err(refuse(dir, "it is not a directory")),
+    }
+    if st.st_uid != uid {
+        return Err(refuse(dir, "another user owns it"));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(refuse(dir, "its group or others may write to it"));
+    }
+    Ok(())
+}
+
+/// The rendezvous directory: `$XDG_RUNTIME_DIR/vdi-shm.1` when that variable names an absolute
+/// directory of ours, short enough, else `/tmp/vdi-shm.1-<uid>`. Created (0700) when `create`;
+/// `Ok(None)` when it does not exist and `create` is false.
+fn rendezvous_dir(create: bool) -> Result<Option<PathBuf>, Error> {
+    let uid = rustix::process::geteuid().as_raw();
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .filter(|p| {
+            p.as_os_str().len() + 1 + DIR_NAME.len() + 1 + HASHED_STEM_LEN + SUFFIX_LEN
+                < SUN_PATH_MAX
+        })
+        .filter(|p| {
+            rustix::fs::statat(CWD, p.as_path(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_uid == uid
+            })
+        });
+    let dir = match xdg {
+        Some(x) => x.join(DIR_NAME),
+        None => PathBuf::from(format!("/tmp/{DIR_NAME}-{uid}")),
+    };
+    resolve_dir(dir, uid, create)
+}
+
+/// Creates `dir` if asked and missing, then checks it (see [`check_dir`]).
+fn resolve_dir(dir: PathBuf, uid: u32, create: bool) -> Result<Option<PathBuf>, Error> {
+    if create {
+        match rustix::fs::mkdir(dir.as_path(), Mode::RWXU) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(os_error("mkdir", e)),
+        }
+    } else if let Err(Errno::NOENT) = rustix::fs::statat(CWD, dir.as_path(), AtFlags::empty()) {
+        return Ok(None);
+    }
+    check_dir(&dir, uid)?;
+    Ok(Some(dir))
+}
+
+/// The file stem of set `name` in `dir`: the name itself when its socket path fits and it does
+/// not start with `#`, else `#` and 32 hex digits of a 128-bit hash of it.
+fn stem(dir: &Path, name: &str) -> String {
+    let fits = dir.as_os_str().len() + 1 + name.len() + SUFFIX_LEN < SUN_PATH_MAX;
+    if fits && !name.starts_with('#') {
+        return name.to_owned();
+    }
+    // FNV-1a, twice with different offsets: stable across builds and processes (std's hashers
+    // are not promised to be), and collisions among one user's names are not a threat (the
+    // directory is theirs alone).
+    let fnv = |seed: u64| {
+        name.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+        })
+    };
+    format!(
+        "#{:016x}{:016x}",
+        fnv(0xCBF2_9CE4_8422_2325),
+        fnv(0x6C62_272E_07BB_0142)
+    )
+}
+
+/// The paths of set `name`'s socket and lock files, and its directory; `None` when the
+/// directory does not exist and `create` is false.
+fn set_paths(name: &str, create: bool) -> Result<Option<SetPaths>, Error> {
+    let Some(dir) = rendezvous_dir(create)? else {
+        return Ok(None);
+    };
+    Ok(Some(SetPaths::new(dir, name)))
+}
+
+#[derive(Debug)]
+struct SetPaths {
+    dir: PathBuf,
+    sock: PathBuf,
+    lock: PathBuf,
+}
+
+impl SetPaths {
+    fn new(dir: PathBuf, name: &str) -> Self {
+        let stem = stem(&dir, name);
+        Self {
+            sock: dir.join(format!("{stem}.sock")),
+            lock: dir.join(format!("{stem}.lock")),
+            dir,
+        }
+    }
+}
+
+/// Takes the exclusive lock on `path` without waiting, creating the file if `create`:
+/// `Ok(None)` when a live process holds it (or, without `create`, when there is no file).
+fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    for _ in 0..8 {
+        let fd = match rustix::fs::open(
+            path,
+            if create {
+                flags | OFlags::CREATE
+            } else {
+                flags
+            },
+            Mode::RUSR | Mode::WUSR,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(os_error("open(lock)", e)),
+        };
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(os_error("flock", e)),
+        }
+        // Its last holder may have unlinked the file between our open and our lock: the lock
+        // counts only if the path still names the file we locked.
+        let ours = rustix::fs::fstat(&fd).map_err(|e| os_error("fstat", e))?;
+        if let Ok(now) = rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW)
+            && (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino)
+        {
+            return Ok(Some(fd));
+        }
+    }
+    Err(os_error("flock", Errno::AGAIN))
+}
+
+/// Removes the files of names whose lock nobody holds (their listener died), at most
+/// [`SWEEP_LIMIT`] of them. It never creates a lock file: one it created could make a
+/// listener arriving at that moment find the name taken.
+fn sweep_stale(dir: &Path, except: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if removed >= SWEEP_LIMIT {
+            break;
+        }
+        let path = entry.path();
+        if path == except || path.extension().is_none_or(|e| e != "lock") {
+            continue;
+        }
+        if let Ok(Some(lock)) = take_lock(&path, false) {
+            let _ = rustix::fs::unlink(path.with_extension("sock"));
+            let _ = rustix::fs::unlink(path.as_path());
+            drop(lock);
+            removed += 1;
+        }
+    }
+}
+
+/// Test support: what is left of set `name`: this process's mappings of its shared memory,
+/// and whether its socket file exists (1) or not (0), live or stale.
+pub(crate) fn leftovers(name: &str) -> (usize, usize) {
+    let prefix = format!("vdi-shm:{name}:");
+    let mapped = MAPPINGS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|r| r.tag.starts_with(&prefix))
+        .count();
+    let file = match set_paths(name, false) {
+        Ok(Some(p)) => usize::from(
+            rustix::fs::statat(CWD, p.sock.as_path(), AtFlags::SYMLINK_NOFOLLOW).is_ok(),
+        ),
+        _ => 0,
+    };
+    (mapped, file)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets
+
+/// A listener's files, removed when it is dropped.
+#[derive(Debug)]
+struct Listening {
+    paths: SetPaths,
+    /// The name's lock, held for the listener's life (only ever closed).
+    _lock: OwnedFd,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // The socket first, then the lock file while still holding the lock, so no one can
+        // bind in between (see take_lock for a lock taken on the unlinked file).
+        let _ = rustix::fs::unlink(self.paths.sock.as_path());
+        let _ = rustix::fs::unlink(self.paths.lock.as_path());
+        // `lock` closes after this, releasing the name.
+    }
+}
+
+/// A message being received.
+#[derive(Debug, Default)]
+struct RecvState {
+    /// The current frame's bytes so far.
+    frame: Vec<u8>,
+    /// The message's payload (from its first frame).
+    payload: Vec<u8>,
+    /// The descriptors received for the message so far.
+    fds: Vec<OwnedFd>,
+    /// The descriptors the message's frames declared so far.
+    declared: usize,
+    /// Frames of the message still to come after the current one (`None`: the current frame
+    /// is the message's first).
+    frames_left: Option<usize>,
+}
+
+/// A listening or connected `AF_UNIX` stream socket. Its descriptor is always non-blocking;
+/// "blocking" mode (the default for a connection) waits with poll, at most [`IO_LIMIT`].
+#[derive(Debug)]
+pub(crate) struct Socket {
+    fd: OwnedFd,
+    listening: Option<Listening>,
+    nonblocking: AtomicBool,
+    rx: Mutex<RecvState>,
+    tx: Mutex<()>,
+}
+
+/// The credentials of the process at the other end of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerCred {
+    /// Process id (0 where the system does not tell).
+    pub(crate) pid: i32,
+    /// Effective user id.
+    pub(crate) uid: u32,
+    /// Effective group id.
+    pub(crate) gid: u32,
+}
+
+fn unix_addr(path: &Path) -> Result<SocketAddrUnix, Error> {
+    SocketAddrUnix::new(path).map_err(|_| {
+        Error::Invalid(InvalidReason::Name(vdi_core::NameError::TooLong(
+            path.as_os_str().len(),
+        )))
+    })
+}
+
+fn new_stream() -> Result<OwnedFd, Error> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        socket_flags(),
+        None,
+    )
+    .map_err(|e| os_error("socket", e))?;
+    finish_socket(&fd).map_err(|e| os_error("setsockopt", e))?;
+    Ok(fd)
+}
+
+impl Socket {
+    fn wrap(fd: OwnedFd, listening: Option<Listening>) -> Result<Self, Error> {
+        rustix::io::ioctl_fionbio(&fd, true).map_err(|e| os_error("ioctl(FIONBIO)", e))?;
+        Ok(Self {
+            fd,
+            listening,
+            nonblocking: AtomicBool::new(false),
+            rx: Mutex::new(RecvState::default()),
+            tx: Mutex::new(()),
+        })
+    }
+
+    /// Binds and listens under `name` in the user's rendezvous directory.
+    ///
+    /// The name is held by a lock the kernel drops when the process dies, so a stale socket
+    /// file never blocks it; the files are removed when the listener is dropped.
+    pub(crate) fn listen(name: &str) -> Result<Self, Error> {
+        let paths = set_paths(name, true)?.ok_or(Error::Protocol(ProtocolReason::NotReady))?;
+        let addr = unix_addr(&paths.sock)?;
+        let Some(lock) = take_lock(&paths.lock, true)? else {
+            return Err(Error::Protocol(ProtocolReason::AlreadyExists));
+        };
+        sweep_stale(&paths.dir, &paths.lock);
+        // A socket file here is a dead listener's: we hold the name's lock.
+        match rustix::fs::unlink(paths.sock.as_path()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(os_error("unlink", e)),
+        }
+        let fd = new_stream()?;
+        rustix::net::bind(&fd, &addr).map_err(|e| os_error("bind", e))?;
+        let listening = Listening { paths, _lock: lock };
+        rustix::net::listen(&fd, 64).map_err(|e| os_error("listen", e))?;
+        Self::wrap(fd, Some(listening))
+    }
+
+    /// Connects to the socket listening under `name`.
+    pub(crate) fn connect(name: &str) -> Result<Self, ConnectError> {
+        let Some(paths) = set_paths(name, false).map_err(ConnectError::Os)? else {
+            return Err(ConnectError::NotFound);
+        };
+        let addr = unix_addr(&paths.sock).map_err(ConnectError::Os)?;
+        let fd = new_stream().map_err(ConnectError::Os)?;
+        // A listener whose backlog is full makes connect wait: bounded.
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Send,
+            Some(IO_LIMIT),
+        )
+        .map_err(|e| ConnectError::Os(os_error("setsockopt(SO_SNDTIMEO)", e)))?;
+        loop {
+            match rustix::net::connect(&fd, &addr) {
+                Ok(()) => break,
+                Err(Errno::INTR) => {}
+                Err(Errno::CONNREFUSED | Errno::NOENT) => return Err(ConnectError::NotFound),
+                Err(Errno::AGAIN | Errno::TIMEDOUT) => {
+                    return Err(ConnectError::Os(Error::Protocol(ProtocolReason::NotReady)));
+                }
+                Err(Errno::ACCESS) => return Err(ConnectError::Os(Error::Security)),
+                Err(e) => return Err(ConnectError::Os(os_error("connect", e))),
+            }
+        }
+        Self::wrap(fd, None).map_err(ConnectError::Os)
+    }
+
+    /// Accepts one connection, or `WouldBlock`.
+    pub(crate) fn accept(&self) -> io::Result<Self> {
+        if self.listening.is_none() {
+            return Err(ErrorKind::InvalidInput.into());
+        }
+        #[cfg(not(target_vendor = "apple"))]
+        let fd = rustix::net::accept_with(&self.fd, socket_flags())?;
+        #[cfg(target_vendor = "apple")]
+        let fd = rustix::net::accept(&self.fd)?;
+        finish_socket(&fd)?;
+        Self::wrap(fd, None).map_err(io::Error::from)
+    }
+
+    /// The credentials of the peer, as the kernel recorded them at connect time.
+    pub(crate) fn peer_cred(&self) -> Result<PeerCred, Error> {
+        peer_cred(self.fd.as_fd())
+    }
+
+    /// Sends one message, with the descriptors of `mapping` if given.
+    pub(crate) fn send(&self, bytes: &[u8], mapping: Option<&Mapping>) -> Result<(), Error> {
+        let fds = mapping.map(Mapping::fds).unwrap_or_default();
+        if bytes.len() > MAX_PAYLOAD || fds.len() > MAX_MESSAGE_FDS {
+            return Err(Error::Invalid(InvalidReason::Unspecified));
+        }
+        let chunks: Vec<&[BorrowedFd<'_>]> = if fds.is_empty() {
+            vec![&[]]
+        } else {
+            fds.chunks(FDS_PER_FRAME).collect()
+        };
+        let _guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + IO_LIMIT;
+        let mut started = false;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let payload: &[u8] = if i == 0 { bytes } else { &[] };
+            let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+            frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
+            frame.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+            frame.extend_from_slice(&(chunk.len() as u16).to_le_bytes());
+            frame.extend_from_slice(&((chunks.len() - 1 - i) as u16).to_le_bytes());
+            frame.extend_from_slice(payload);
+            self.send_frame(&frame, chunk, deadline, &mut started)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one frame whole, its descriptors with its first byte. A message half sent when
+    /// time runs out leaves the stream unusable: the socket is shut down.
+    fn send_frame(
+        &self,
+        frame: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Instant,
+        started: &mut bool,
+    ) -> Result<(), Error> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_FRAME))];
+        let mut sent = 0;
+        while sent < frame.len() {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(Error::Invalid(InvalidReason::Unspecified));
+            }
+            match rustix::net::sendmsg(
+                &self.fd,
+                &[IoSlice::new(&frame[sent..])],
+                &mut control,
+                send_flags(),
+            ) {
+                Ok(n) => {
+                    sent += n;
+                    *started = true;
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    let now = Instant::now();
+                    let give_up =
+                        now >= deadline || (!*started && self.nonblocking.load(Ordering::Relaxed));
+                    if give_up || !wait_fd(self.fd.as_fd(), PollFlags::OUT, deadline - now) {
+                        if *started {
+                            let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Both);
+                        }
+                        return Err(os_error("sendmsg", Errno::AGAIN));
+                    }
+                }
+                Err(Errno::PIPE | Errno::CONNRESET) => {
+                    return Err(Error::Aborted(vdi_core::AbortReason::PeerExited));
+                }
+                Err(e) => return Err(os_error("sendmsg", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message into `buf`; returns its length (0 at the end of the connection)
+    /// and the mapping it carried. A message longer than `buf`, or malformed, is an error.
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Vec<Attachment>)> {
+        self.recv_message(buf, true)
+    }
+
+    /// Receives one message from a peer we take no descriptors from: descriptors it sends are
+    /// discarded by the kernel, never installed here.
+    pub(crate) fn recv_no_attachments(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv_message(buf, false).map(|(n, _)| n)
+    }
+
+    fn recv_message(&self, buf: &mut [u8], take: bool) -> io::Result<(usize, Vec<Attachment>)> {
+        let mut st = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + IO_LIMIT;
+        loop {
+            let need = match st.frame.len() {
+                n if n < FRAME_HEADER => FRAME_HEADER - n,
+                n => FRAME_HEADER + usize::from(u16::from_le_bytes([st.frame[2], st.frame[3]])) - n,
+            };
+            if need > 0 {
+                match self.recv_bytes(&mut st, need, take) {
+                    Ok(0) => {
+                        let idle = st.frame.is_empty() && st.frames_left.is_none();
+                        *st = RecvState::default();
+                        return if idle {
+                            Ok((0, Vec::new()))
+                        } else {
+                            Err(ErrorKind::UnexpectedEof.into())
+                        };
+                    }
+                    Ok(_) => {
+                        // Checked once, as the header completes.
+                        if st.frame.len() == FRAME_HEADER && !header_ok(&mut st, take) {
+                            *st = RecvState::default();
+                            return Err(ErrorKind::InvalidData.into());
+                        }
+                    }
+                    Err(Errno::INTR) => {}
+                    Err(Errno::AGAIN) => {
+                        let now = Instant::now();
+                        if self.nonblocking.load(Ordering::Relaxed) {
+                            return Err(ErrorKind::WouldBlock.into());
+                        }
+                        if now >= deadline
+                            || !wait_fd(self.fd.as_fd(), PollFlags::IN, deadline - now)
+                        {
+                            return Err(ErrorKind::TimedOut.into());
+                        }
+                    }
+                    Err(e) => {
+                        *st = RecvState::default();
+                        return Err(e.into());
+                    }
+                }
+                continue;
+            }
+            // A whole frame.
+            let frame = std::mem::take(&mut st.frame);
+            let more = usize::from(u16::from_le_bytes([frame[6], frame[7]]));
+            if st.frames_left.is_none() {
+                st.payload = frame[FRAME_HEADER..].to_vec();
+            }
+            st.frames_left = Some(more);
+            if more > 0 {
+                continue;
+            }
+            let done = std::mem::take(&mut *st);
+            if take && done.fds.len() != done.declared {
+                return Err(ErrorKind::InvalidData.into());
+            }
+            let Some(dst) = buf.get_mut(..done.payload.len()) else {
+                return Err(ErrorKind::InvalidData.into());
+            };
+            dst.copy_from_slice(&done.payload);
+            let mut fds = done.fds;
+            let attachments = if fds.is_empty() {
+                Vec::new()
+            } else {
+                let object = fds.remove(0);
+                vec![Attachment { object, wake: fds }]
+            };
+            return Ok((done.payload.len(), attachments));
+        }
+    }
+
+    /// Reads at most `need` bytes of the current frame, with the descriptors that come along
+    /// (kept when `take`, else discarded by the kernel).
+    fn recv_bytes(&self, st: &mut RecvState, need: usize, take: bool) -> rustix::io::Result<usize> {
+        let mut bytes = [0u8; FRAME_HEADER + MAX_PAYLOAD];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_FRAME))];
+        let space: &mut [MaybeUninit<u8>] = if take { &mut space } else { &mut [] };
+        let mut control = RecvAncillaryBuffer::new(space);
+        let msg = rustix::net::recvmsg(
+            &self.fd,
+            &mut [IoSliceMut::new(&mut bytes[..need])],
+            &mut control,
+            recv_flags() | RecvFlags::DONTWAIT,
+        )?;
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                for fd in rights {
+                    #[cfg(target_vendor = "apple")]
+                    let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+                    st.fds.push(fd);
+                }
+            }
+        }
+        if (take && msg.flags.contains(ReturnFlags::CTRUNC)) || st.fds.len() > MAX_MESSAGE_FDS {
+            // Descriptors beyond what a frame may carry: the peer does not follow the protocol.
+            st.fds.clear();
+            return Err(Errno::MSGSIZE);
+        }
+        st.frame.extend_from_slice(&bytes[..msg.bytes]);
+        Ok(msg.bytes)
+    }
+
+    /// Makes reads and accepts return `WouldBlock` instead of waiting.
+    pub(crate) fn set_nonblocking(&self) -> Result<(), Error> {
+        self.nonblocking.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The descriptor, to poll.
+    pub(crate) fn waitable(&self) -> Waitable<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Checks a frame header just completed in `st` against the message so far.
+fn header_ok(st: &mut RecvState, take: bool) -> bool {
+    let h = &st.frame;
+    let word = |i: usize| usize::from(u16::from_le_bytes([h[i], h[i + 1]]));
+    let (magic, len, fds, more) = (word(0), word(2), word(4), word(6));
+    let first = st.frames_left.is_none();
+    let ok = magic == usize::from(FRAME_MAGIC)
+        && fds <= FDS_PER_FRAME
+        && if first {
+            len <= MAX_PAYLOAD && more < MAX_FRAMES
+        } else {
+            len == 0 && Some(more + 1) == st.frames_left
+        };
+    st.declared += fds;
+    ok && (!take || st.fds.len() <= st.declared)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_cred(fd: BorrowedFd<'_>) -> Result<PeerCred, Error> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the kernel writes at
+    // most `len` bytes of a `struct ucred`, and every bit pattern is a valid libc::ucred
+    // (three plain integers).
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || len as usize != size_of::<libc::ucred>() {
+        return Err(io_error(
+            "getsockopt(SO_PEERCRED)",
+            &io::Error::last_os_error(),
+        ));
+    }
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_cred(fd: BorrowedFd<'_>) -> Result<PeerCred, Error> {
+    let (mut uid, mut gid) = (0, 0);
+    // SAFETY: `uid` and `gid` are valid for writes; the call fills them for a connected
+    // AF_UNIX socket, which `fd` is (borrowed for the call).
+    let r = unsafe {
+        libc::getpeereid(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &raw mut uid,
+            &raw mut gid,
+        )
+    };
+    if r != 0 {
+        return Err(io_error("getpeereid", &io::Error::last_os_error()));
+    }
+    Ok(PeerCred { pid: 0, uid, gid })
+}
+
+/// A socket pair that wakes a thread blocked in [`poll`].
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    rx: OwnedFd,
+    tx: OwnedFd,
+}
+
+impl Notifier {
+    /// A new socket pair.
+    pub(crate) fn new() -> Result<Self, Error> {
+        let (rx, tx) = socket_pair()?;
+        Ok(Self { rx, tx })
+    }
+
+    /// Makes it readable.
+    pub(crate) fn notify(&self) {
+        signal(self.tx.as_fd());
+    }
+
+    /// Clears it.
+    pub(crate) fn drain(&self) {
+        drain(self.rx.as_fd());
+    }
+
+    /// The descriptor, to poll.
+    pub(crate) fn waitable(&self) -> Waitable<'_> {
+        self.rx.as_fd()
+    }
+}
+
+/// Waits until one of `fds` is readable or hung up, or `timeout` passes (`None`: no limit).
+pub(crate) fn poll(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<Ready> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let ts = timeout.map(timespec);
+    let _ = rustix::event::poll(&mut pfds, ts.as_ref());
+    pfds.iter()
+        .map(|p| {
+            let r = p.revents();
+            Ready {
+                readable: r.contains(PollFlags::IN),
+                hangup: r.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+            }
+        })
+        .collect()
+}
+
+/// Whether a peer with these credentials may join: this process's (effective) user, or an
+/// admitted user or group (which cannot reach the user's directory: see the module docs).
+pub(crate) fn admitted(cred: &PeerCred, options: &Options) -> bool {
+    let uid = rustix::process::geteuid().as_raw();
+    cred.uid == uid || options.admit_uid == Some(cred.uid) || options.admit_gid == Some(cred.gid)
+}
+
+/// This process's id.
+pub(crate) fn current_pid() -> i32 {
+    std::process::id() as i32
+}
+
+/// A random 32-bit value (for the per-set handle key and object names): SipHash under std's
+/// random keys, which come from the system's generator.
+pub(crate) fn random_u32() -> u32 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader},
+        os::unix::fs::PermissionsExt,
+        process::{Command, Stdio},
+        sync::atomic::AtomicUsize,
+    };
+
+    use super::*;
+
+    /// A name no other test (or test process) uses.
+    fn unique(what: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "posix-{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A fresh scratch directory of this process.
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(unique(what));
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    const MISBEHAVED: Error = Error::Protocol(ProtocolReason::PeerMisbehaved);
+
+    /// Not a test of its own: the child process of `stale_socket_of_a_killed_listener_...`,
+    /// which listens under `VDI_POSIX_CHILD_LISTEN` and waits to be killed.
+    #[test]
+    fn child_listener() {
+        let Ok(name) = std::env::var("VDI_POSIX_CHILD_LISTEN") else {
+            return;
+        };
+        let _listener = Socket::listen(&name).unwrap();
+        println!("listening");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    #[test]
+    fn stale_socket_of_a_killed_listener_does_not_block_the_name() {
+        let name = unique("stale");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sys::imp::tests::child_listener", "--nocapture"])
+            .env("VDI_POSIX_CHILD_LISTEN", &name)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The test harness talks first; the child says "listening" once it holds the name.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while line.trim() != "listening" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the child ended");
+        }
+        // Alive: the name is taken, and a connection reaches the child.
+        assert_eq!(
+            Socket::listen(&name).unwrap_err(),
+            Error::Protocol(ProtocolReason::AlreadyExists)
+        );
+        assert!(Socket::connect(&name).is_ok());
+        assert_eq!(leftovers(&name), (0, 1));
+        // SIGKILL: the socket file stays, but nobody listens and nobody holds the lock.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let paths = set_paths(&name, false).unwrap().unwrap();
+        assert!(paths.sock.exists() && paths.lock.exists());
+        assert_eq!(Socket::connect(&name).unwrap_err(), ConnectError::NotFound);
+        // The name can be created again, and connected to; dropping removes both files.
+        let listener = Socket::listen(&name).unwrap();
+        assert!(Socket::connect(&name).is_ok());
+        drop(listener);
+        assert!(!paths.sock.exists() && !paths.lock.exists());
+        assert_eq!(leftovers(&name), (0, 0));
+    }
+
+    #[test]
+    fn stale_files_of_other_names_are_swept() {
+        let dir = rendezvous_dir(true).unwrap().unwrap();
+        let stale = SetPaths::new(dir, &unique("swept"));
+        std::fs::write(&stale.sock, b"").unwrap();
+        std::fs::write(&stale.lock, b"").unwrap();
+        let name = unique("sweeper");
+        let _listener = Socket::listen(&name).unwrap();
+        assert!(!stale.sock.exists() && !stale.lock.exists());
+    }
+
+    #[test]
+    fn a_listener_drop_frees_the_name() {
+        let name = unique("drop");
+        let listener = Socket::listen(&name).unwrap();
+        assert_eq!(
+            Socket::listen(&name).unwrap_err(),
+            Error::Protocol(ProtocolReason::AlreadyExists)
+        );
+        drop(listener);
+        assert_eq!(Socket::connect(&name).unwrap_err(), ConnectError::NotFound);
+        drop(Socket::listen(&name).unwrap());
+    }
+
+    #[test]
+    fn bad_directories_are_refused() {
+        let uid = rustix::process::geteuid().as_raw();
+        let base = scratch("dirs");
+        let good = base.join("good");
+        assert_eq!(
+            resolve_dir(good.clone(), uid, true).unwrap(),
+            Some(good.clone())
+        );
+        let mode = std::fs::metadata(&good).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "created owner-only");
+        // Someone else's directory (checked as if we were another user).
+        assert_eq!(check_dir(&good, uid.wrapping_add(1)), Err(Error::Security));
+        // Writable by the group or by others.
+        for mode in [0o770, 0o702, 0o777] {
+            std::fs::set_permissions(&good, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                resolve_dir(good.clone(), uid, true),
+                Err(Error::Security),
+                "{mode:o}"
+            );
+        }
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A symbolic link to a good directory, and a file.
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert_eq!(resolve_dir(link, uid, true), Err(Error::Security));
+        let file = base.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(resolve_dir(file, uid, true), Err(Error::Security));
+        // Missing, and not to be created: no set there.
+        assert_eq!(resolve_dir(base.join("missing"), uid, false), Ok(None));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn every_name_up_to_the_limit_fits() {
+        let dir = PathBuf::from(format!("/tmp/{DIR_NAME}-{}", u32::MAX));
+        let long = "n".repeat(vdi_core::MAX_NAME_LEN);
+        let longer = format!("{}m", &long[1..]);
+        for name in [long.as_str(), longer.as_str(), "#short", "short"] {
+            let p = SetPaths::new(dir.clone(), name);
+            assert!(p.sock.as_os_str().len() < SUN_PATH_MAX, "{name}");
+            assert!(unix_addr(&p.sock).is_ok());
+        }
+        // Short names are kept; long ones and those starting with '#' are hashed, distinctly.
+        assert_eq!(stem(&dir, "short"), "short");
+        assert_eq!(stem(&dir, &long).len(), HASHED_STEM_LEN);
+        assert_ne!(stem(&dir, &long), stem(&dir, &longer));
+        assert_ne!(stem(&dir, "#short"), "#short");
+        // A path no sockaddr holds is the name error.
+        let too_long = dir.join("x".repeat(200));
+        assert!(matches!(
+            unix_addr(&too_long),
+            Err(Error::Invalid(InvalidReason::Name(
+                vdi_core::NameError::TooLong(_)
+            )))
+        ));
+        // And the longest name works end to end.
+        let name = format!("{}{}", unique("long"), "x".repeat(vdi_core::MAX_NAME_LEN));
+        let name = &name[name.len() - vdi_core::MAX_NAME_LEN..];
+        let listener = Socket::listen(name).unwrap();
+        assert!(Socket::connect(name).is_ok());
+        drop(listener);
+    }
+
+    #[test]
+    fn a_wake_wakes_every_waiter_of_the_word() {
+        let page = page_size();
+        let a = Arc::new(Mapping::create("vdi-shm:posix-test:wake", page, &[0, 64]).unwrap());
+        // A second mapping of the same object, as a peer process would have.
+        let b = Arc::new(
+            Mapping::open(
+                a.attachment().unwrap(),
+                "vdi-shm:posix-test:wake",
+                page,
+                &[64, 0],
+            )
+            .unwrap(),
+        );
+        const WAIT: Duration = Duration::from_secs(60);
+        let waiters: Vec<_> = (0..6)
+            .map(|i| {
+                let m = Arc::clone(if i % 2 == 0 { &a } else { &b });
+                std::thread::spawn(move || {
+                    let word: &AtomicU32 = m.get(0);
+                    let start = Instant::now();
+                    while word.load(Ordering::SeqCst) == 0 {
+                        futex_wait(word, 0, WAIT);
+                        assert!(start.elapsed() < WAIT, "a waiter slept out its timeout");
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // A wake of another word wakes nobody for good: they go back to sleep.
+        b.get::<AtomicU32>(64).store(1, Ordering::SeqCst);
+        futex_wake_all(b.get(64));
+        std::thread::sleep(Duration::from_millis(20));
+        a.get::<AtomicU32>(0).store(1, Ordering::SeqCst);
+        futex_wake_all(b.get(0));
+        for w in waiters {
+            w.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_wait_on_a_changed_word_returns_at_once() {
+        let page = page_size();
+        let a = Mapping::create("vdi-shm:posix-test:changed", page, &[0]).unwrap();
+        let word: &AtomicU32 = a.get(0);
+        // A pending wake of long ago is drained, not taken for a new one.
+        futex_wake_all(word);
+        word.store(5, Ordering::SeqCst);
+        futex_wait(word, 4, Duration::from_secs(60));
+        // Words that are no wake words wait on this process's own condition variable.
+        let local = Arc::new(AtomicU32::new(0));
+        let l = Arc::clone(&local);
+        let t = std::thread::spawn(move || {
+            while l.load(Ordering::SeqCst) == 0 {
+                futex_wait(&l, 0, Duration::from_secs(60));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        local.store(1, Ordering::SeqCst);
+        futex_wake_all(&local);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_shrunk_or_malformed_object_is_refused() {
+        let page = page_size();
+        let len = 4 * page;
+        let map = Mapping::create("vdi-shm:posix-test:shrunk", len, &[0]).unwrap();
+        let att = map.attachment().unwrap();
+        // Our own mapping goes first: shrinking under it would be the very SIGBUS we refuse.
+        drop(map);
+        // Where the system lets the size change at all (not macOS; not FreeBSD's sealed
+        // objects), a smaller object is refused.
+        if rustix::fs::ftruncate(&att.object, (len - page) as u64).is_ok() {
+            assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+        }
+        // Wrong sizes, counts of wake objects, or a wake object that is no socket.
+        let map = Mapping::create("vdi-shm:posix-test:shrunk", len, &[0]).unwrap();
+        assert_eq!(
+            Mapping::open(map.attachment().unwrap(), "t", 2 * len, &[0]).unwrap_err(),
+            MISBEHAVED
+        );
+        assert_eq!(
+            Mapping::open(map.attachment().unwrap(), "t", len, &[]).unwrap_err(),
+            MISBEHAVED
+        );
+        let mut att = map.attachment().unwrap();
+        att.wake[0] = map.object.try_clone().unwrap();
+        assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+    }
+
+    /// A message's length and how many attachments it carried.
+    fn counts(r: io::Result<(usize, Vec<Attachment>)>) -> (usize, usize) {
+        let (n, atts) = r.unwrap();
+        (n, atts.len())
+    }
+
+    /// A connected pair through the rendezvous: (listener, connecting end, accepted end).
+    fn pair(what: &str) -> (Socket, Socket, Socket) {
+        let name = unique(what);
+        let listener = Socket::listen(&name).unwrap();
+        let client = Socket::connect(&name).unwrap();
+        assert!(poll(&[listener.waitable()], Some(Duration::from_secs(5)))[0].readable);
+        let server = listener.accept().unwrap();
+        (listener, client, server)
+    }
+
+    #[test]
+    fn a_control_segment_of_64_devices_travels_in_frames() {
+        let (_l, client, server) = pair("frames");
+        let page = page_size();
+        let words: Vec<usize> = (0..129).map(|i| i * 8).collect();
+        let map = Mapping::create("vdi-shm:posix-test:frames", 4 * page, &words).unwrap();
+        client.send(b"hello", Some(&map)).unwrap();
+        client.send(b"again", None).unwrap();
+        let mut buf = [0u8; 32];
+        let (n, mut atts) = server.recv(&mut buf).unwrap();
+        assert_eq!((&buf[..n], atts.len()), (&b"hello"[..], 1));
+        let att = atts.remove(0);
+        assert_eq!(att.wake.len(), 2 * words.len());
+        let peer = Mapping::open(att, "vdi-shm:posix-test:frames", 4 * page, &words).unwrap();
+        assert_eq!(counts(server.recv(&mut buf)), (5, 0));
+        assert_eq!(&buf[..5], b"again");
+        // The wake objects are the creator's: the last word wakes across the two mappings.
+        let last = 128 * 8;
+        let t = std::thread::spawn(move || {
+            let word: &AtomicU32 = peer.get(last);
+            while word.load(Ordering::SeqCst) == 0 {
+                futex_wait(word, 0, Duration::from_secs(60));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        map.get::<AtomicU32>(last).store(1, Ordering::SeqCst);
+        futex_wake_all(map.get(last));
+        t.join().unwrap();
+        // The end of the connection.
+        drop(client);
+        assert_eq!(counts(server.recv(&mut buf)), (0, 0));
+    }
+
+    #[test]
+    fn garbage_and_half_frames() {
+        let (_l, client, server) = pair("garbage");
+        server.set_nonblocking().unwrap();
+        let mut buf = [0u8; 32];
+        // Half a header: nothing yet, and no blocking.
+        rustix::net::send(&client.fd, &FRAME_MAGIC.to_le_bytes(), SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        // The rest of a frame of 3 bytes.
+        rustix::net::send(&client.fd, &[3, 0, 0, 0, 0, 0, 7, 8, 9], SendFlags::empty()).unwrap();
+        assert_eq!(counts(server.recv(&mut buf)), (3, 0));
+        assert_eq!(&buf[..3], &[7, 8, 9]);
+        // A payload longer than any message, or a wrong magic: the stream is unusable.
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 200, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(&client.fd, &[0; 8], SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        // Descriptors declared but not sent.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 0, 0, 1, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        // A blocking receive waits for the rest of a message that comes a little later...
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 2, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            rustix::net::send(&client.fd, &[1, 2], SendFlags::empty()).unwrap();
+            client
+        });
+        assert_eq!(counts(server.recv(&mut buf)), (2, 0));
+        assert_eq!(&buf[..2], &[1, 2]);
+        drop(late.join().unwrap());
+        // ... and gives up on a peer that sends half a message.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(&client.fd, &[0x44], SendFlags::empty()).unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+    }
+
+    #[test]
+    fn peers_are_this_user() {
+        let (_l, client, server) = pair("cred");
+        let uid = rustix::process::geteuid().as_raw();
+        for s in [&client, &server] {
+            let cred = s.peer_cred().unwrap();
+            assert_eq!(cred.uid, uid);
+            assert!(admitted(&cred, &Options::default()));
+        }
+        let stranger = PeerCred {
+            pid: 0,
+            uid: uid.wrapping_add(1),
+            gid: u32::MAX - 1,
+        };
+        assert!(!admitted(&stranger, &Options::default()));
+    }
+}
