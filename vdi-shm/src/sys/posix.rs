@@ -229,11 +229,22 @@ fn drain(fd: BorrowedFd<'_>) -> bool {
     true
 }
 
-/// Waits until `fd` shows `flags` or `timeout` passes; whether it did.
+/// Waits until `fd` shows `flags` or `timeout` passes; whether it did. A signal that
+/// interrupts the wait (`EINTR`, which poll returns whatever `SA_RESTART` says) is no timeout:
+/// the wait goes on for the time left. `false` means the time ran out, or poll failed.
 fn wait_fd(fd: BorrowedFd<'_>, flags: PollFlags, timeout: Duration) -> bool {
     let mut pfd = [PollFd::new(&fd, flags)];
-    let ts = timespec(timeout);
-    matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        match rustix::event::poll(&mut pfd, Some(&timespec(left))) {
+            Ok(n) => return n > 0,
+            // Bounded: each round waits only for the time left, and once none is left, a
+            // round is a poll with a zero timeout (interrupted again, it ends the wait).
+            Err(Errno::INTR) if !left.is_zero() => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn timespec(t: Duration) -> Timespec {
@@ -1734,6 +1745,40 @@ mod tests {
             server.recv(&mut buf).unwrap_err().kind(),
             ErrorKind::TimedOut
         );
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    #[test]
+    fn a_blocking_receive_outlasts_signals() {
+        // A handler that does nothing, without SA_RESTART: poll fails with EINTR either way.
+        // SAFETY: `action` is zeroed (a valid sigaction) and then given an empty mask and a
+        // handler that is async-signal-safe (it does nothing); SIGUSR1 is used by nothing else
+        // in this test process.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = 0;
+            libc::sigemptyset(&raw mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &raw const action, ptr::null_mut()),
+                0
+            );
+        }
+        let (_l, client, server) = pair("signals");
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 32];
+            server.recv(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        });
+        let target = std::os::unix::thread::JoinHandleExt::as_pthread_t(&receiver);
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(5));
+            // SAFETY: `target` is a thread not yet joined (its handle is held until after the
+            // last signal), so its pthread_t is valid even if it has ended.
+            unsafe { libc::pthread_kill(target, libc::SIGUSR1) };
+        }
+        client.send(b"after the signals", None).unwrap();
+        assert_eq!(receiver.join().unwrap().unwrap(), b"after the signals");
     }
 
     #[test]
