@@ -14,18 +14,27 @@
 //!   growing, as on Linux, and a peer's object must show those seals. Mappings are placed at a
 //!   multiple of 64 KiB inside a larger reservation, as on Linux, and every page is touched up
 //!   front (written by the creator, read by a peer), since `MAP_POPULATE` is Linux's alone.
-//! - **The residual risk: SIGBUS.** Where there are no seals (macOS, and Linux with
-//!   `portable-unix`), a peer holding the descriptor could shrink the object under our mapping
-//!   with `ftruncate`, and our next touch of a lost page would raise SIGBUS and kill the
-//!   process. `open` checks the size (`fstat`) against the layout, which stops a short object
-//!   sent by mistake or on purpose, but not one shrunk later. macOS refuses to resize a POSIX
-//!   shared memory object after its first `ftruncate`, so there the checked size holds; on
-//!   Linux with `portable-unix` it does not (tmpfs files can shrink), which is one reason the
-//!   feature is for tests only. Peers are admitted only when they run as this process's user
-//!   (see below), so this is a crash a process can cause to another process of the same user,
-//!   not across users. Nor does `open` check that every page is allocated (Linux compares
-//!   `st_blocks`): reading the pages of a sparse object allocates no memory on tmpfs, and on
-//!   macOS the object is anonymous memory either way.
+//! - **A peer's object must be shared memory**, not any descriptor of the right size: a file
+//!   on disk could be truncated later, or stall our page touch on a network filesystem, and a
+//!   directory or device is no memory at all. `open` requires, before it maps: on FreeBSD the
+//!   seals (which only shared memory objects have); on macOS a descriptor whose `fstat` shows
+//!   no file type (XNU reports a POSIX shm object's permission bits alone, every vnode shows
+//!   its type); on Linux with `portable-unix` a regular file on tmpfs (`fstatfs`); on other
+//!   systems a regular file (their filesystem is not checked). Then the size (`fstat`) must be
+//!   the layout's. An object that passes but cannot be mapped (opened read-only, say) is
+//!   `PeerMisbehaved` too.
+//! - **The residual risk: SIGBUS.** Where there are no seals (Linux with `portable-unix`, and
+//!   the systems other than macOS and FreeBSD), a peer holding the descriptor could shrink the
+//!   object under our mapping with `ftruncate`, and our next touch of a lost page would raise
+//!   SIGBUS and kill the process. The size check stops a short object sent by mistake or on
+//!   purpose, but not one shrunk later. macOS refuses to resize a POSIX shared memory object
+//!   after its first `ftruncate` (XNU's `pshm_truncate`), so there the checked size holds, and
+//!   the object is anonymous memory; on Linux with `portable-unix` it does not (tmpfs files
+//!   can shrink), which is one reason the feature is for tests only. Peers are admitted only
+//!   when they run as this process's user (see below), so this is a crash a process can cause
+//!   to another process of the same user, not across users. Nor does `open` check that every
+//!   page is allocated (Linux compares `st_blocks`): reading the pages of a sparse object
+//!   allocates no memory on tmpfs, and on macOS the object is anonymous memory either way.
 //! - **Wake-ups.** No portable system call waits on a word of shared memory across processes
 //!   (FreeBSD's `_umtx_op` and macOS's `os_sync_wait_on_address` do, each in its own way), so,
 //!   as on Windows, each wake word gets a kernel object that travels with the mapping: a
@@ -328,15 +337,16 @@ impl Mapping {
             let (rx, tx) = socket_pair()?;
             words.push((offset, WakePair { rx, tx }));
         }
-        let map = Self::map(object, tag, len, words)?;
+        let map = Self::map(object, tag, len, words, false)?;
         map.touch_pages(true);
         trace!(tag, len, "shared memory created");
         Ok(map)
     }
 
     /// Maps an object a peer sent, after checking that it cannot shrink where the system can
-    /// seal it (FreeBSD), that it has exactly `expected_len` bytes, and that its wake objects
-    /// are sockets.
+    /// seal it (FreeBSD), that it is a shared memory object (see [`is_shared_memory`]), that it
+    /// has exactly `expected_len` bytes, and that its wake objects are sockets. An object the
+    /// system then refuses to map (opened read-only, say) is the peer's fault too.
     pub(crate) fn open(
         attachment: Attachment,
         tag: &str,
@@ -361,7 +371,9 @@ impl Mapping {
             }
         }
         let stat = rustix::fs::fstat(&attachment.object).map_err(|_| misbehaved)?;
-        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+        if !is_shared_memory(attachment.object.as_fd(), &stat)
+            || u64::try_from(stat.st_size).ok() != Some(expected_len as u64)
+        {
             return Err(misbehaved);
         }
         // A wake object is only ever polled, sent to and received from with MSG_DONTWAIT, so
@@ -382,17 +394,20 @@ impl Mapping {
             };
             words.push((offset, WakePair { rx, tx }));
         }
-        let map = Self::map(attachment.object, tag, expected_len, words)?;
+        let map = Self::map(attachment.object, tag, expected_len, words, true)?;
         map.touch_pages(false);
         Ok(map)
     }
 
     /// Maps `len` bytes of `object` at a multiple of [`MAP_ALIGN`] and registers the mapping.
+    /// `from_peer`: the object is a peer's (checked by [`Mapping::open`]), so a failure to map
+    /// it, other than a lack of memory, is `PeerMisbehaved`.
     fn map(
         object: OwnedFd,
         tag: &str,
         len: usize,
         mut words: Vec<(usize, WakePair)>,
+        from_peer: bool,
     ) -> Result<Self, Error> {
         // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
         // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
@@ -412,9 +427,16 @@ impl Mapping {
         let start = base as usize;
         let aligned = start.next_multiple_of(MAP_ALIGN);
         // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
-        // function owns and nothing else uses, so MAP_FIXED replaces only that; `object` was
-        // checked (or made) to hold `len` bytes (see the module docs for what a peer could
-        // still do to an unsealed object).
+        // function owns and nothing else uses, so MAP_FIXED replaces only that, and mmap itself
+        // creates no reference. Accessing the mapping later is sound as long as its pages stay
+        // backed: `object` is one we made with `len` bytes, or a peer's that `open` checked to
+        // be a shared memory object of this system (FreeBSD: sealed against resizing; macOS: a
+        // POSIX shm object, resizable only once; Linux with `portable-unix`: a regular file
+        // on tmpfs; elsewhere: a regular file) holding exactly `len` bytes. What a peer can
+        // still do is shrink an unsealed object later (Linux with `portable-unix`, and the
+        // other systems but macOS and FreeBSD), which makes our next access raise SIGBUS: a
+        // crash, not undefined behaviour, and only between processes of one user (see the
+        // module docs).
         let mapped = unsafe {
             rustix::mm::mmap(
                 aligned as *mut c_void,
@@ -442,6 +464,10 @@ impl Mapping {
             Err(e) => {
                 // SAFETY: the reservation's middle part, still ours, is released on failure.
                 let _ = unsafe { rustix::mm::munmap(aligned as *mut c_void, len) };
+                if from_peer && e != Errno::NOMEM {
+                    warn!(tag, error = %e, "a peer's shared memory object cannot be mapped");
+                    return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
+                }
                 return Err(os_error("mmap", e));
             }
         };
@@ -566,6 +592,49 @@ fn new_object(tag: &str, len: usize) -> Result<OwnedFd, Error> {
     // shm_open sets close-on-exec (POSIX requires FD_CLOEXEC on the new descriptor).
     rustix::fs::ftruncate(&fd, len as u64).map_err(|e| os_error("ftruncate", e))?;
     Ok(fd)
+}
+
+/// Whether `fd` (whose `fstat` is `st`) is a shared memory object of this system's kind, not
+/// a file on disk a peer could truncate or a network filesystem could stall a page fault on,
+/// nor a directory, socket or device. Which object that is differs by system:
+///
+/// - Linux (`portable-unix`): `shm_open` makes a regular file on tmpfs (`/dev/shm`), so the
+///   object must be a regular file (`fstat`) on a tmpfs (`fstatfs` gives `TMPFS_MAGIC`).
+///   A tmpfs file can still be shrunk by its holder: the SIGBUS risk of the module docs.
+/// - FreeBSD: the seals `open` requires first exist only on shared memory objects
+///   (`memfd_create`, `shm_open`): a vnode answers `F_GET_SEALS` with an error.
+/// - macOS: XNU's `fstat` of a POSIX shm descriptor (`pshm_stat` in `bsd/kern/posix_shm.c`)
+///   fills `st_mode` with the object's permission bits alone (`shm_open` masks its mode with
+///   `ALLPERMS`), so the file-type bits are 0, whereas every vnode (regular file, directory,
+///   device, FIFO) and socket shows its type there. Type bits of 0 therefore mean no vnode; a
+///   descriptor of another vnode-less kind (a semaphore, a kqueue) fails the `mmap` that
+///   follows. Should a later XNU report a type for shm objects, this refuses every peer's
+///   object (fails closed) rather than accepting files.
+/// - Other systems: a regular file, which is what their `shm_open` makes; the filesystem is
+///   not checked (the object could be a file on disk, truncatable by its holder).
+fn is_shared_memory(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // TMPFS_MAGIC, as `statfs(2)` lists it.
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC)
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        let _ = (fd, st);
+        true
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        let _ = fd;
+        st.st_mode & libc::S_IFMT == 0
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_vendor = "apple")))]
+    {
+        let _ = fd;
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+    }
 }
 
 /// The most bytes of shared buffers this process lets one device set have: three quarters of
@@ -1627,6 +1696,66 @@ mod tests {
         let mut att = map.attachment().unwrap();
         att.wake[0] = map.object.try_clone().unwrap();
         assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn files_and_directories_are_no_shared_memory() {
+        let len = 4 * page_size();
+        let open = |object: OwnedFd| {
+            Mapping::open(
+                Attachment {
+                    object,
+                    wake: Vec::new(),
+                },
+                "t",
+                len,
+                &[],
+            )
+        };
+        // A regular file of the right size, on a disk filesystem (next to the test binary),
+        // opened read-write: a peer could truncate it under our mapping.
+        let dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        let on_tmpfs = rustix::fs::statfs(dir.as_path()).unwrap().f_type as u64 == 0x0102_1994;
+        if on_tmpfs {
+            eprintln!("{} is on tmpfs: no disk file to refuse", dir.display());
+        } else {
+            let path = dir.join(unique("regular-file"));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file.set_len(len as u64).unwrap();
+            assert_eq!(open(file.into()).unwrap_err(), MISBEHAVED);
+        }
+        // A directory.
+        let scratch_dir = scratch("dir-object");
+        let dir = rustix::fs::open(
+            scratch_dir.as_path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        assert_eq!(open(dir).unwrap_err(), MISBEHAVED);
+        std::fs::remove_dir(&scratch_dir).unwrap();
+        // A shared memory object opened read-only: it cannot be mapped for writing.
+        let map = Mapping::create("vdi-shm:posix-test:read-only", len, &[]).unwrap();
+        let proc_path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&map.object)
+        );
+        if let Ok(ro) = rustix::fs::open(proc_path.as_str(), OFlags::RDONLY, Mode::empty()) {
+            assert_eq!(open(ro).unwrap_err(), MISBEHAVED);
+        }
+        // And the real thing passes.
+        assert!(open(map.attachment().unwrap().object).is_ok());
     }
 
     /// A message's length and how many attachments it carried.
