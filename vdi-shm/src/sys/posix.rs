@@ -43,7 +43,9 @@
 //!   it changed, else polls the drained end for at most the timeout. Sends and receives pass
 //!   `MSG_DONTWAIT`, a per-call flag, so a peer that clears `O_NONBLOCK` on the shared socket
 //!   cannot make a wake or a drain block (with a pipe it could); a full socket means a wake is
-//!   already pending. Why no wake-up is lost, and what one race costs, is written at
+//!   already pending. Sends pass `MSG_NOSIGNAL` for the same reason, on macOS too (where
+//!   `SO_NOSIGPIPE` is also set, but a peer could clear that option on the shared socket, then
+//!   shut it down to make our next wake raise SIGPIPE). Why no wake-up is lost, and what one race costs, is written at
 //!   [`futex_wait`]. Each wake word costs two descriptors per process: a set of 64 devices
 //!   has 129 wake words, so 258 descriptors in each process that maps its control segment.
 //! - **Rendezvous** is a stream socket file in a private directory of the user:
@@ -177,7 +179,8 @@ fn socket_flags() -> SocketFlags {
 }
 
 /// What a new socket descriptor still needs: on macOS, close-on-exec (not settable at creation
-/// there) and no SIGPIPE (there is no `MSG_NOSIGNAL`); on FreeBSD, no SIGPIPE either way.
+/// there) and no SIGPIPE (`SO_NOSIGPIPE`, besides the per-call flag of [`send_flags`]); on
+/// FreeBSD, no SIGPIPE either way.
 fn finish_socket(fd: &OwnedFd) -> rustix::io::Result<()> {
     #[cfg(target_vendor = "apple")]
     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
@@ -187,12 +190,20 @@ fn finish_socket(fd: &OwnedFd) -> rustix::io::Result<()> {
     Ok(())
 }
 
-/// The flags of every send: no SIGPIPE where the flag exists (macOS: `SO_NOSIGPIPE` instead).
+/// The flags of every send: no SIGPIPE (`MSG_NOSIGNAL`).
+///
+/// On macOS the socket option `SO_NOSIGPIPE` is set too (see [`finish_socket`]), but a socket
+/// option belongs to the socket, and a wake object's socket is shared with the peer, which
+/// could clear the option, shut the socket down, and so make our next wake raise SIGPIPE and
+/// kill us. The per-call flag is ours alone. rustix does not offer it on Apple targets, but
+/// the system defines it (`MSG_NOSIGNAL`, 0x80000) and XNU's `sendit` raises SIGPIPE only when
+/// neither the socket option nor the flag is set; a kernel too old to know the flag ignores
+/// it, and the socket option is then all there is.
 fn send_flags() -> SendFlags {
     #[cfg(not(target_vendor = "apple"))]
     return SendFlags::NOSIGNAL;
     #[cfg(target_vendor = "apple")]
-    return SendFlags::empty();
+    return SendFlags::from_bits_retain(libc::MSG_NOSIGNAL as u32);
 }
 
 /// The flags of every receive that may carry descriptors: close-on-exec where it exists.
