@@ -48,12 +48,23 @@
 //!   shut it down to make our next wake raise SIGPIPE). Why no wake-up is lost, and what one race costs, is written at
 //!   [`futex_wait`]. Each wake word costs two descriptors per process: a set of 64 devices
 //!   has 129 wake words, so 258 descriptors in each process that maps its control segment.
-//! - **Rendezvous** is a stream socket file in a private directory of the user:
-//!   `$XDG_RUNTIME_DIR/vdi-shm.1/` when that variable names a directory of ours short enough for
-//!   every socket path, else `/tmp/vdi-shm.1-<uid>/`. The directory is created 0700 and, when
-//!   it exists already, used only if it is a directory (not a symlink) owned by this user and
-//!   writable by nobody else; otherwise `listen` and `connect` fail with `VD_E_SECURITY` and a
-//!   warning names the directory and the reason. A set `name` has the files `<name>.sock` and
+//! - **Rendezvous** is a stream socket file in a private directory of the user, chosen from the
+//!   effective user alone and never from the environment (`XDG_RUNTIME_DIR`, `TMPDIR`), so that
+//!   a service and a login shell of one user, or a process started with `sudo -u`, find the
+//!   same one: on macOS `vdi-shm.1/` in the user's private temporary directory
+//!   (`confstr(_CS_DARWIN_USER_TEMP_DIR)`, `/var/folders/../T/`, which the system makes 0700
+//!   for the user), elsewhere, or when that is unavailable or too long for a socket path,
+//!   `/tmp/vdi-shm.1-<uid>/`. The directory is created 0700 and, when it exists already, used
+//!   only if it is a directory (not a symlink) owned by this user and writable by nobody else;
+//!   otherwise `listen` and `connect` fail with `VD_E_SECURITY` and a warning names the
+//!   directory and the reason (for a directory of another owner: that another user created
+//!   it, and its uid), so an administrator knows what to remove. **The residual risk: a denial
+//!   of service.** `/tmp` is shared, so another user can create `/tmp/vdi-shm.1-<uid>` first
+//!   (a name anyone can predict); they cannot reach our sets through it, since we refuse it,
+//!   but until root removes it this user can create and join no set (on macOS only when the
+//!   private directory is unavailable). A cleaner of `/tmp` that removes old files could also
+//!   remove a long-lived listener's socket file: new connections then fail until the set is
+//!   created again. A set `name` has the files `<name>.sock` and
 //!   `<name>.lock`; a name that would not fit the smallest `sun_path` (104 bytes, BSD and
 //!   macOS) with its directory, or that starts with `#`, is stored as `#` and 32 hex digits of
 //!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works.
@@ -120,7 +131,8 @@ pub(crate) use std::os::fd::BorrowedFd as Waitable;
 /// The prefix of every shared memory object name (macOS allows 31 bytes in all).
 #[cfg(not(target_os = "freebsd"))]
 const SHM_PREFIX: &str = "/vdi-shm.1.";
-/// The rendezvous directory's name (under `$XDG_RUNTIME_DIR`, or with `-<uid>` under `/tmp`).
+/// The rendezvous directory's name (in macOS's per-user temporary directory, or with `-<uid>`
+/// under `/tmp`).
 const DIR_NAME: &str = "vdi-shm.1";
 /// The smallest `sun_path` of the supported systems (BSD, macOS), its NUL included. Linux has
 /// 108; the smaller limit is used everywhere, so a name maps to the same file on every system.
@@ -752,9 +764,13 @@ impl crate::ring::Wake for FutexWake {
 // ---------------------------------------------------------------------------------------------
 // The rendezvous directory
 
-/// Why a rendezvous directory was refused.
+/// Why a rendezvous directory was refused: a warning that names it, then `VD_E_SECURITY`.
 fn refuse(dir: &Path, why: &str) -> Error {
-    warn!(dir = %dir.display(), why, "refusing the rendezvous directory");
+    warn!(
+        "refusing the rendezvous directory {}: {why}; no set can be created or joined as this \
+         user until it is removed",
+        dir.display()
+    );
     Error::Security
 }
 
@@ -762,42 +778,85 @@ fn refuse(dir: &Path, why: &str) -> Error {
 fn check_dir(dir: &Path, uid: u32) -> Result<(), Error> {
     let st = rustix::fs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| os_error("lstat", e))?;
+    let owner = st.st_uid;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {}
-        FileType::Symlink => return Err(refuse(dir, "it is a symbolic link")),
-        _ => return Err(refuse(dir, "it is not a directory")),
+        FileType::Symlink => {
+            return Err(refuse(
+                dir,
+                &format!("it is a symbolic link (made by uid {owner}), not a directory"),
+            ));
+        }
+        _ => {
+            return Err(refuse(
+                dir,
+                &format!("it is no directory (made by uid {owner})"),
+            ));
+        }
     }
-    if st.st_uid != uid {
-        return Err(refuse(dir, "another user owns it"));
+    if owner != uid {
+        return Err(refuse(
+            dir,
+            &format!("another user (uid {owner}) created it, not this one (uid {uid})"),
+        ));
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(refuse(dir, "its group or others may write to it"));
+        return Err(refuse(
+            dir,
+            &format!(
+                "its group or others may write to it (mode {:o})",
+                st.st_mode & 0o777
+            ),
+        ));
     }
     Ok(())
 }
 
-/// The rendezvous directory: `$XDG_RUNTIME_DIR/vdi-shm.1` when that variable names an absolute
-/// directory of ours, short enough, else `/tmp/vdi-shm.1-<uid>`. Created (0700) when `create`;
-/// `Ok(None)` when it does not exist and `create` is false.
+/// The rendezvous directory, chosen from the (effective) user alone, never from the
+/// environment, so every process of the user finds the same one: on macOS `vdi-shm.1` in the
+/// user's private temporary directory (see [`darwin_user_temp_dir`]), elsewhere (and when that
+/// one is unavailable or too long for a socket path) `/tmp/vdi-shm.1-<uid>`. Created (0700)
+/// when `create`; `Ok(None)` when it does not exist and `create` is false.
 fn rendezvous_dir(create: bool) -> Result<Option<PathBuf>, Error> {
     let uid = rustix::process::geteuid().as_raw();
-    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .filter(|p| {
-            p.as_os_str().len() + 1 + DIR_NAME.len() + 1 + HASHED_STEM_LEN + SUFFIX_LEN
-                < SUN_PATH_MAX
-        })
-        .filter(|p| {
-            rustix::fs::statat(CWD, p.as_path(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
-                FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_uid == uid
-            })
-        });
-    let dir = match xdg {
-        Some(x) => x.join(DIR_NAME),
-        None => PathBuf::from(format!("/tmp/{DIR_NAME}-{uid}")),
+    resolve_dir(user_dir(uid), uid, create)
+}
+
+/// The rendezvous directory's path for `uid` (see [`rendezvous_dir`]).
+fn user_dir(uid: u32) -> PathBuf {
+    #[cfg(target_vendor = "apple")]
+    if let Some(dir) = darwin_user_temp_dir()
+        .map(|t| t.join(DIR_NAME))
+        .filter(|d| d.as_os_str().len() + 1 + HASHED_STEM_LEN + SUFFIX_LEN < SUN_PATH_MAX)
+    {
+        return dir;
+    }
+    PathBuf::from(format!("/tmp/{DIR_NAME}-{uid}"))
+}
+
+/// The user's private temporary directory on macOS (`/var/folders/../T/`), as
+/// `confstr(_CS_DARWIN_USER_TEMP_DIR)` reports it: made by the system for the effective user,
+/// owned by it and mode 0700, and not taken from `TMPDIR`. Unlike a name under `/tmp`, no
+/// other user can create our directory inside it first.
+#[cfg(target_vendor = "apple")]
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = [0u8; 1024];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and confstr writes at most that
+    // many (a NUL-terminated string, truncated to fit); it returns the size the whole value
+    // needs, its NUL included, or 0 when there is none.
+    let n = unsafe {
+        libc::confstr(
+            libc::_CS_DARWIN_USER_TEMP_DIR,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
-    resolve_dir(dir, uid, create)
+    if n < 2 || n > buf.len() {
+        return None;
+    }
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n - 1]));
+    dir.is_absolute().then_some(dir)
 }
 
 /// Creates `dir` if asked and missing, then checks it (see [`check_dir`]).
@@ -829,11 +888,13 @@ fn stem(dir: &Path, name: &str) -> String {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
         })
     };
-    format!(
+    let hashed = format!(
         "#{:016x}{:016x}",
         fnv(0xCBF2_9CE4_8422_2325),
         fnv(0x6C62_272E_07BB_0142)
-    )
+    );
+    debug_assert_eq!(hashed.len(), HASHED_STEM_LEN);
+    hashed
 }
 
 /// The paths of set `name`'s socket and lock files, and its directory; `None` when the
@@ -1584,6 +1645,9 @@ mod tests {
         assert_eq!(resolve_dir(file, uid, true), Err(Error::Security));
         // Missing, and not to be created: no set there.
         assert_eq!(resolve_dir(base.join("missing"), uid, false), Ok(None));
+        // The directory depends on the user alone, not on the environment.
+        #[cfg(not(target_vendor = "apple"))]
+        assert_eq!(user_dir(1234), PathBuf::from("/tmp/vdi-shm.1-1234"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 
