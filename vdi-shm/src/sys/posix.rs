@@ -67,7 +67,10 @@
 //!   created again. A set `name` has the files `<name>.sock` and
 //!   `<name>.lock`; a name that would not fit the smallest `sun_path` (104 bytes, BSD and
 //!   macOS) with its directory, or that starts with `#`, is stored as `#` and 32 hex digits of
-//!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works.
+//!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works. On macOS, whose filesystem by
+//!   default takes names differing in case or Unicode normalization for one, so is every name
+//!   not all of `[a-z0-9._-]`: set names are case-sensitive, and "Nightly" and "nightly" must
+//!   not share files.
 //! - **A name is held by a lock, not by the file.** `listen` takes an exclusive `flock` on
 //!   `<name>.lock` (without waiting: a live holder means `AlreadyExists`), and holds it for the
 //!   listener's life; the kernel drops it when the process dies, also by SIGKILL. Whoever gets
@@ -873,11 +876,25 @@ fn resolve_dir(dir: PathBuf, uid: u32, create: bool) -> Result<Option<PathBuf>, 
     Ok(Some(dir))
 }
 
-/// The file stem of set `name` in `dir`: the name itself when its socket path fits and it does
-/// not start with `#`, else `#` and 32 hex digits of a 128-bit hash of it.
+/// The file stem of set `name` in `dir` (see [`stem_for`]), by this system's rule: on Apple
+/// systems the filesystem is taken to fold case and Unicode normalization.
 fn stem(dir: &Path, name: &str) -> String {
+    stem_for(dir, name, cfg!(target_vendor = "apple"))
+}
+
+/// The file stem of set `name` in `dir`: the name itself when its socket path fits, it does
+/// not start with `#`, and, when `folding` (the filesystem may take names that differ in case
+/// or Unicode normalization for one, as APFS and HFS+ do by default), it is all of
+/// `[a-z0-9._-]`; else `#` and 32 hex digits of a 128-bit hash of its exact bytes. Set names
+/// are case-sensitive, so on such a filesystem "Nightly" and "nightly" would otherwise share
+/// files; hashed, they do not, and no kept name can equal a hashed stem (which starts with `#`).
+fn stem_for(dir: &Path, name: &str, folding: bool) -> String {
     let fits = dir.as_os_str().len() + 1 + name.len() + SUFFIX_LEN < SUN_PATH_MAX;
-    if fits && !name.starts_with('#') {
+    let foldable = folding
+        && !name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if fits && !foldable && !name.starts_with('#') {
         return name.to_owned();
     }
     // FNV-1a, twice with different offsets: stable across builds and processes (std's hashers
@@ -1666,6 +1683,26 @@ mod tests {
         assert_eq!(stem(&dir, &long).len(), HASHED_STEM_LEN);
         assert_ne!(stem(&dir, &long), stem(&dir, &longer));
         assert_ne!(stem(&dir, "#short"), "#short");
+        // Where the filesystem folds case and normalization (Apple), only names of
+        // [a-z0-9._-] are kept; the others are hashed from their exact bytes.
+        for name in ["nightly", "db-1.full_2"] {
+            assert_eq!(stem_for(&dir, name, true), name);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in [
+            "Nightly",
+            "NIGHTLY",
+            "caf\u{e9}",
+            "cafe\u{301}",
+            "a b",
+            "nightly",
+        ] {
+            let s = stem_for(&dir, name, true);
+            assert!(name == "nightly" || s.len() == HASHED_STEM_LEN, "{name}");
+            assert!(seen.insert(s), "{name}: two names, one stem");
+            // Elsewhere these names are kept as they are.
+            assert_eq!(stem_for(&dir, name, false), name);
+        }
         // A path no sockaddr holds is the name error.
         let too_long = dir.join("x".repeat(200));
         assert!(matches!(
