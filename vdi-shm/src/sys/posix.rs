@@ -79,7 +79,8 @@
 //!   holder unlinked meanwhile is detected (the path no longer names the locked file) and
 //!   taken again. A creator killed by SIGKILL leaves its two files behind: the next `listen` of
 //!   the name reuses them, and every `listen` removes the stale files of other names it finds
-//!   (their lock free). `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
+//!   (their lock free). A sweep holds such a lock for a moment, so a `listen` that finds its
+//!   name's lock held tries again a few times, a millisecond apart, before `AlreadyExists`. `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
 //!   `ENOENT`): `ConnectError::NotFound`.
 //! - **Messages** travel on a stream socket (macOS has no `SOCK_SEQPACKET` for `AF_UNIX`), in
 //!   frames: an 8-byte header (magic, payload length, descriptors in this frame, frames still
@@ -146,6 +147,9 @@ const HASHED_STEM_LEN: usize = 33;
 const SUFFIX_LEN: usize = 5;
 /// The most stale names one `listen` removes.
 const SWEEP_LIMIT: usize = 64;
+/// How many more times `listen` tries a name's lock that it found held (1 ms apart), in case
+/// the holder is a sweep removing the name's stale files.
+const LOCK_RETRIES: u32 = 5;
 
 /// A frame's header: magic, payload length, descriptors in the frame, frames still to come.
 const FRAME_HEADER: usize = 8;
@@ -943,9 +947,16 @@ impl SetPaths {
 
 /// Takes the exclusive lock on `path` without waiting, creating the file if `create`:
 /// `Ok(None)` when a live process holds it (or, without `create`, when there is no file).
+///
+/// With `create` (a `listen`), a lock found held is tried again, [`LOCK_RETRIES`] times a
+/// millisecond apart, the path opened anew each time: its holder may be another process's
+/// [`sweep_stale`], which holds a dead listener's lock only while it removes that listener's
+/// files, and the name is then free. A live listener holds it throughout: `AlreadyExists`.
 fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
     let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    for _ in 0..8 {
+    let mut busy = 0;
+    let mut relocks = 0;
+    while relocks < 8 {
         let fd = match rustix::fs::open(
             path,
             if create {
@@ -961,6 +972,12 @@ fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
         };
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
+            Err(Errno::WOULDBLOCK) if create && busy < LOCK_RETRIES => {
+                busy += 1;
+                drop(fd);
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             Err(Errno::WOULDBLOCK) => return Ok(None),
             Err(e) => return Err(os_error("flock", e)),
         }
@@ -972,6 +989,7 @@ fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
         {
             return Ok(Some(fd));
         }
+        relocks += 1;
     }
     Err(os_error("flock", Errno::AGAIN))
 }
