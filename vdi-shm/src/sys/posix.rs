@@ -87,8 +87,9 @@
 //!   to come), then the payload. Descriptors ride in `SCM_RIGHTS` with their frame, at most 32
 //!   a frame, so a control segment with its 258 wake descriptors goes as several frames (Linux
 //!   takes at most 253 descriptors in one message). The receiver reads exactly the bytes of
-//!   the frame it is in, keeps a partial frame between calls, and checks every header, so a
-//!   peer that sends garbage ends its connection, and a peer that sends half a frame makes a
+//!   the frame it is in, keeps a partial frame between calls, and checks every header (a
+//!   message has 1 to 64 bytes of payload: an empty one would read as the end of the
+//!   connection), so a peer that sends garbage ends its connection, and a peer that sends half a frame makes a
 //!   non-blocking `recv` answer `WouldBlock` and a blocking one give up after 5 seconds.
 //! - **Identity**: `SO_PEERCRED` on Linux, `getpeereid` elsewhere (the pid is then reported as
 //!   0; it is only logged). Peers are checked with [`admitted`] as on Linux, but the directory
@@ -1202,7 +1203,9 @@ impl Socket {
     /// Sends one message, with the descriptors of `mapping` if given.
     pub(crate) fn send(&self, bytes: &[u8], mapping: Option<&Mapping>) -> Result<(), Error> {
         let fds = mapping.map(Mapping::fds).unwrap_or_default();
-        if bytes.len() > MAX_PAYLOAD || fds.len() > MAX_MESSAGE_FDS {
+        // An empty message is refused: its receiver could not tell it from the end of the
+        // connection (`recv` returning 0), and refuses one (see `header_ok`).
+        if bytes.is_empty() || bytes.len() > MAX_PAYLOAD || fds.len() > MAX_MESSAGE_FDS {
             return Err(Error::Invalid(InvalidReason::Unspecified));
         }
         let chunks: Vec<&[BorrowedFd<'_>]> = if fds.is_empty() {
@@ -1411,7 +1414,8 @@ fn header_ok(st: &mut RecvState, take: bool) -> bool {
     let ok = magic == usize::from(FRAME_MAGIC)
         && fds <= FDS_PER_FRAME
         && if first {
-            len <= MAX_PAYLOAD && more < MAX_FRAMES
+            // Every message has a payload; an empty one would read as the end of the stream.
+            (1..=MAX_PAYLOAD).contains(&len) && more < MAX_FRAMES
         } else {
             len == 0 && Some(more + 1) == st.frames_left
         };
@@ -1969,11 +1973,25 @@ mod tests {
             server.recv(&mut buf).unwrap_err().kind(),
             ErrorKind::InvalidData
         );
+        // A message with no payload, which would read as the end of the connection: refused
+        // on receipt, and never sent.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 0, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        assert!(client.send(b"", None).is_err());
         // Descriptors declared but not sent.
         let (_l, client, server) = pair("garbage");
         rustix::net::send(
             &client.fd,
-            &[0x44, 0x56, 0, 0, 1, 0, 0, 0],
+            &[0x44, 0x56, 1, 0, 1, 0, 0, 0, 9],
             SendFlags::empty(),
         )
         .unwrap();
