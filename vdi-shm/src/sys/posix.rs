@@ -253,14 +253,14 @@ fn signal(fd: BorrowedFd<'_>) {
     let _ = rustix::net::send(fd, &[1], send_flags() | SendFlags::DONTWAIT);
 }
 
-/// Reads what is pending on `fd`, without blocking. `false`: the socket is at its end or
-/// failed, and will stay readable.
+/// Reads what is pending on `fd`, without blocking, until the socket says there is no more
+/// (`EAGAIN`; a short read is no proof: a wake may arrive between two reads), at most
+/// [`DRAIN_LIMIT`] reads. `false`: the socket is at its end or failed, and will stay readable.
 fn drain(fd: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 64];
     for _ in 0..DRAIN_LIMIT {
         match rustix::net::recv(fd, &mut buf, RecvFlags::DONTWAIT) {
             Ok((0, _)) => return false,
-            Ok((n, _)) if n < buf.len() => return true,
             Ok(_) | Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => return true,
             Err(_) => return false,
@@ -1802,6 +1802,28 @@ mod tests {
         local.store(1, Ordering::SeqCst);
         futex_wake_all(&local);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_drain_reads_until_the_socket_is_empty() {
+        let (rx, tx) = socket_pair().unwrap();
+        // Several reads' worth, in pieces.
+        for _ in 0..5 {
+            rustix::net::send(&tx, &[1; 40], SendFlags::empty()).unwrap();
+        }
+        assert!(drain(rx.as_fd()));
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            rustix::net::recv(&rx, &mut buf, RecvFlags::DONTWAIT).unwrap_err(),
+            Errno::AGAIN
+        );
+        // More than the limit lets one drain take: what is left stays for the next.
+        rustix::net::send(&tx, &[1; 64 * DRAIN_LIMIT + 1], SendFlags::empty()).unwrap();
+        assert!(drain(rx.as_fd()));
+        assert!(drain(rx.as_fd()));
+        // A closed peer end: the socket stays readable for good.
+        drop(tx);
+        assert!(!drain(rx.as_fd()));
     }
 
     #[test]
