@@ -80,7 +80,13 @@
 //!   taken again. A creator killed by SIGKILL leaves its two files behind: the next `listen` of
 //!   the name reuses them, and every `listen` removes the stale files of other names it finds
 //!   (their lock free). A sweep holds such a lock for a moment, so a `listen` that finds its
-//!   name's lock held tries again a few times, a millisecond apart, before `AlreadyExists`. `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
+//!   name's lock held tries again a few times, a millisecond apart, before `AlreadyExists`.
+//!   The lock belongs to the open file, not to the process: its descriptor is close-on-exec,
+//!   but a child forked without exec shares it, and then holds the name after the listener's
+//!   process died, until the child exits (`listen` of the name answers `AlreadyExists`
+//!   meanwhile). Closing it in the child would take a `pthread_atfork` handler and a registry
+//!   of lock descriptors safe to read after fork; a program that forks children which keep
+//!   running should exec them, or create its sets after forking. `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
 //!   `ENOENT`): `ConnectError::NotFound`.
 //! - **Messages** travel on a stream socket (macOS has no `SOCK_SEQPACKET` for `AF_UNIX`), in
 //!   frames: an 8-byte header (magic, payload length, descriptors in this frame, frames still
