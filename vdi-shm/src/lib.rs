@@ -43,8 +43,9 @@
 //!
 //! The portable Unix backend (macOS, FreeBSD, and every Unix but Linux) uses only portable
 //! facilities: POSIX shared memory, a socket pair for each word processes sleep on (instead of
-//! a futex), and a socket file per set in `$XDG_RUNTIME_DIR/vdi-shm.1/` or
-//! `/tmp/vdi-shm.1-<uid>/`, so both processes of a set must run as the same user. It has one
+//! a futex), and a socket file per set in a directory of the user (macOS: in the user's private
+//! temporary directory; elsewhere `/tmp/vdi-shm.1-<uid>/`, which another user could block by
+//! creating it first), so both processes of a set must run as the same user. It has one
 //! residual risk the others do not: where nothing stops a shared memory object from shrinking
 //! (Linux with `portable-unix`; macOS refuses to resize one, FreeBSD seals it), a peer of the
 //! same user holding a segment could shrink it and crash this process with SIGBUS. A set of 64 devices costs 258 descriptors in

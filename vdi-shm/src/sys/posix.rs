@@ -14,18 +14,27 @@
 //!   growing, as on Linux, and a peer's object must show those seals. Mappings are placed at a
 //!   multiple of 64 KiB inside a larger reservation, as on Linux, and every page is touched up
 //!   front (written by the creator, read by a peer), since `MAP_POPULATE` is Linux's alone.
-//! - **The residual risk: SIGBUS.** Where there are no seals (macOS, and Linux with
-//!   `portable-unix`), a peer holding the descriptor could shrink the object under our mapping
-//!   with `ftruncate`, and our next touch of a lost page would raise SIGBUS and kill the
-//!   process. `open` checks the size (`fstat`) against the layout, which stops a short object
-//!   sent by mistake or on purpose, but not one shrunk later. macOS refuses to resize a POSIX
-//!   shared memory object after its first `ftruncate`, so there the checked size holds; on
-//!   Linux with `portable-unix` it does not (tmpfs files can shrink), which is one reason the
-//!   feature is for tests only. Peers are admitted only when they run as this process's user
-//!   (see below), so this is a crash a process can cause to another process of the same user,
-//!   not across users. Nor does `open` check that every page is allocated (Linux compares
-//!   `st_blocks`): reading the pages of a sparse object allocates no memory on tmpfs, and on
-//!   macOS the object is anonymous memory either way.
+//! - **A peer's object must be shared memory**, not any descriptor of the right size: a file
+//!   on disk could be truncated later, or stall our page touch on a network filesystem, and a
+//!   directory or device is no memory at all. `open` requires, before it maps: on FreeBSD the
+//!   seals (which only shared memory objects have); on macOS a descriptor whose `fstat` shows
+//!   no file type (XNU reports a POSIX shm object's permission bits alone, every vnode shows
+//!   its type); on Linux with `portable-unix` a regular file on tmpfs (`fstatfs`); on other
+//!   systems a regular file (their filesystem is not checked). Then the size (`fstat`) must be
+//!   the layout's. An object that passes but cannot be mapped (opened read-only, say) is
+//!   `PeerMisbehaved` too.
+//! - **The residual risk: SIGBUS.** Where there are no seals (Linux with `portable-unix`, and
+//!   the systems other than macOS and FreeBSD), a peer holding the descriptor could shrink the
+//!   object under our mapping with `ftruncate`, and our next touch of a lost page would raise
+//!   SIGBUS and kill the process. The size check stops a short object sent by mistake or on
+//!   purpose, but not one shrunk later. macOS refuses to resize a POSIX shared memory object
+//!   after its first `ftruncate` (XNU's `pshm_truncate`), so there the checked size holds, and
+//!   the object is anonymous memory; on Linux with `portable-unix` it does not (tmpfs files
+//!   can shrink), which is one reason the feature is for tests only. Peers are admitted only
+//!   when they run as this process's user (see below), so this is a crash a process can cause
+//!   to another process of the same user, not across users. Nor does `open` check that every
+//!   page is allocated (Linux compares `st_blocks`): reading the pages of a sparse object
+//!   allocates no memory on tmpfs, and on macOS the object is anonymous memory either way.
 //! - **Wake-ups.** No portable system call waits on a word of shared memory across processes
 //!   (FreeBSD's `_umtx_op` and macOS's `os_sync_wait_on_address` do, each in its own way), so,
 //!   as on Windows, each wake word gets a kernel object that travels with the mapping: a
@@ -34,18 +43,34 @@
 //!   it changed, else polls the drained end for at most the timeout. Sends and receives pass
 //!   `MSG_DONTWAIT`, a per-call flag, so a peer that clears `O_NONBLOCK` on the shared socket
 //!   cannot make a wake or a drain block (with a pipe it could); a full socket means a wake is
-//!   already pending. Why no wake-up is lost, and what one race costs, is written at
+//!   already pending. Sends pass `MSG_NOSIGNAL` for the same reason, on macOS too (where
+//!   `SO_NOSIGPIPE` is also set, but a peer could clear that option on the shared socket, then
+//!   shut it down to make our next wake raise SIGPIPE). Why no wake-up is lost, and what one race costs, is written at
 //!   [`futex_wait`]. Each wake word costs two descriptors per process: a set of 64 devices
 //!   has 129 wake words, so 258 descriptors in each process that maps its control segment.
-//! - **Rendezvous** is a stream socket file in a private directory of the user:
-//!   `$XDG_RUNTIME_DIR/vdi-shm.1/` when that variable names a directory of ours short enough for
-//!   every socket path, else `/tmp/vdi-shm.1-<uid>/`. The directory is created 0700 and, when
-//!   it exists already, used only if it is a directory (not a symlink) owned by this user and
-//!   writable by nobody else; otherwise `listen` and `connect` fail with `VD_E_SECURITY` and a
-//!   warning names the directory and the reason. A set `name` has the files `<name>.sock` and
+//! - **Rendezvous** is a stream socket file in a private directory of the user, chosen from the
+//!   effective user alone and never from the environment (`XDG_RUNTIME_DIR`, `TMPDIR`), so that
+//!   a service and a login shell of one user, or a process started with `sudo -u`, find the
+//!   same one: on macOS `vdi-shm.1/` in the user's private temporary directory
+//!   (`confstr(_CS_DARWIN_USER_TEMP_DIR)`, `/var/folders/../T/`, which the system makes 0700
+//!   for the user), elsewhere, or when that is unavailable or too long for a socket path,
+//!   `/tmp/vdi-shm.1-<uid>/`. The directory is created 0700 and, when it exists already, used
+//!   only if it is a directory (not a symlink) owned by this user and writable by nobody else;
+//!   otherwise `listen` and `connect` fail with `VD_E_SECURITY` and a warning names the
+//!   directory and the reason (for a directory of another owner: that another user created
+//!   it, and its uid), so an administrator knows what to remove. **The residual risk: a denial
+//!   of service.** `/tmp` is shared, so another user can create `/tmp/vdi-shm.1-<uid>` first
+//!   (a name anyone can predict); they cannot reach our sets through it, since we refuse it,
+//!   but until root removes it this user can create and join no set (on macOS only when the
+//!   private directory is unavailable). A cleaner of `/tmp` that removes old files could also
+//!   remove a long-lived listener's socket file: new connections then fail until the set is
+//!   created again. A set `name` has the files `<name>.sock` and
 //!   `<name>.lock`; a name that would not fit the smallest `sun_path` (104 bytes, BSD and
 //!   macOS) with its directory, or that starts with `#`, is stored as `#` and 32 hex digits of
-//!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works.
+//!   a 128-bit hash, so every name up to `MAX_NAME_LEN` works. On macOS, whose filesystem by
+//!   default takes names differing in case or Unicode normalization for one, so is every name
+//!   not all of `[a-z0-9._-]`: set names are case-sensitive, and "Nightly" and "nightly" must
+//!   not share files.
 //! - **A name is held by a lock, not by the file.** `listen` takes an exclusive `flock` on
 //!   `<name>.lock` (without waiting: a live holder means `AlreadyExists`), and holds it for the
 //!   listener's life; the kernel drops it when the process dies, also by SIGKILL. Whoever gets
@@ -54,15 +79,23 @@
 //!   holder unlinked meanwhile is detected (the path no longer names the locked file) and
 //!   taken again. A creator killed by SIGKILL leaves its two files behind: the next `listen` of
 //!   the name reuses them, and every `listen` removes the stale files of other names it finds
-//!   (their lock free). `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
+//!   (their lock free). A sweep holds such a lock for a moment, so a `listen` that finds its
+//!   name's lock held tries again a few times, a millisecond apart, before `AlreadyExists`.
+//!   The lock belongs to the open file, not to the process: its descriptor is close-on-exec,
+//!   but a child forked without exec shares it, and then holds the name after the listener's
+//!   process died, until the child exits (`listen` of the name answers `AlreadyExists`
+//!   meanwhile). Closing it in the child would take a `pthread_atfork` handler and a registry
+//!   of lock descriptors safe to read after fork; a program that forks children which keep
+//!   running should exec them, or create its sets after forking. `connect` to a stale or missing socket fails at once (`ECONNREFUSED`,
 //!   `ENOENT`): `ConnectError::NotFound`.
 //! - **Messages** travel on a stream socket (macOS has no `SOCK_SEQPACKET` for `AF_UNIX`), in
 //!   frames: an 8-byte header (magic, payload length, descriptors in this frame, frames still
 //!   to come), then the payload. Descriptors ride in `SCM_RIGHTS` with their frame, at most 32
 //!   a frame, so a control segment with its 258 wake descriptors goes as several frames (Linux
 //!   takes at most 253 descriptors in one message). The receiver reads exactly the bytes of
-//!   the frame it is in, keeps a partial frame between calls, and checks every header, so a
-//!   peer that sends garbage ends its connection, and a peer that sends half a frame makes a
+//!   the frame it is in, keeps a partial frame between calls, and checks every header (a
+//!   message has 1 to 64 bytes of payload: an empty one would read as the end of the
+//!   connection), so a peer that sends garbage ends its connection, and a peer that sends half a frame makes a
 //!   non-blocking `recv` answer `WouldBlock` and a blocking one give up after 5 seconds.
 //! - **Identity**: `SO_PEERCRED` on Linux, `getpeereid` elsewhere (the pid is then reported as
 //!   0; it is only logged). Peers are checked with [`admitted`] as on Linux, but the directory
@@ -109,7 +142,8 @@ pub(crate) use std::os::fd::BorrowedFd as Waitable;
 /// The prefix of every shared memory object name (macOS allows 31 bytes in all).
 #[cfg(not(target_os = "freebsd"))]
 const SHM_PREFIX: &str = "/vdi-shm.1.";
-/// The rendezvous directory's name (under `$XDG_RUNTIME_DIR`, or with `-<uid>` under `/tmp`).
+/// The rendezvous directory's name (in macOS's per-user temporary directory, or with `-<uid>`
+/// under `/tmp`).
 const DIR_NAME: &str = "vdi-shm.1";
 /// The smallest `sun_path` of the supported systems (BSD, macOS), its NUL included. Linux has
 /// 108; the smaller limit is used everywhere, so a name maps to the same file on every system.
@@ -120,6 +154,9 @@ const HASHED_STEM_LEN: usize = 33;
 const SUFFIX_LEN: usize = 5;
 /// The most stale names one `listen` removes.
 const SWEEP_LIMIT: usize = 64;
+/// How many more times `listen` tries a name's lock that it found held (1 ms apart), in case
+/// the holder is a sweep removing the name's stale files.
+const LOCK_RETRIES: u32 = 5;
 
 /// A frame's header: magic, payload length, descriptors in the frame, frames still to come.
 const FRAME_HEADER: usize = 8;
@@ -168,7 +205,8 @@ fn socket_flags() -> SocketFlags {
 }
 
 /// What a new socket descriptor still needs: on macOS, close-on-exec (not settable at creation
-/// there) and no SIGPIPE (there is no `MSG_NOSIGNAL`); on FreeBSD, no SIGPIPE either way.
+/// there) and no SIGPIPE (`SO_NOSIGPIPE`, besides the per-call flag of [`send_flags`]); on
+/// FreeBSD, no SIGPIPE either way.
 fn finish_socket(fd: &OwnedFd) -> rustix::io::Result<()> {
     #[cfg(target_vendor = "apple")]
     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
@@ -178,12 +216,20 @@ fn finish_socket(fd: &OwnedFd) -> rustix::io::Result<()> {
     Ok(())
 }
 
-/// The flags of every send: no SIGPIPE where the flag exists (macOS: `SO_NOSIGPIPE` instead).
+/// The flags of every send: no SIGPIPE (`MSG_NOSIGNAL`).
+///
+/// On macOS the socket option `SO_NOSIGPIPE` is set too (see [`finish_socket`]), but a socket
+/// option belongs to the socket, and a wake object's socket is shared with the peer, which
+/// could clear the option, shut the socket down, and so make our next wake raise SIGPIPE and
+/// kill us. The per-call flag is ours alone. rustix does not offer it on Apple targets, but
+/// the system defines it (`MSG_NOSIGNAL`, 0x80000) and XNU's `sendit` raises SIGPIPE only when
+/// neither the socket option nor the flag is set; a kernel too old to know the flag ignores
+/// it, and the socket option is then all there is.
 fn send_flags() -> SendFlags {
     #[cfg(not(target_vendor = "apple"))]
     return SendFlags::NOSIGNAL;
     #[cfg(target_vendor = "apple")]
-    return SendFlags::empty();
+    return SendFlags::from_bits_retain(libc::MSG_NOSIGNAL as u32);
 }
 
 /// The flags of every receive that may carry descriptors: close-on-exec where it exists.
@@ -213,14 +259,14 @@ fn signal(fd: BorrowedFd<'_>) {
     let _ = rustix::net::send(fd, &[1], send_flags() | SendFlags::DONTWAIT);
 }
 
-/// Reads what is pending on `fd`, without blocking. `false`: the socket is at its end or
-/// failed, and will stay readable.
+/// Reads what is pending on `fd`, without blocking, until the socket says there is no more
+/// (`EAGAIN`; a short read is no proof: a wake may arrive between two reads), at most
+/// [`DRAIN_LIMIT`] reads. `false`: the socket is at its end or failed, and will stay readable.
 fn drain(fd: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 64];
     for _ in 0..DRAIN_LIMIT {
         match rustix::net::recv(fd, &mut buf, RecvFlags::DONTWAIT) {
             Ok((0, _)) => return false,
-            Ok((n, _)) if n < buf.len() => return true,
             Ok(_) | Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => return true,
             Err(_) => return false,
@@ -229,11 +275,22 @@ fn drain(fd: BorrowedFd<'_>) -> bool {
     true
 }
 
-/// Waits until `fd` shows `flags` or `timeout` passes; whether it did.
+/// Waits until `fd` shows `flags` or `timeout` passes; whether it did. A signal that
+/// interrupts the wait (`EINTR`, which poll returns whatever `SA_RESTART` says) is no timeout:
+/// the wait goes on for the time left. `false` means the time ran out, or poll failed.
 fn wait_fd(fd: BorrowedFd<'_>, flags: PollFlags, timeout: Duration) -> bool {
     let mut pfd = [PollFd::new(&fd, flags)];
-    let ts = timespec(timeout);
-    matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        match rustix::event::poll(&mut pfd, Some(&timespec(left))) {
+            Ok(n) => return n > 0,
+            // Bounded: each round waits only for the time left, and once none is left, a
+            // round is a poll with a zero timeout (interrupted again, it ends the wait).
+            Err(Errno::INTR) if !left.is_zero() => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 fn timespec(t: Duration) -> Timespec {
@@ -317,15 +374,16 @@ impl Mapping {
             let (rx, tx) = socket_pair()?;
             words.push((offset, WakePair { rx, tx }));
         }
-        let map = Self::map(object, tag, len, words)?;
+        let map = Self::map(object, tag, len, words, false)?;
         map.touch_pages(true);
         trace!(tag, len, "shared memory created");
         Ok(map)
     }
 
     /// Maps an object a peer sent, after checking that it cannot shrink where the system can
-    /// seal it (FreeBSD), that it has exactly `expected_len` bytes, and that its wake objects
-    /// are sockets.
+    /// seal it (FreeBSD), that it is a shared memory object (see [`is_shared_memory`]), that it
+    /// has exactly `expected_len` bytes, and that its wake objects are sockets. An object the
+    /// system then refuses to map (opened read-only, say) is the peer's fault too.
     pub(crate) fn open(
         attachment: Attachment,
         tag: &str,
@@ -350,7 +408,9 @@ impl Mapping {
             }
         }
         let stat = rustix::fs::fstat(&attachment.object).map_err(|_| misbehaved)?;
-        if u64::try_from(stat.st_size).ok() != Some(expected_len as u64) {
+        if !is_shared_memory(attachment.object.as_fd(), &stat)
+            || u64::try_from(stat.st_size).ok() != Some(expected_len as u64)
+        {
             return Err(misbehaved);
         }
         // A wake object is only ever polled, sent to and received from with MSG_DONTWAIT, so
@@ -371,17 +431,20 @@ impl Mapping {
             };
             words.push((offset, WakePair { rx, tx }));
         }
-        let map = Self::map(attachment.object, tag, expected_len, words)?;
+        let map = Self::map(attachment.object, tag, expected_len, words, true)?;
         map.touch_pages(false);
         Ok(map)
     }
 
     /// Maps `len` bytes of `object` at a multiple of [`MAP_ALIGN`] and registers the mapping.
+    /// `from_peer`: the object is a peer's (checked by [`Mapping::open`]), so a failure to map
+    /// it, other than a lack of memory, is `PeerMisbehaved`.
     fn map(
         object: OwnedFd,
         tag: &str,
         len: usize,
         mut words: Vec<(usize, WakePair)>,
+        from_peer: bool,
     ) -> Result<Self, Error> {
         // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
         // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
@@ -401,9 +464,16 @@ impl Mapping {
         let start = base as usize;
         let aligned = start.next_multiple_of(MAP_ALIGN);
         // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
-        // function owns and nothing else uses, so MAP_FIXED replaces only that; `object` was
-        // checked (or made) to hold `len` bytes (see the module docs for what a peer could
-        // still do to an unsealed object).
+        // function owns and nothing else uses, so MAP_FIXED replaces only that, and mmap itself
+        // creates no reference. Accessing the mapping later is sound as long as its pages stay
+        // backed: `object` is one we made with `len` bytes, or a peer's that `open` checked to
+        // be a shared memory object of this system (FreeBSD: sealed against resizing; macOS: a
+        // POSIX shm object, resizable only once; Linux with `portable-unix`: a regular file
+        // on tmpfs; elsewhere: a regular file) holding exactly `len` bytes. What a peer can
+        // still do is shrink an unsealed object later (Linux with `portable-unix`, and the
+        // other systems but macOS and FreeBSD), which makes our next access raise SIGBUS: a
+        // crash, not undefined behaviour, and only between processes of one user (see the
+        // module docs).
         let mapped = unsafe {
             rustix::mm::mmap(
                 aligned as *mut c_void,
@@ -431,6 +501,10 @@ impl Mapping {
             Err(e) => {
                 // SAFETY: the reservation's middle part, still ours, is released on failure.
                 let _ = unsafe { rustix::mm::munmap(aligned as *mut c_void, len) };
+                if from_peer && e != Errno::NOMEM {
+                    warn!(tag, error = %e, "a peer's shared memory object cannot be mapped");
+                    return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
+                }
                 return Err(os_error("mmap", e));
             }
         };
@@ -557,6 +631,49 @@ fn new_object(tag: &str, len: usize) -> Result<OwnedFd, Error> {
     Ok(fd)
 }
 
+/// Whether `fd` (whose `fstat` is `st`) is a shared memory object of this system's kind, not
+/// a file on disk a peer could truncate or a network filesystem could stall a page fault on,
+/// nor a directory, socket or device. Which object that is differs by system:
+///
+/// - Linux (`portable-unix`): `shm_open` makes a regular file on tmpfs (`/dev/shm`), so the
+///   object must be a regular file (`fstat`) on a tmpfs (`fstatfs` gives `TMPFS_MAGIC`).
+///   A tmpfs file can still be shrunk by its holder: the SIGBUS risk of the module docs.
+/// - FreeBSD: the seals `open` requires first exist only on shared memory objects
+///   (`memfd_create`, `shm_open`): a vnode answers `F_GET_SEALS` with an error.
+/// - macOS: XNU's `fstat` of a POSIX shm descriptor (`pshm_stat` in `bsd/kern/posix_shm.c`)
+///   fills `st_mode` with the object's permission bits alone (`shm_open` masks its mode with
+///   `ALLPERMS`), so the file-type bits are 0, whereas every vnode (regular file, directory,
+///   device, FIFO) and socket shows its type there. Type bits of 0 therefore mean no vnode; a
+///   descriptor of another vnode-less kind (a semaphore, a kqueue) fails the `mmap` that
+///   follows. Should a later XNU report a type for shm objects, this refuses every peer's
+///   object (fails closed) rather than accepting files.
+/// - Other systems: a regular file, which is what their `shm_open` makes; the filesystem is
+///   not checked (the object could be a file on disk, truncatable by its holder).
+fn is_shared_memory(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // TMPFS_MAGIC, as `statfs(2)` lists it.
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC)
+    }
+    #[cfg(target_os = "freebsd")]
+    {
+        let _ = (fd, st);
+        true
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        let _ = fd;
+        st.st_mode & libc::S_IFMT == 0
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd", target_vendor = "apple")))]
+    {
+        let _ = fd;
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+    }
+}
+
 /// The most bytes of shared buffers this process lets one device set have: three quarters of
 /// the machine's physical memory (`sysconf(_SC_PHYS_PAGES)`), or no limit but the system's if
 /// it does not tell.
@@ -661,9 +778,13 @@ impl crate::ring::Wake for FutexWake {
 // ---------------------------------------------------------------------------------------------
 // The rendezvous directory
 
-/// Why a rendezvous directory was refused.
+/// Why a rendezvous directory was refused: a warning that names it, then `VD_E_SECURITY`.
 fn refuse(dir: &Path, why: &str) -> Error {
-    warn!(dir = %dir.display(), why, "refusing the rendezvous directory");
+    warn!(
+        "refusing the rendezvous directory {}: {why}; no set can be created or joined as this \
+         user until it is removed",
+        dir.display()
+    );
     Error::Security
 }
 
@@ -671,42 +792,85 @@ fn refuse(dir: &Path, why: &str) -> Error {
 fn check_dir(dir: &Path, uid: u32) -> Result<(), Error> {
     let st = rustix::fs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| os_error("lstat", e))?;
+    let owner = st.st_uid;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => {}
-        FileType::Symlink => return Err(refuse(dir, "it is a symbolic link")),
-        _ => return Err(refuse(dir, "it is not a directory")),
+        FileType::Symlink => {
+            return Err(refuse(
+                dir,
+                &format!("it is a symbolic link (made by uid {owner}), not a directory"),
+            ));
+        }
+        _ => {
+            return Err(refuse(
+                dir,
+                &format!("it is no directory (made by uid {owner})"),
+            ));
+        }
     }
-    if st.st_uid != uid {
-        return Err(refuse(dir, "another user owns it"));
+    if owner != uid {
+        return Err(refuse(
+            dir,
+            &format!("another user (uid {owner}) created it, not this one (uid {uid})"),
+        ));
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(refuse(dir, "its group or others may write to it"));
+        return Err(refuse(
+            dir,
+            &format!(
+                "its group or others may write to it (mode {:o})",
+                st.st_mode & 0o777
+            ),
+        ));
     }
     Ok(())
 }
 
-/// The rendezvous directory: `$XDG_RUNTIME_DIR/vdi-shm.1` when that variable names an absolute
-/// directory of ours, short enough, else `/tmp/vdi-shm.1-<uid>`. Created (0700) when `create`;
-/// `Ok(None)` when it does not exist and `create` is false.
+/// The rendezvous directory, chosen from the (effective) user alone, never from the
+/// environment, so every process of the user finds the same one: on macOS `vdi-shm.1` in the
+/// user's private temporary directory (see [`darwin_user_temp_dir`]), elsewhere (and when that
+/// one is unavailable or too long for a socket path) `/tmp/vdi-shm.1-<uid>`. Created (0700)
+/// when `create`; `Ok(None)` when it does not exist and `create` is false.
 fn rendezvous_dir(create: bool) -> Result<Option<PathBuf>, Error> {
     let uid = rustix::process::geteuid().as_raw();
-    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .filter(|p| {
-            p.as_os_str().len() + 1 + DIR_NAME.len() + 1 + HASHED_STEM_LEN + SUFFIX_LEN
-                < SUN_PATH_MAX
-        })
-        .filter(|p| {
-            rustix::fs::statat(CWD, p.as_path(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
-                FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_uid == uid
-            })
-        });
-    let dir = match xdg {
-        Some(x) => x.join(DIR_NAME),
-        None => PathBuf::from(format!("/tmp/{DIR_NAME}-{uid}")),
+    resolve_dir(user_dir(uid), uid, create)
+}
+
+/// The rendezvous directory's path for `uid` (see [`rendezvous_dir`]).
+fn user_dir(uid: u32) -> PathBuf {
+    #[cfg(target_vendor = "apple")]
+    if let Some(dir) = darwin_user_temp_dir()
+        .map(|t| t.join(DIR_NAME))
+        .filter(|d| d.as_os_str().len() + 1 + HASHED_STEM_LEN + SUFFIX_LEN < SUN_PATH_MAX)
+    {
+        return dir;
+    }
+    PathBuf::from(format!("/tmp/{DIR_NAME}-{uid}"))
+}
+
+/// The user's private temporary directory on macOS (`/var/folders/../T/`), as
+/// `confstr(_CS_DARWIN_USER_TEMP_DIR)` reports it: made by the system for the effective user,
+/// owned by it and mode 0700, and not taken from `TMPDIR`. Unlike a name under `/tmp`, no
+/// other user can create our directory inside it first.
+#[cfg(target_vendor = "apple")]
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = [0u8; 1024];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and confstr writes at most that
+    // many (a NUL-terminated string, truncated to fit); it returns the size the whole value
+    // needs, its NUL included, or 0 when there is none.
+    let n = unsafe {
+        libc::confstr(
+            libc::_CS_DARWIN_USER_TEMP_DIR,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
-    resolve_dir(dir, uid, create)
+    if n < 2 || n > buf.len() {
+        return None;
+    }
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&buf[..n - 1]));
+    dir.is_absolute().then_some(dir)
 }
 
 /// Creates `dir` if asked and missing, then checks it (see [`check_dir`]).
@@ -723,11 +887,25 @@ fn resolve_dir(dir: PathBuf, uid: u32, create: bool) -> Result<Option<PathBuf>, 
     Ok(Some(dir))
 }
 
-/// The file stem of set `name` in `dir`: the name itself when its socket path fits and it does
-/// not start with `#`, else `#` and 32 hex digits of a 128-bit hash of it.
+/// The file stem of set `name` in `dir` (see [`stem_for`]), by this system's rule: on Apple
+/// systems the filesystem is taken to fold case and Unicode normalization.
 fn stem(dir: &Path, name: &str) -> String {
+    stem_for(dir, name, cfg!(target_vendor = "apple"))
+}
+
+/// The file stem of set `name` in `dir`: the name itself when its socket path fits, it does
+/// not start with `#`, and, when `folding` (the filesystem may take names that differ in case
+/// or Unicode normalization for one, as APFS and HFS+ do by default), it is all of
+/// `[a-z0-9._-]`; else `#` and 32 hex digits of a 128-bit hash of its exact bytes. Set names
+/// are case-sensitive, so on such a filesystem "Nightly" and "nightly" would otherwise share
+/// files; hashed, they do not, and no kept name can equal a hashed stem (which starts with `#`).
+fn stem_for(dir: &Path, name: &str, folding: bool) -> String {
     let fits = dir.as_os_str().len() + 1 + name.len() + SUFFIX_LEN < SUN_PATH_MAX;
-    if fits && !name.starts_with('#') {
+    let foldable = folding
+        && !name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if fits && !foldable && !name.starts_with('#') {
         return name.to_owned();
     }
     // FNV-1a, twice with different offsets: stable across builds and processes (std's hashers
@@ -738,11 +916,13 @@ fn stem(dir: &Path, name: &str) -> String {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
         })
     };
-    format!(
+    let hashed = format!(
         "#{:016x}{:016x}",
         fnv(0xCBF2_9CE4_8422_2325),
         fnv(0x6C62_272E_07BB_0142)
-    )
+    );
+    debug_assert_eq!(hashed.len(), HASHED_STEM_LEN);
+    hashed
 }
 
 /// The paths of set `name`'s socket and lock files, and its directory; `None` when the
@@ -774,9 +954,16 @@ impl SetPaths {
 
 /// Takes the exclusive lock on `path` without waiting, creating the file if `create`:
 /// `Ok(None)` when a live process holds it (or, without `create`, when there is no file).
+///
+/// With `create` (a `listen`), a lock found held is tried again, [`LOCK_RETRIES`] times a
+/// millisecond apart, the path opened anew each time: its holder may be another process's
+/// [`sweep_stale`], which holds a dead listener's lock only while it removes that listener's
+/// files, and the name is then free. A live listener holds it throughout: `AlreadyExists`.
 fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
     let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    for _ in 0..8 {
+    let mut busy = 0;
+    let mut relocks = 0;
+    while relocks < 8 {
         let fd = match rustix::fs::open(
             path,
             if create {
@@ -792,6 +979,12 @@ fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
         };
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
+            Err(Errno::WOULDBLOCK) if create && busy < LOCK_RETRIES => {
+                busy += 1;
+                drop(fd);
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
             Err(Errno::WOULDBLOCK) => return Ok(None),
             Err(e) => return Err(os_error("flock", e)),
         }
@@ -803,6 +996,7 @@ fn take_lock(path: &Path, create: bool) -> Result<Option<OwnedFd>, Error> {
         {
             return Ok(Some(fd));
         }
+        relocks += 1;
     }
     Err(os_error("flock", Errno::AGAIN))
 }
@@ -1015,7 +1209,9 @@ impl Socket {
     /// Sends one message, with the descriptors of `mapping` if given.
     pub(crate) fn send(&self, bytes: &[u8], mapping: Option<&Mapping>) -> Result<(), Error> {
         let fds = mapping.map(Mapping::fds).unwrap_or_default();
-        if bytes.len() > MAX_PAYLOAD || fds.len() > MAX_MESSAGE_FDS {
+        // An empty message is refused: its receiver could not tell it from the end of the
+        // connection (`recv` returning 0), and refuses one (see `header_ok`).
+        if bytes.is_empty() || bytes.len() > MAX_PAYLOAD || fds.len() > MAX_MESSAGE_FDS {
             return Err(Error::Invalid(InvalidReason::Unspecified));
         }
         let chunks: Vec<&[BorrowedFd<'_>]> = if fds.is_empty() {
@@ -1224,7 +1420,8 @@ fn header_ok(st: &mut RecvState, take: bool) -> bool {
     let ok = magic == usize::from(FRAME_MAGIC)
         && fds <= FDS_PER_FRAME
         && if first {
-            len <= MAX_PAYLOAD && more < MAX_FRAMES
+            // Every message has a payload; an empty one would read as the end of the stream.
+            (1..=MAX_PAYLOAD).contains(&len) && more < MAX_FRAMES
         } else {
             len == 0 && Some(more + 1) == st.frames_left
         };
@@ -1493,6 +1690,9 @@ mod tests {
         assert_eq!(resolve_dir(file, uid, true), Err(Error::Security));
         // Missing, and not to be created: no set there.
         assert_eq!(resolve_dir(base.join("missing"), uid, false), Ok(None));
+        // The directory depends on the user alone, not on the environment.
+        #[cfg(not(target_vendor = "apple"))]
+        assert_eq!(user_dir(1234), PathBuf::from("/tmp/vdi-shm.1-1234"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 
@@ -1511,6 +1711,26 @@ mod tests {
         assert_eq!(stem(&dir, &long).len(), HASHED_STEM_LEN);
         assert_ne!(stem(&dir, &long), stem(&dir, &longer));
         assert_ne!(stem(&dir, "#short"), "#short");
+        // Where the filesystem folds case and normalization (Apple), only names of
+        // [a-z0-9._-] are kept; the others are hashed from their exact bytes.
+        for name in ["nightly", "db-1.full_2"] {
+            assert_eq!(stem_for(&dir, name, true), name);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in [
+            "Nightly",
+            "NIGHTLY",
+            "caf\u{e9}",
+            "cafe\u{301}",
+            "a b",
+            "nightly",
+        ] {
+            let s = stem_for(&dir, name, true);
+            assert!(name == "nightly" || s.len() == HASHED_STEM_LEN, "{name}");
+            assert!(seen.insert(s), "{name}: two names, one stem");
+            // Elsewhere these names are kept as they are.
+            assert_eq!(stem_for(&dir, name, false), name);
+        }
         // A path no sockaddr holds is the name error.
         let too_long = dir.join("x".repeat(200));
         assert!(matches!(
@@ -1591,6 +1811,28 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_reads_until_the_socket_is_empty() {
+        let (rx, tx) = socket_pair().unwrap();
+        // Several reads' worth, in pieces.
+        for _ in 0..5 {
+            rustix::net::send(&tx, &[1; 40], SendFlags::empty()).unwrap();
+        }
+        assert!(drain(rx.as_fd()));
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            rustix::net::recv(&rx, &mut buf, RecvFlags::DONTWAIT).unwrap_err(),
+            Errno::AGAIN
+        );
+        // More than the limit lets one drain take: what is left stays for the next.
+        rustix::net::send(&tx, &[1; 64 * DRAIN_LIMIT + 1], SendFlags::empty()).unwrap();
+        assert!(drain(rx.as_fd()));
+        assert!(drain(rx.as_fd()));
+        // A closed peer end: the socket stays readable for good.
+        drop(tx);
+        assert!(!drain(rx.as_fd()));
+    }
+
+    #[test]
     fn a_shrunk_or_malformed_object_is_refused() {
         let page = page_size();
         let len = 4 * page;
@@ -1616,6 +1858,66 @@ mod tests {
         let mut att = map.attachment().unwrap();
         att.wake[0] = map.object.try_clone().unwrap();
         assert_eq!(Mapping::open(att, "t", len, &[0]).unwrap_err(), MISBEHAVED);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn files_and_directories_are_no_shared_memory() {
+        let len = 4 * page_size();
+        let open = |object: OwnedFd| {
+            Mapping::open(
+                Attachment {
+                    object,
+                    wake: Vec::new(),
+                },
+                "t",
+                len,
+                &[],
+            )
+        };
+        // A regular file of the right size, on a disk filesystem (next to the test binary),
+        // opened read-write: a peer could truncate it under our mapping.
+        let dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        let on_tmpfs = rustix::fs::statfs(dir.as_path()).unwrap().f_type as u64 == 0x0102_1994;
+        if on_tmpfs {
+            eprintln!("{} is on tmpfs: no disk file to refuse", dir.display());
+        } else {
+            let path = dir.join(unique("regular-file"));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file.set_len(len as u64).unwrap();
+            assert_eq!(open(file.into()).unwrap_err(), MISBEHAVED);
+        }
+        // A directory.
+        let scratch_dir = scratch("dir-object");
+        let dir = rustix::fs::open(
+            scratch_dir.as_path(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        assert_eq!(open(dir).unwrap_err(), MISBEHAVED);
+        std::fs::remove_dir(&scratch_dir).unwrap();
+        // A shared memory object opened read-only: it cannot be mapped for writing.
+        let map = Mapping::create("vdi-shm:posix-test:read-only", len, &[]).unwrap();
+        let proc_path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&map.object)
+        );
+        if let Ok(ro) = rustix::fs::open(proc_path.as_str(), OFlags::RDONLY, Mode::empty()) {
+            assert_eq!(open(ro).unwrap_err(), MISBEHAVED);
+        }
+        // And the real thing passes.
+        assert!(open(map.attachment().unwrap().object).is_ok());
     }
 
     /// A message's length and how many attachments it carried.
@@ -1699,11 +2001,25 @@ mod tests {
             server.recv(&mut buf).unwrap_err().kind(),
             ErrorKind::InvalidData
         );
+        // A message with no payload, which would read as the end of the connection: refused
+        // on receipt, and never sent.
+        let (_l, client, server) = pair("garbage");
+        rustix::net::send(
+            &client.fd,
+            &[0x44, 0x56, 0, 0, 0, 0, 0, 0],
+            SendFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            server.recv(&mut buf).unwrap_err().kind(),
+            ErrorKind::InvalidData
+        );
+        assert!(client.send(b"", None).is_err());
         // Descriptors declared but not sent.
         let (_l, client, server) = pair("garbage");
         rustix::net::send(
             &client.fd,
-            &[0x44, 0x56, 0, 0, 1, 0, 0, 0],
+            &[0x44, 0x56, 1, 0, 1, 0, 0, 0, 9],
             SendFlags::empty(),
         )
         .unwrap();
@@ -1734,6 +2050,40 @@ mod tests {
             server.recv(&mut buf).unwrap_err().kind(),
             ErrorKind::TimedOut
         );
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    #[test]
+    fn a_blocking_receive_outlasts_signals() {
+        // A handler that does nothing, without SA_RESTART: poll fails with EINTR either way.
+        // SAFETY: `action` is zeroed (a valid sigaction) and then given an empty mask and a
+        // handler that is async-signal-safe (it does nothing); SIGUSR1 is used by nothing else
+        // in this test process.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = 0;
+            libc::sigemptyset(&raw mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &raw const action, ptr::null_mut()),
+                0
+            );
+        }
+        let (_l, client, server) = pair("signals");
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 32];
+            server.recv(&mut buf).map(|(n, _)| buf[..n].to_vec())
+        });
+        let target = std::os::unix::thread::JoinHandleExt::as_pthread_t(&receiver);
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(5));
+            // SAFETY: `target` is a thread not yet joined (its handle is held until after the
+            // last signal), so its pthread_t is valid even if it has ended.
+            unsafe { libc::pthread_kill(target, libc::SIGUSR1) };
+        }
+        client.send(b"after the signals", None).unwrap();
+        assert_eq!(receiver.join().unwrap().unwrap(), b"after the signals");
     }
 
     #[test]
