@@ -652,6 +652,12 @@ impl vdi_core::ClientDevice for ClientDevice {
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        // Whether this thread saw the device closed at its last look. Until it has, a wait
+        // stops as soon as the flag appears: the server's wake-up after setting it reaches only
+        // a registered sleeper, so a thread still spinning would otherwise sleep a whole slice.
+        // Once it has (and commands are still outstanding in other threads), the wait leaves
+        // the flag out, or it would return at once, every time: a hot loop.
+        let mut closed_seen;
         let result = loop {
             inner.kick.store(false, Ordering::SeqCst);
             {
@@ -672,12 +678,8 @@ impl vdi_core::ClientDevice for ClientDevice {
                 }
                 // The server sets the flag after pushing its last command: an empty ring seen
                 // after the flag means no command will come.
-                let closed = set
-                    .control
-                    .device_flags(inner.index)
-                    .load(Ordering::Acquire)
-                    & DEV_CLOSED
-                    != 0;
+                let closed = device_closed(&set.control, inner.index);
+                closed_seen = closed;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
                     Ok(Some(entry)) => {
@@ -724,13 +726,21 @@ impl vdi_core::ClientDevice for ClientDevice {
                 break Err(Error::Timeout);
             };
             let seen = inner.lock().sq;
-            queue::wait(
+            #[cfg(test)]
+            test_hook::before_wait();
+            let _outcome = queue::wait(
                 &set.control.sq(inner.index),
                 seen,
                 set.spins,
                 slice,
-                &|| set.aborted() || inner.kick.load(Ordering::SeqCst),
+                &|| {
+                    set.aborted()
+                        || inner.kick.load(Ordering::SeqCst)
+                        || (!closed_seen && device_closed(&set.control, inner.index))
+                },
             );
+            #[cfg(test)]
+            test_hook::after_wait(_outcome);
         };
         if let Err(e) = &result
             && !matches!(e, Error::Timeout | Error::Closed)
@@ -871,9 +881,156 @@ impl vdi_core::MappedBuffer for MappedBuffer {
     }
 }
 
+/// Whether the server closed device `index` (CloseDevice). The server sets the flag after
+/// pushing its last command to the device.
+fn device_closed(control: &Control, index: u32) -> bool {
+    control.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
+}
+
 /// Whether every device of the set was closed by the server: the set ended normally, and a
 /// peer that goes away now leaves nothing waiting.
 pub(crate) fn ended_normally(control: &Control) -> bool {
-    (0..control.device_count())
-        .all(|i| control.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED != 0)
+    (0..control.device_count()).all(|i| device_closed(control, i))
+}
+
+/// Per-thread hooks into GetCommand's wait loop, for tests that must steer an interleaving or
+/// count waits without measuring time.
+#[cfg(test)]
+mod test_hook {
+    use std::cell::{Cell, RefCell};
+
+    use crate::ring::WaitOutcome;
+
+    thread_local! {
+        /// Runs right before each wait, after the checks under the device lock.
+        static BEFORE_WAIT: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+        /// Waits started on this thread.
+        static WAITS: Cell<u32> = const { Cell::new(0) };
+        /// Waits on this thread that ended with a whole slice slept (or a spurious wake-up).
+        static SLICES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Runs `hook` before every wait of GetCommand on this thread (until [`clear`]).
+    pub(super) fn set(hook: impl FnMut() + 'static) {
+        BEFORE_WAIT.with_borrow_mut(|h| *h = Some(Box::new(hook)));
+    }
+
+    /// Removes this thread's hook.
+    pub(super) fn clear() {
+        BEFORE_WAIT.with_borrow_mut(|h| *h = None);
+    }
+
+    /// The counts of this thread as (waits, slices slept), reset to zero.
+    pub(super) fn take_counts() -> (u32, u32) {
+        (WAITS.replace(0), SLICES.replace(0))
+    }
+
+    pub(super) fn before_wait() {
+        WAITS.set(WAITS.get() + 1);
+        BEFORE_WAIT.with_borrow_mut(|h| {
+            if let Some(h) = h {
+                h();
+            }
+        });
+    }
+
+    pub(super) fn after_wait(outcome: WaitOutcome) {
+        if outcome == WaitOutcome::SliceElapsed {
+            SLICES.set(SLICES.get() + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use vdi_core::{
+        ClientBackend, ClientConfig, ClientDevice as _, ClientDeviceSet, CommandCode, Completion,
+        Error, ServerBackend, ServerCommand, ServerConfig, ServerDevice as _, ServerDeviceSet,
+        Timeout,
+    };
+
+    use super::test_hook;
+    use crate::{ClientDevice, ClientSet, ServerDevice, ServerSet, ShmClient, ShmServer};
+
+    /// A configured one-device set with both sides in this thread.
+    fn pair(tag: &str) -> (ClientSet, ClientDevice, ServerSet, ServerDevice) {
+        let name = format!("client-{tag}-{}", std::process::id());
+        let set = ShmClient::new()
+            .create(None, &name, &ClientConfig::default())
+            .unwrap();
+        let server = ShmServer::new().open(None, &name).unwrap();
+        server
+            .begin_configuration(&ServerConfig::backup(512, 65536))
+            .unwrap();
+        let sdev = server.open_device(&name).unwrap();
+        server.end_configuration().unwrap();
+        set.configuration(Timeout::from_millis(10_000)).unwrap();
+        let cdev = set.open_device(&name).unwrap();
+        (set, cdev, server, sdev)
+    }
+
+    /// CloseDevice landing after GetCommand looked at the device flags, but before it
+    /// registered as a sleeper (while it spins), must end the wait at once: the close's
+    /// wake-up went out before the client registered, so only the stop predicate can see it.
+    /// Before the fix the wait slept a whole slice (counted here), then returned VD_E_CLOSE.
+    #[test]
+    fn close_while_spinning_ends_get_command_without_sleeping() {
+        let (set, cdev, server, sdev) = pair("close-spin");
+        let sdev = Rc::new(RefCell::new(Some(sdev)));
+        let hook_dev = Rc::clone(&sdev);
+        test_hook::set(move || {
+            if let Some(d) = hook_dev.borrow().as_ref()
+                && d.outstanding() == 0
+            {
+                // Idempotent enough: a second call fails with a state error, ignored.
+                let _ = d.close();
+            }
+        });
+        let _ = test_hook::take_counts();
+        assert_eq!(
+            cdev.command(Timeout::from_millis(10_000)).unwrap_err(),
+            Error::Closed
+        );
+        let (waits, slices) = test_hook::take_counts();
+        test_hook::clear();
+        assert_eq!(waits, 1, "one wait, ended by the close");
+        assert_eq!(slices, 0, "the wait slept a slice after the close");
+        drop(sdev.borrow_mut().take());
+        server.close().unwrap();
+        set.close().unwrap();
+    }
+
+    /// A device closed with a command still outstanding (held by another thread, here by
+    /// the test) ends only once that command is completed; meanwhile GetCommand sleeps in
+    /// slices rather than returning at once from every wait.
+    #[test]
+    fn closed_with_a_command_outstanding_waits_without_spinning_hot() {
+        let (set, cdev, server, sdev) = pair("close-outstanding");
+        sdev.send(ServerCommand::control(CommandCode::FLUSH))
+            .unwrap();
+        let cmd = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        sdev.close().unwrap();
+        let _ = test_hook::take_counts();
+        assert_eq!(
+            cdev.command(Timeout::from_millis(250)).unwrap_err(),
+            Error::Timeout
+        );
+        let (waits, _) = test_hook::take_counts();
+        // Three 100 ms slices and what is left; a hot loop makes thousands of waits.
+        assert!(waits <= 20, "{waits} waits in 250 ms");
+        cdev.complete(cmd, Completion::success(0)).unwrap();
+        assert_eq!(
+            sdev.completion(Timeout::from_millis(10_000)).unwrap().code,
+            CommandCode::FLUSH
+        );
+        assert_eq!(
+            cdev.command(Timeout::from_millis(10_000)).unwrap_err(),
+            Error::Closed
+        );
+        drop(sdev);
+        server.close().unwrap();
+        set.close().unwrap();
+    }
 }

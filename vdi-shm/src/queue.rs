@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::{
-    ring::{Consumer, Producer, PushError, Ring, wake_all_sleepers},
+    ring::{Consumer, Producer, PushError, Ring, WaitOutcome, wake_all_sleepers},
     sys::FutexWake,
 };
 
@@ -37,8 +37,8 @@ pub(crate) fn wait(
     spins: u32,
     slice: Duration,
     stop: &impl Fn() -> bool,
-) {
-    let _ = ring.wait(seen.0, &FutexWake, spins, slice, stop);
+) -> WaitOutcome {
+    ring.wait(seen.0, &FutexWake, spins, slice, stop)
 }
 
 /// Wakes every thread, in any process, sleeping on the ring.
