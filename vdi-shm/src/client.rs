@@ -521,10 +521,15 @@ impl DeviceInner {
             return Err(self.set.peer_misbehaved());
         }
         st.machine.completed(code, c.code);
-        if st.machine.outstanding() == 0 {
+        if st.machine.outstanding() == 0
+            && (st.machine.has_held() || device_closed(control, self.index))
+        {
             // A held ClearError may now be delivered, or a closed device may now end: wake
             // this process's waiters (the flag first, so a waiter that samples the wake word
-            // after the bump sees it in its stop check).
+            // after the bump sees it in its stop check). Nothing else a waiter waits for
+            // depends on the last completion, so the common case makes no system call here.
+            // A close that lands after this look at the flag wakes the waiters itself, and a
+            // waiter that has not seen the flag yet stops on it (see `command`).
             self.kick.store(true, Ordering::SeqCst);
             queue::wake(&control.sq(self.index));
         }
@@ -659,7 +664,11 @@ impl vdi_core::ClientDevice for ClientDevice {
         // the flag out, or it would return at once, every time: a hot loop.
         let mut closed_seen;
         let result = loop {
-            inner.kick.store(false, Ordering::SeqCst);
+            // Clear an old kick (a kick stored after this load is seen by the wait below); the
+            // common case, no kick, stores nothing.
+            if inner.kick.load(Ordering::SeqCst) {
+                inner.kick.store(false, Ordering::SeqCst);
+            }
             {
                 let mut st = inner.lock();
                 // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
