@@ -9,24 +9,32 @@ use crate::{
     sys::FutexWake,
 };
 
-/// This process's authoritative index into one ring (the producer's tail or the consumer's
-/// head).
+/// This process's authoritative position in one ring: the producer's tail, or the consumer's
+/// head (never trusting the copy in shared memory). A producer also keeps the consumer's head
+/// as it last validated it, so that it reads the shared one only when the ring looks full.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct RingIndex(pub(crate) u32);
+pub(crate) struct RingIndex {
+    /// Our own index: the next entry to publish or to consume.
+    index: u32,
+    /// Producers only: the consumer's head as last validated (`index - peer` is at most the
+    /// capacity; 0 and 0 for a fresh ring, whose consumer is at 0).
+    peer: u32,
+}
 
 /// Pushes one entry, waking the consumer if it sleeps.
 pub(crate) fn push(ring: &Ring<'_>, idx: &mut RingIndex, entry: [u64; 4]) -> Result<(), PushError> {
-    let mut p = Producer::new(*ring, idx.0);
+    let mut p = Producer::resume(*ring, idx.index, idx.peer);
     let r = p.push(entry, &FutexWake);
-    idx.0 = p.tail();
+    idx.index = p.tail();
+    idx.peer = p.seen_head();
     r
 }
 
 /// Pops one entry; `Err` when the producer's index is impossible (a misbehaving peer).
 pub(crate) fn pop(ring: &Ring<'_>, idx: &mut RingIndex) -> Result<Option<[u64; 4]>, ()> {
-    let mut c = Consumer::new(*ring, idx.0);
+    let mut c = Consumer::new(*ring, idx.index);
     let r = c.pop();
-    idx.0 = c.head();
+    idx.index = c.head();
     r.map_err(|_| ())
 }
 
@@ -38,7 +46,7 @@ pub(crate) fn wait(
     slice: Duration,
     stop: &impl Fn() -> bool,
 ) -> WaitOutcome {
-    ring.wait(seen.0, &FutexWake, spins, slice, stop)
+    ring.wait(seen.index, &FutexWake, spins, slice, stop)
 }
 
 /// Wakes every thread, in any process, sleeping on the ring.
