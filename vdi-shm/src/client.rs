@@ -655,14 +655,14 @@ impl vdi_core::ClientDevice for ClientDevice {
     fn command(&self, timeout: Timeout) -> Result<Command, Error> {
         let inner = &self.inner;
         let set = &inner.set;
-        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let mut deadline = monitor::LazyDeadline::new(timeout);
         // Whether this thread saw the device closed at its last look. Until it has, a wait
         // stops as soon as the flag appears: the server's wake-up after setting it reaches only
         // a registered sleeper, so a thread still spinning would otherwise sleep a whole slice.
         // Once it has (and commands are still outstanding in other threads), the wait leaves
         // the flag out, or it would return at once, every time: a hot loop.
         let mut closed_seen;
+        let mut seen;
         let result = loop {
             // Clear an old kick (a kick stored after this load is seen by the wait below); the
             // common case, no kick, stores nothing.
@@ -689,6 +689,9 @@ impl vdi_core::ClientDevice for ClientDevice {
                 // after the flag means no command will come.
                 let closed = device_closed(&set.control, inner.index);
                 closed_seen = closed;
+                // Where this thread's wait starts; another thread may pop before it waits,
+                // which makes the wait return at once (a stale head is Ready).
+                seen = st.sq;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
                     Ok(Some(entry)) => {
@@ -712,7 +715,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                             }
                         }
                         // The deadline holds even while the ring keeps refilling.
-                        if expired() {
+                        if deadline.expired() {
                             break Err(Error::Timeout);
                         }
                         continue;
@@ -731,10 +734,9 @@ impl vdi_core::ClientDevice for ClientDevice {
                     Ok(None) => {}
                 }
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            let Some(slice) = deadline.next_slice() else {
                 break Err(Error::Timeout);
             };
-            let seen = inner.lock().sq;
             #[cfg(test)]
             test_hook::before_wait();
             let _outcome = queue::wait(

@@ -348,6 +348,7 @@ impl vdi_core::ServerDeviceSet for ServerSet {
                 inflight: (0..QUEUE_DEPTH).map(|_| None).collect(),
                 generations: vec![0; QUEUE_DEPTH as usize],
                 last_progress: Instant::now(),
+                progressed: false,
             }),
         })
     }
@@ -499,7 +500,10 @@ struct DeviceState {
     cq: RingIndex,
     inflight: Vec<Option<InFlight>>,
     generations: Vec<u32>,
+    /// When progress was last seen (see `server_timed_out`).
     last_progress: Instant,
+    /// A completion came, or the first command went out, since `last_progress` was stamped.
+    progressed: bool,
 }
 
 /// A device as the server sees it (`IServerVirtualDevice`).
@@ -569,11 +573,21 @@ impl ServerDevice {
         })
     }
 
-    fn server_timed_out(&self, st: &DeviceState) -> bool {
+    /// Whether the client made no progress (no completion, while commands were outstanding)
+    /// for twice the client's serverTimeout. Progress is stamped with the time here, when a
+    /// call finds nothing to take, rather than at each send and completion, so that a busy
+    /// device reads no clock for it; the timeout then runs from a little later.
+    fn server_timed_out(&self, st: &mut DeviceState) -> bool {
         let t = self.set.client.server_timeout;
-        t != 0
-            && st.machine.outstanding() > 0
-            && st.last_progress.elapsed() > Duration::from_millis(u64::from(t)) * 2
+        if t == 0 || st.machine.outstanding() == 0 {
+            return false;
+        }
+        if st.progressed {
+            st.progressed = false;
+            st.last_progress = Instant::now();
+            return false;
+        }
+        st.last_progress.elapsed() > Duration::from_millis(u64::from(t)) * 2
     }
 }
 
@@ -618,7 +632,7 @@ impl vdi_core::ServerDevice for ServerDevice {
             return Err(SendError { error, command });
         }
         if st.machine.outstanding() == 1 {
-            st.last_progress = Instant::now();
+            st.progressed = true;
         }
         trace!(device = %self.name, code = ?command.code, size = command.size, "sent");
         st.inflight[slot] = Some(InFlight {
@@ -630,9 +644,10 @@ impl vdi_core::ServerDevice for ServerDevice {
     }
 
     fn completion(&self, timeout: Timeout) -> Result<ServerCompletion<Buffer>, Error> {
-        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        let mut deadline = monitor::LazyDeadline::new(timeout);
         let control = &self.set.control;
         loop {
+            let seen;
             {
                 let mut st = self.lock();
                 if st.machine.state() == vdi_core::DeviceState::Aborted {
@@ -642,6 +657,9 @@ impl vdi_core::ServerDevice for ServerDevice {
                         .abort_one(&mut st)
                         .ok_or_else(|| self.set.abort_error());
                 }
+                // Where the wait below starts (a pop by another thread before it makes the
+                // wait return at once).
+                seen = st.cq;
                 match queue::pop(&control.cq(self.index), &mut st.cq) {
                     Err(()) => {
                         drop(st);
@@ -666,7 +684,7 @@ impl vdi_core::ServerDevice for ServerDevice {
                         }
                         st.generations[slot] = generation.wrapping_add(1);
                         st.machine.completed(f.code, code);
-                        st.last_progress = Instant::now();
+                        st.progressed = true;
                         let completion = Completion {
                             code,
                             bytes_transferred: bytes,
@@ -691,7 +709,7 @@ impl vdi_core::ServerDevice for ServerDevice {
                             control.abort(AbortReason::PeerExited);
                             continue;
                         }
-                        if self.server_timed_out(&st) {
+                        if self.server_timed_out(&mut st) {
                             warn!(device = %self.name, "no completion for twice serverTimeOut; aborting");
                             control.abort(AbortReason::ServerTimeout);
                             continue;
@@ -699,10 +717,9 @@ impl vdi_core::ServerDevice for ServerDevice {
                     }
                 }
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            let Some(slice) = deadline.next_slice() else {
                 return Err(Error::Timeout);
             };
-            let seen = self.lock().cq;
             queue::wait(
                 &control.cq(self.index),
                 seen,
