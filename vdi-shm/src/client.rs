@@ -159,6 +159,10 @@ pub(crate) struct Shared {
     pub(crate) client_config: ClientConfig,
     pub(crate) segments: Segments,
     machine: Mutex<ClientSetMachine>,
+    /// Changes (under the machine's lock) whenever a guard that may have changed the machine
+    /// goes; starts at 1, so the 0 of a fresh memo matches nothing (see
+    /// [`Shared::check_memo`]).
+    machine_version: AtomicU64,
     config: OnceLock<Config>,
     pub(crate) primary: bool,
     pub(crate) monitor: Mutex<Option<Monitor>>,
@@ -181,6 +185,7 @@ impl Shared {
             client_config,
             segments: Segments::new(),
             machine: Mutex::new(machine),
+            machine_version: AtomicU64::new(1),
             config: OnceLock::new(),
             primary,
             monitor: Mutex::new(None),
@@ -189,14 +194,46 @@ impl Shared {
         }
     }
 
-    fn machine(&self) -> MutexGuard<'_, ClientSetMachine> {
+    fn machine(&self) -> MachineGuard<'_> {
         let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
         // An abort recorded in shared memory (by the peer, or by a monitor that saw a peer
         // die) reaches the local machine here.
         if let Some(reason) = self.control.abort_reason() {
             let _ = m.signal_abort(reason);
         }
-        m
+        MachineGuard {
+            machine: m,
+            version: &self.machine_version,
+            may_change: true,
+        }
+    }
+
+    /// The set machine's answer to `check` (a per-device call check that depends on nothing
+    /// but the machine's state), remembered in `memo`: while no guard that may have changed
+    /// the machine went since the machine last answered `Ok` (and no abort is recorded, which
+    /// the machine would take in), the machine's state is unchanged, so its answer is too. The
+    /// calls on a busy device (GetCommand, CompleteCommand) then take no set-wide lock.
+    fn check_memo(
+        &self,
+        memo: &AtomicU64,
+        check: impl FnOnce(&ClientSetMachine) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if memo.load(Ordering::Acquire) == self.machine_version.load(Ordering::Acquire)
+            && self.control.abort_reason().is_none()
+        {
+            return Ok(());
+        }
+        let mut m = self.machine();
+        // Only an abort taken in from shared memory (then the check fails and nothing is
+        // remembered) changes the machine here; a guard that only answered leaves the other
+        // memos valid, so GetCommand's and CompleteCommand's do not undo each other.
+        m.may_change = self.control.abort_reason().is_some();
+        check(&m)?;
+        memo.store(
+            self.machine_version.load(Ordering::Relaxed),
+            Ordering::Release,
+        );
+        Ok(())
     }
 
     /// Whether the set was aborted, by anyone.
@@ -236,6 +273,40 @@ impl Shared {
     /// Whether the set is configured (the server published its configuration).
     pub(crate) fn is_configured(&self) -> bool {
         self.control.state().load(Ordering::Acquire) == STATE_CONFIGURED
+    }
+}
+
+/// The set machine, locked; dropping it marks the machine as possibly changed (see
+/// [`Shared::check_memo`]).
+struct MachineGuard<'a> {
+    machine: MutexGuard<'a, ClientSetMachine>,
+    version: &'a AtomicU64,
+    /// Whether the holder may have changed the machine (every holder but
+    /// [`Shared::check_memo`], which only asks it).
+    may_change: bool,
+}
+
+impl core::ops::Deref for MachineGuard<'_> {
+    type Target = ClientSetMachine;
+
+    fn deref(&self) -> &ClientSetMachine {
+        &self.machine
+    }
+}
+
+impl core::ops::DerefMut for MachineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ClientSetMachine {
+        &mut self.machine
+    }
+}
+
+impl Drop for MachineGuard<'_> {
+    fn drop(&mut self) {
+        if self.may_change {
+            // Under the lock, so a plain store: the only writers hold it.
+            let v = self.version.load(Ordering::Relaxed);
+            self.version.store(v + 1, Ordering::Release);
+        }
     }
 }
 
@@ -379,6 +450,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     ended: false,
                 }),
                 kick: std::sync::atomic::AtomicBool::new(false),
+                get_ok: AtomicU64::new(0),
+                complete_ok: AtomicU64::new(0),
             }),
         })
     }
@@ -478,6 +551,10 @@ pub(crate) struct DeviceInner {
     /// Set when a completion may let a waiting GetCommand proceed (a held ClearError, or the
     /// end of a closed device); waiters check it before and after they sleep.
     kick: std::sync::atomic::AtomicBool,
+    /// The set machine's last `Ok` to GetCommand on this device (see [`Shared::check_memo`]).
+    get_ok: AtomicU64,
+    /// The same for CompleteCommand.
+    complete_ok: AtomicU64,
 }
 
 /// A device as a client process sees it (`IClientVirtualDevice`).
@@ -677,7 +754,8 @@ impl vdi_core::ClientDevice for ClientDevice {
                 if st.ended {
                     break Err(Error::Closed);
                 }
-                if let Err(e) = set.machine().check_get_command(inner.index) {
+                if let Err(e) = set.check_memo(&inner.get_ok, |m| m.check_get_command(inner.index))
+                {
                     break Err(e);
                 }
                 if st.machine.take_held()
@@ -790,7 +868,9 @@ fn complete_raw(
     tag: u64,
     completion: Completion,
 ) -> Result<(), Error> {
-    inner.set.machine().check_complete_command(inner.index)?;
+    inner.set.check_memo(&inner.complete_ok, |m| {
+        m.check_complete_command(inner.index)
+    })?;
     let mut st = inner.lock();
     inner.finish(&mut st, code, tag, completion)?;
     trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
@@ -962,6 +1042,10 @@ mod tests {
         Timeout,
     };
 
+    use std::sync::atomic::Ordering;
+
+    use vdi_core::{Call, ProtocolReason};
+
     use super::test_hook;
     use crate::{ClientDevice, ClientSet, ServerDevice, ServerSet, ShmClient, ShmServer};
 
@@ -1011,6 +1095,38 @@ mod tests {
         drop(sdev.borrow_mut().take());
         server.close().unwrap();
         set.close().unwrap();
+    }
+
+    /// GetCommand and CompleteCommand remember the set machine's `Ok` instead of locking it on
+    /// every call; any change of the machine must end that (here: the set terminating while a
+    /// command is still outstanding, forced through the machine).
+    #[test]
+    fn remembered_set_checks_follow_the_machine() {
+        let (set, cdev, server, sdev) = pair("memo");
+        for _ in 0..2 {
+            sdev.send(ServerCommand::control(CommandCode::FLUSH))
+                .unwrap();
+        }
+        let first = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        let second = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        cdev.complete(first, Completion::success(0)).unwrap();
+        // Answering alone changes nothing: the remembered answers stay.
+        let v = set.shared.machine_version.load(Ordering::Relaxed);
+        assert_eq!(cdev.command(Timeout::POLL).unwrap_err(), Error::Timeout);
+        assert_eq!(set.shared.machine_version.load(Ordering::Relaxed), v);
+        set.shared.machine().device_closed(cdev.inner.index);
+        assert_eq!(
+            cdev.complete(second, Completion::success(0)).unwrap_err(),
+            Error::Protocol(ProtocolReason::WrongState(Call::CompleteCommand))
+        );
+        assert_eq!(
+            cdev.command(Timeout::POLL).unwrap_err(),
+            Error::Protocol(ProtocolReason::WrongState(Call::GetCommand))
+        );
+        let _ = sdev.close();
+        drop(sdev);
+        let _ = server.close();
+        let _ = set.close();
     }
 
     /// A device closed with a command still outstanding (held by another thread, here by
