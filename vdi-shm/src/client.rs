@@ -22,6 +22,7 @@ use crate::{
     monitor::{self, Monitor},
     pool,
     queue::{self, RingIndex},
+    ring::WaitOutcome,
     segments::Segments,
     sys::{self, Socket},
     view::BufView,
@@ -812,16 +813,16 @@ impl vdi_core::ClientDevice for ClientDevice {
                     Ok(None) => {}
                 }
             }
-            let Some(slice) = deadline.next_slice() else {
+            if deadline.is_poll() {
                 break Err(Error::Timeout);
-            };
+            }
             #[cfg(test)]
             test_hook::before_wait();
-            let _outcome = queue::wait(
+            let outcome = queue::wait(
                 &set.control.sq(inner.index),
                 seen,
                 set.spins,
-                slice,
+                &mut deadline,
                 &|| {
                     set.aborted()
                         || inner.kick.load(Ordering::SeqCst)
@@ -829,7 +830,10 @@ impl vdi_core::ClientDevice for ClientDevice {
                 },
             );
             #[cfg(test)]
-            test_hook::after_wait(_outcome);
+            test_hook::after_wait(outcome);
+            if outcome == WaitOutcome::TimedOut {
+                break Err(Error::Timeout);
+            }
         };
         if let Err(e) = &result
             && !matches!(e, Error::Timeout | Error::Closed)

@@ -11,6 +11,7 @@ use vdi_core::{ClientConfig, Config, ServerConfig};
 use crate::{
     client::parse_command,
     layout::{Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH},
+    monitor::LazyDeadline,
     queue::{self, RingIndex},
     segments::Segments,
     sys::{Attachment, Mapping},
@@ -113,9 +114,10 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
     for i in 0..devices {
         let _ = control.device_name(i);
         let mut idx = RingIndex::default();
-        // A wait that spins briefly and sleeps for no time reads the next slot's publication
-        // word as a waiting GetCommand does.
-        let _ = queue::wait(&control.sq(i), idx, 2, Duration::ZERO, &|| false);
+        // A wait that spins briefly (and, its deadline passed, never sleeps) reads the next
+        // slot's publication word as a waiting GetCommand does.
+        let mut deadline = LazyDeadline::new(vdi_core::Timeout::from_millis(0));
+        let _ = queue::wait(&control.sq(i), idx, 2, &mut deadline, &|| false);
         for _ in 0..=QUEUE_DEPTH + 1 {
             match queue::pop(&control.sq(i), &mut idx) {
                 Ok(Some(entry)) => {

@@ -44,10 +44,10 @@ pub(crate) fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
 }
 
 /// The deadline of a call that may wait (GetCommand, the server's completion), read from the
-/// clock only when the call first has to wait: a call whose answer is already there, the
-/// common case of a busy device, never reads the clock, and an infinite timeout never does.
-/// The timeout therefore runs from the call's first wait rather than from its entry, which is
-/// later by one look at the ring.
+/// clock only when the call first has to sleep: a call whose answer is already there, or comes
+/// while it spins, never reads the clock, and an infinite timeout never does. The timeout
+/// therefore runs from the call's first sleep rather than from its entry, which is later by
+/// one look at the ring and one spin.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LazyDeadline {
     /// The call's timeout (`None`: infinite).
@@ -73,6 +73,11 @@ impl LazyDeadline {
         let now = Instant::now();
         let at = *self.at.get_or_insert(now + timeout);
         (now < at).then(|| (at - now).min(SLEEP_SLICE))
+    }
+
+    /// Whether the timeout is zero ([`vdi_core::Timeout::POLL`]): the call never waits.
+    pub(crate) fn is_poll(&self) -> bool {
+        self.timeout == Some(Duration::ZERO)
     }
 
     /// Whether the deadline has passed (starting it if it had not started).

@@ -2,9 +2,8 @@
 //! to or consumes from (never trusting the copy in shared memory), and sleeps and wakes through
 //! the shared futex.
 
-use std::time::Duration;
-
 use crate::{
+    monitor::LazyDeadline,
     ring::{Consumer, Producer, PushError, Ring, WaitOutcome, wake_all_sleepers},
     sys::FutexWake,
 };
@@ -38,15 +37,22 @@ pub(crate) fn pop(ring: &Ring<'_>, idx: &mut RingIndex) -> Result<Option<[u64; 4
     r.map_err(|_| ())
 }
 
-/// Waits at most one `slice` for an entry past `seen`, spinning `spins` times first.
+/// Waits for an entry past `seen`: spins `spins` times, then sleeps at most the slice
+/// `deadline` gives (reading the clock only then); [`WaitOutcome::TimedOut`] when it has passed.
 pub(crate) fn wait(
     ring: &Ring<'_>,
     seen: RingIndex,
     spins: u32,
-    slice: Duration,
+    deadline: &mut LazyDeadline,
     stop: &impl Fn() -> bool,
 ) -> WaitOutcome {
-    ring.wait(seen.index, &FutexWake, spins, slice, stop)
+    ring.wait_until(
+        seen.index,
+        &FutexWake,
+        spins,
+        || deadline.next_slice(),
+        stop,
+    )
 }
 
 /// Wakes every thread, in any process, sleeping on the ring.

@@ -263,6 +263,9 @@ pub(crate) enum WaitOutcome {
     Stopped,
     /// Slept one slice (or woke spuriously) and the ring is still empty.
     SliceElapsed,
+    /// The spin found nothing and the caller's deadline has passed (only from
+    /// [`Ring::wait_until`]): nothing was slept.
+    TimedOut,
 }
 
 /// What a slot's publication word says, for a consumer at index `h`.
@@ -342,6 +345,21 @@ impl<'a> Ring<'a> {
         sleep_slice: Duration,
         stop: &impl Fn() -> bool,
     ) -> WaitOutcome {
+        self.wait_until(seen_head, wake, spins, || Some(sleep_slice), stop)
+    }
+
+    /// [`Ring::wait`] with the sleep's length asked of `sleep_slice` only once
+    /// the spin found nothing, so that a wait answered while spinning costs no
+    /// clock read. `None` from it (the caller's deadline passed) ends the wait
+    /// with [`WaitOutcome::TimedOut`] before registering as a sleeper.
+    pub(crate) fn wait_until(
+        &self,
+        seen_head: u32,
+        wake: &impl Wake,
+        spins: u32,
+        sleep_slice: impl FnOnce() -> Option<Duration>,
+        stop: &impl Fn() -> bool,
+    ) -> WaitOutcome {
         let h = self.header;
         let empty = || self.slot_state(seen_head) == SlotState::Empty;
         for _ in 0..spins {
@@ -350,6 +368,9 @@ impl<'a> Ring<'a> {
             }
             relax();
         }
+        let Some(sleep_slice) = sleep_slice() else {
+            return WaitOutcome::TimedOut;
+        };
 
         h.waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -1029,6 +1050,37 @@ mod tests {
             ring.wait(4, &wake, 0, Duration::ZERO, &|| false),
             WaitOutcome::SliceElapsed
         );
+    }
+
+    #[test]
+    fn wait_until_asks_for_the_slice_only_after_an_empty_spin() {
+        let (h, e) = make(2);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let asked = &core::cell::Cell::new(0);
+        let slice = |s: Option<Duration>| {
+            move || {
+                asked.set(asked.get() + 1);
+                s
+            }
+        };
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(None), &|| false),
+            WaitOutcome::TimedOut
+        );
+        assert_eq!((asked.get(), wake.waits.load(Ordering::Relaxed)), (1, 0));
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(Some(Duration::ZERO)), &|| false),
+            WaitOutcome::SliceElapsed
+        );
+        assert_eq!((asked.get(), wake.waits.load(Ordering::Relaxed)), (2, 1));
+        Producer::new(ring, 0).push(entry(0), &wake).unwrap();
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(None), &|| false),
+            WaitOutcome::Ready
+        );
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::{
     monitor::{self, Monitor},
     pool::{self, AllocError, HandleTable, Placement, Pool},
     queue::{self, RingIndex},
+    ring::WaitOutcome,
     sys::{self, Mapping, Socket},
     view::BufView,
     wire::{Msg, Role},
@@ -717,16 +718,19 @@ impl vdi_core::ServerDevice for ServerDevice {
                     }
                 }
             }
-            let Some(slice) = deadline.next_slice() else {
+            if deadline.is_poll() {
                 return Err(Error::Timeout);
-            };
-            queue::wait(
+            }
+            let outcome = queue::wait(
                 &control.cq(self.index),
                 seen,
                 self.set.spins,
-                slice,
+                &mut deadline,
                 &|| control.abort_reason().is_some(),
             );
+            if outcome == WaitOutcome::TimedOut {
+                return Err(Error::Timeout);
+            }
         }
     }
 
