@@ -1407,6 +1407,7 @@ mod loom_tests {
                 WaitOutcome::Ready => return,
                 WaitOutcome::SliceElapsed => {}
                 WaitOutcome::Stopped => panic!("no stop was requested"),
+                WaitOutcome::TimedOut => panic!("a fixed slice never times out"),
             }
         }
     }
