@@ -575,9 +575,11 @@ impl ServerDevice {
     }
 
     /// Whether the client made no progress (no completion, while commands were outstanding)
-    /// for twice the client's serverTimeout. Progress is stamped with the time here, when a
-    /// call finds nothing to take, rather than at each send and completion, so that a busy
-    /// device reads no clock for it; the timeout then runs from a little later.
+    /// for twice the client's serverTimeout. Progress is stamped with the time here, at the
+    /// first look that finds nothing to take after it, rather than at each send and
+    /// completion, so that a busy device reads no clock for it. The timeout then runs from
+    /// that look: later than the progress itself only while the server was not waiting for
+    /// completions, when it could not have acted on a timeout anyway.
     fn server_timed_out(&self, st: &mut DeviceState) -> bool {
         let t = self.set.client.server_timeout;
         if t == 0 || st.machine.outstanding() == 0 {
