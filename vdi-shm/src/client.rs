@@ -22,6 +22,7 @@ use crate::{
     monitor::{self, Monitor},
     pool,
     queue::{self, RingIndex},
+    ring::WaitOutcome,
     segments::Segments,
     sys::{self, Socket},
     view::BufView,
@@ -159,6 +160,10 @@ pub(crate) struct Shared {
     pub(crate) client_config: ClientConfig,
     pub(crate) segments: Segments,
     machine: Mutex<ClientSetMachine>,
+    /// Changes (under the machine's lock) whenever a guard that may have changed the machine
+    /// goes; starts at 1, so the 0 of a fresh memo matches nothing (see
+    /// [`Shared::check_memo`]).
+    machine_version: AtomicU64,
     config: OnceLock<Config>,
     pub(crate) primary: bool,
     pub(crate) monitor: Mutex<Option<Monitor>>,
@@ -181,6 +186,7 @@ impl Shared {
             client_config,
             segments: Segments::new(),
             machine: Mutex::new(machine),
+            machine_version: AtomicU64::new(1),
             config: OnceLock::new(),
             primary,
             monitor: Mutex::new(None),
@@ -189,14 +195,46 @@ impl Shared {
         }
     }
 
-    fn machine(&self) -> MutexGuard<'_, ClientSetMachine> {
+    fn machine(&self) -> MachineGuard<'_> {
         let mut m = self.machine.lock().unwrap_or_else(PoisonError::into_inner);
         // An abort recorded in shared memory (by the peer, or by a monitor that saw a peer
         // die) reaches the local machine here.
         if let Some(reason) = self.control.abort_reason() {
             let _ = m.signal_abort(reason);
         }
-        m
+        MachineGuard {
+            machine: m,
+            version: &self.machine_version,
+            may_change: true,
+        }
+    }
+
+    /// The set machine's answer to `check` (a per-device call check that depends on nothing
+    /// but the machine's state), remembered in `memo`: while no guard that may have changed
+    /// the machine went since the machine last answered `Ok` (and no abort is recorded, which
+    /// the machine would take in), the machine's state is unchanged, so its answer is too. The
+    /// calls on a busy device (GetCommand, CompleteCommand) then take no set-wide lock.
+    fn check_memo(
+        &self,
+        memo: &AtomicU64,
+        check: impl FnOnce(&ClientSetMachine) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if memo.load(Ordering::Acquire) == self.machine_version.load(Ordering::Acquire)
+            && self.control.abort_reason().is_none()
+        {
+            return Ok(());
+        }
+        let mut m = self.machine();
+        // Only an abort taken in from shared memory (then the check fails and nothing is
+        // remembered) changes the machine here; a guard that only answered leaves the other
+        // memos valid, so GetCommand's and CompleteCommand's do not undo each other.
+        m.may_change = self.control.abort_reason().is_some();
+        check(&m)?;
+        memo.store(
+            self.machine_version.load(Ordering::Relaxed),
+            Ordering::Release,
+        );
+        Ok(())
     }
 
     /// Whether the set was aborted, by anyone.
@@ -236,6 +274,40 @@ impl Shared {
     /// Whether the set is configured (the server published its configuration).
     pub(crate) fn is_configured(&self) -> bool {
         self.control.state().load(Ordering::Acquire) == STATE_CONFIGURED
+    }
+}
+
+/// The set machine, locked; dropping it marks the machine as possibly changed (see
+/// [`Shared::check_memo`]).
+struct MachineGuard<'a> {
+    machine: MutexGuard<'a, ClientSetMachine>,
+    version: &'a AtomicU64,
+    /// Whether the holder may have changed the machine (every holder but
+    /// [`Shared::check_memo`], which only asks it).
+    may_change: bool,
+}
+
+impl core::ops::Deref for MachineGuard<'_> {
+    type Target = ClientSetMachine;
+
+    fn deref(&self) -> &ClientSetMachine {
+        &self.machine
+    }
+}
+
+impl core::ops::DerefMut for MachineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ClientSetMachine {
+        &mut self.machine
+    }
+}
+
+impl Drop for MachineGuard<'_> {
+    fn drop(&mut self) {
+        if self.may_change {
+            // Under the lock, so a plain store: the only writers hold it.
+            let v = self.version.load(Ordering::Relaxed);
+            self.version.store(v + 1, Ordering::Release);
+        }
     }
 }
 
@@ -385,6 +457,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     ended: false,
                 }),
                 kick: std::sync::atomic::AtomicBool::new(false),
+                get_ok: AtomicU64::new(0),
+                complete_ok: AtomicU64::new(0),
             }),
         })
     }
@@ -484,6 +558,10 @@ pub(crate) struct DeviceInner {
     /// Set when a completion may let a waiting GetCommand proceed (a held ClearError, or the
     /// end of a closed device); waiters check it before and after they sleep.
     kick: std::sync::atomic::AtomicBool,
+    /// The set machine's last `Ok` to GetCommand on this device (see [`Shared::check_memo`]).
+    get_ok: AtomicU64,
+    /// The same for CompleteCommand.
+    complete_ok: AtomicU64,
 }
 
 /// A device as a client process sees it (`IClientVirtualDevice`).
@@ -527,10 +605,15 @@ impl DeviceInner {
             return Err(self.set.peer_misbehaved());
         }
         st.machine.completed(code, c.code);
-        if st.machine.outstanding() == 0 {
+        if st.machine.outstanding() == 0
+            && (st.machine.has_held() || device_closed(control, self.index))
+        {
             // A held ClearError may now be delivered, or a closed device may now end: wake
             // this process's waiters (the flag first, so a waiter that samples the wake word
-            // after the bump sees it in its stop check).
+            // after the bump sees it in its stop check). Nothing else a waiter waits for
+            // depends on the last completion, so the common case makes no system call here.
+            // A close that lands after this look at the flag wakes the waiters itself, and a
+            // waiter that has not seen the flag yet stops on it (see `command`).
             self.kick.store(true, Ordering::SeqCst);
             queue::wake(&control.sq(self.index));
         }
@@ -538,8 +621,14 @@ impl DeviceInner {
     }
 }
 
-/// Turns a command entry into a command, validating everything the server wrote.
-fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
+/// Turns a command entry into a command, validating everything the server wrote. The command
+/// holds the device through `spare` if there is one (a clone made while waiting), otherwise a
+/// new clone.
+fn build(
+    inner: &Arc<DeviceInner>,
+    spare: &mut Option<Arc<DeviceInner>>,
+    entry: [u64; 4],
+) -> Result<Command, Error> {
     let set = &inner.set;
     let Ok(Some(cfg)) = set.load_config() else {
         return Err(set.peer_misbehaved());
@@ -555,7 +644,7 @@ fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
         return Err(set.peer_misbehaved());
     };
     Ok(Command {
-        device: Arc::clone(inner),
+        device: spare.take().unwrap_or_else(|| Arc::clone(inner)),
         code: parsed.code,
         size: parsed.size,
         position: parsed.position,
@@ -656,10 +745,23 @@ impl vdi_core::ClientDevice for ClientDevice {
     fn command(&self, timeout: Timeout) -> Result<Command, Error> {
         let inner = &self.inner;
         let set = &inner.set;
-        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let mut deadline = monitor::LazyDeadline::new(timeout);
+        // Whether this thread saw the device closed at its last look. Until it has, a wait
+        // stops as soon as the flag appears: the server's wake-up after setting it reaches only
+        // a registered sleeper, so a thread still spinning would otherwise sleep a whole slice.
+        // Once it has (and commands are still outstanding in other threads), the wait leaves
+        // the flag out, or it would return at once, every time: a hot loop.
+        let mut closed_seen;
+        let mut seen;
+        // The command's hold on the device, cloned before this thread waits, so that taking a
+        // command that comes while it spins costs no atomic read-modify-write for it.
+        let mut spare = None;
         let result = loop {
-            inner.kick.store(false, Ordering::SeqCst);
+            // Clear an old kick (a kick stored after this load is seen by the wait below); the
+            // common case, no kick, stores nothing.
+            if inner.kick.load(Ordering::SeqCst) {
+                inner.kick.store(false, Ordering::SeqCst);
+            }
             {
                 let mut st = inner.lock();
                 // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
@@ -668,28 +770,28 @@ impl vdi_core::ClientDevice for ClientDevice {
                 if st.ended {
                     break Err(Error::Closed);
                 }
-                if let Err(e) = set.machine().check_get_command(inner.index) {
+                if let Err(e) = set.check_memo(&inner.get_ok, |m| m.check_get_command(inner.index))
+                {
                     break Err(e);
                 }
                 if st.machine.take_held()
                     && let Some(entry) = st.held.take()
                 {
-                    break build(inner, entry);
+                    break build(inner, &mut spare, entry);
                 }
                 // The server sets the flag after pushing its last command: an empty ring seen
                 // after the flag means no command will come.
-                let closed = set
-                    .control
-                    .device_flags(inner.index)
-                    .load(Ordering::Acquire)
-                    & DEV_CLOSED
-                    != 0;
+                let closed = device_closed(&set.control, inner.index);
+                closed_seen = closed;
+                // Where this thread's wait starts; another thread may pop before it waits,
+                // which makes the wait return at once (a stale head is Ready).
+                seen = st.sq;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
                     Ok(Some(entry)) => {
                         let code = CommandCode(entry[0] as u32);
                         match st.machine.on_command(code) {
-                            Delivery::Deliver => break build(inner, entry),
+                            Delivery::Deliver => break build(inner, &mut spare, entry),
                             Delivery::FailIoDevice => {
                                 trace!(device = %inner.name, code = ?code, "failed unseen: device in IO-ERROR");
                                 if fail_unseen(inner, &mut st, entry).is_err() {
@@ -707,7 +809,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                             }
                         }
                         // The deadline holds even while the ring keeps refilling.
-                        if expired() {
+                        if deadline.expired() {
                             break Err(Error::Timeout);
                         }
                         continue;
@@ -726,17 +828,30 @@ impl vdi_core::ClientDevice for ClientDevice {
                     Ok(None) => {}
                 }
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            if deadline.is_poll() {
                 break Err(Error::Timeout);
-            };
-            let seen = inner.lock().sq;
-            queue::wait(
+            }
+            if spare.is_none() {
+                spare = Some(Arc::clone(inner));
+            }
+            #[cfg(test)]
+            test_hook::before_wait();
+            let outcome = queue::wait(
                 &set.control.sq(inner.index),
                 seen,
                 set.spins,
-                slice,
-                &|| set.aborted() || inner.kick.load(Ordering::SeqCst),
+                &mut deadline,
+                &|| {
+                    set.aborted()
+                        || inner.kick.load(Ordering::SeqCst)
+                        || (!closed_seen && device_closed(&set.control, inner.index))
+                },
             );
+            #[cfg(test)]
+            test_hook::after_wait(outcome);
+            if outcome == WaitOutcome::TimedOut {
+                break Err(Error::Timeout);
+            }
         };
         if let Err(e) = &result
             && !matches!(e, Error::Timeout | Error::Closed)
@@ -775,7 +890,9 @@ fn complete_raw(
     tag: u64,
     completion: Completion,
 ) -> Result<(), Error> {
-    inner.set.machine().check_complete_command(inner.index)?;
+    inner.set.check_memo(&inner.complete_ok, |m| {
+        m.check_complete_command(inner.index)
+    })?;
     let mut st = inner.lock();
     inner.finish(&mut st, code, tag, completion)?;
     trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
@@ -877,9 +994,192 @@ impl vdi_core::MappedBuffer for MappedBuffer {
     }
 }
 
+/// Whether the server closed device `index` (CloseDevice). The server sets the flag after
+/// pushing its last command to the device.
+fn device_closed(control: &Control, index: u32) -> bool {
+    control.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
+}
+
 /// Whether every device of the set was closed by the server: the set ended normally, and a
 /// peer that goes away now leaves nothing waiting.
 pub(crate) fn ended_normally(control: &Control) -> bool {
-    (0..control.device_count())
-        .all(|i| control.device_flags(i).load(Ordering::Acquire) & DEV_CLOSED != 0)
+    (0..control.device_count()).all(|i| device_closed(control, i))
+}
+
+/// Per-thread hooks into GetCommand's wait loop, for tests that must steer an interleaving or
+/// count waits without measuring time.
+#[cfg(test)]
+mod test_hook {
+    use std::cell::{Cell, RefCell};
+
+    use crate::ring::WaitOutcome;
+
+    thread_local! {
+        /// Runs right before each wait, after the checks under the device lock.
+        static BEFORE_WAIT: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+        /// Waits started on this thread.
+        static WAITS: Cell<u32> = const { Cell::new(0) };
+        /// Waits on this thread that ended with a whole slice slept (or a spurious wake-up).
+        static SLICES: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Runs `hook` before every wait of GetCommand on this thread (until [`clear`]).
+    pub(super) fn set(hook: impl FnMut() + 'static) {
+        BEFORE_WAIT.with_borrow_mut(|h| *h = Some(Box::new(hook)));
+    }
+
+    /// Removes this thread's hook.
+    pub(super) fn clear() {
+        BEFORE_WAIT.with_borrow_mut(|h| *h = None);
+    }
+
+    /// The counts of this thread as (waits, slices slept), reset to zero.
+    pub(super) fn take_counts() -> (u32, u32) {
+        (WAITS.replace(0), SLICES.replace(0))
+    }
+
+    pub(super) fn before_wait() {
+        WAITS.set(WAITS.get() + 1);
+        BEFORE_WAIT.with_borrow_mut(|h| {
+            if let Some(h) = h {
+                h();
+            }
+        });
+    }
+
+    pub(super) fn after_wait(outcome: WaitOutcome) {
+        if outcome == WaitOutcome::SliceElapsed {
+            SLICES.set(SLICES.get() + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use vdi_core::{
+        ClientBackend, ClientConfig, ClientDevice as _, ClientDeviceSet, CommandCode, Completion,
+        Error, ServerBackend, ServerCommand, ServerConfig, ServerDevice as _, ServerDeviceSet,
+        Timeout,
+    };
+
+    use std::sync::atomic::Ordering;
+
+    use vdi_core::{Call, ProtocolReason};
+
+    use super::test_hook;
+    use crate::{ClientDevice, ClientSet, ServerDevice, ServerSet, ShmClient, ShmServer};
+
+    /// A configured one-device set with both sides in this thread.
+    fn pair(tag: &str) -> (ClientSet, ClientDevice, ServerSet, ServerDevice) {
+        let name = format!("client-{tag}-{}", std::process::id());
+        let set = ShmClient::new()
+            .create(None, &name, &ClientConfig::default())
+            .unwrap();
+        let server = ShmServer::new().open(None, &name).unwrap();
+        server
+            .begin_configuration(&ServerConfig::backup(512, 65536))
+            .unwrap();
+        let sdev = server.open_device(&name).unwrap();
+        server.end_configuration().unwrap();
+        set.configuration(Timeout::from_millis(10_000)).unwrap();
+        let cdev = set.open_device(&name).unwrap();
+        (set, cdev, server, sdev)
+    }
+
+    /// CloseDevice landing after GetCommand looked at the device flags, but before it
+    /// registered as a sleeper (while it spins), must end the wait at once: the close's
+    /// wake-up went out before the client registered, so only the stop predicate can see it.
+    /// Before the fix the wait slept a whole slice (counted here), then returned VD_E_CLOSE.
+    #[test]
+    fn close_while_spinning_ends_get_command_without_sleeping() {
+        let (set, cdev, server, sdev) = pair("close-spin");
+        let sdev = Rc::new(RefCell::new(Some(sdev)));
+        let hook_dev = Rc::clone(&sdev);
+        test_hook::set(move || {
+            if let Some(d) = hook_dev.borrow().as_ref()
+                && d.outstanding() == 0
+            {
+                // Idempotent enough: a second call fails with a state error, ignored.
+                let _ = d.close();
+            }
+        });
+        let _ = test_hook::take_counts();
+        assert_eq!(
+            cdev.command(Timeout::from_millis(10_000)).unwrap_err(),
+            Error::Closed
+        );
+        let (waits, slices) = test_hook::take_counts();
+        test_hook::clear();
+        assert_eq!(waits, 1, "one wait, ended by the close");
+        assert_eq!(slices, 0, "the wait slept a slice after the close");
+        drop(sdev.borrow_mut().take());
+        server.close().unwrap();
+        set.close().unwrap();
+    }
+
+    /// GetCommand and CompleteCommand remember the set machine's `Ok` instead of locking it on
+    /// every call; any change of the machine must end that (here: the set terminating while a
+    /// command is still outstanding, forced through the machine).
+    #[test]
+    fn remembered_set_checks_follow_the_machine() {
+        let (set, cdev, server, sdev) = pair("memo");
+        for _ in 0..2 {
+            sdev.send(ServerCommand::control(CommandCode::FLUSH))
+                .unwrap();
+        }
+        let first = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        let second = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        cdev.complete(first, Completion::success(0)).unwrap();
+        // Answering alone changes nothing: the remembered answers stay.
+        let v = set.shared.machine_version.load(Ordering::Relaxed);
+        assert_eq!(cdev.command(Timeout::POLL).unwrap_err(), Error::Timeout);
+        assert_eq!(set.shared.machine_version.load(Ordering::Relaxed), v);
+        set.shared.machine().device_closed(cdev.inner.index);
+        assert_eq!(
+            cdev.complete(second, Completion::success(0)).unwrap_err(),
+            Error::Protocol(ProtocolReason::WrongState(Call::CompleteCommand))
+        );
+        assert_eq!(
+            cdev.command(Timeout::POLL).unwrap_err(),
+            Error::Protocol(ProtocolReason::WrongState(Call::GetCommand))
+        );
+        let _ = sdev.close();
+        drop(sdev);
+        let _ = server.close();
+        let _ = set.close();
+    }
+
+    /// A device closed with a command still outstanding (held by another thread, here by
+    /// the test) ends only once that command is completed; meanwhile GetCommand sleeps in
+    /// slices rather than returning at once from every wait.
+    #[test]
+    fn closed_with_a_command_outstanding_waits_without_spinning_hot() {
+        let (set, cdev, server, sdev) = pair("close-outstanding");
+        sdev.send(ServerCommand::control(CommandCode::FLUSH))
+            .unwrap();
+        let cmd = cdev.command(Timeout::from_millis(10_000)).unwrap();
+        sdev.close().unwrap();
+        let _ = test_hook::take_counts();
+        assert_eq!(
+            cdev.command(Timeout::from_millis(250)).unwrap_err(),
+            Error::Timeout
+        );
+        let (waits, _) = test_hook::take_counts();
+        // Three 100 ms slices and what is left; a hot loop makes thousands of waits.
+        assert!(waits <= 20, "{waits} waits in 250 ms");
+        cdev.complete(cmd, Completion::success(0)).unwrap();
+        assert_eq!(
+            sdev.completion(Timeout::from_millis(10_000)).unwrap().code,
+            CommandCode::FLUSH
+        );
+        assert_eq!(
+            cdev.command(Timeout::from_millis(10_000)).unwrap_err(),
+            Error::Closed
+        );
+        drop(sdev);
+        server.close().unwrap();
+        set.close().unwrap();
+    }
 }

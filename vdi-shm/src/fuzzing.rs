@@ -11,6 +11,7 @@ use vdi_core::{ClientConfig, Config, ServerConfig};
 use crate::{
     client::parse_command,
     layout::{Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH},
+    monitor::LazyDeadline,
     queue::{self, RingIndex},
     segments::Segments,
     sys::{Attachment, Mapping},
@@ -47,9 +48,10 @@ fn fixture(devices: u32) -> &'static Mutex<Fixture> {
 
 /// Treats `data` as what a misbehaving peer wrote into a device set's control segment, then
 /// runs every check a process applies to it: the header check of `Open`/`OpenInSecondary`, the
-/// configuration rules, device names, command entries with their buffer descriptors (touching
-/// every byte of the buffer views they yield), completion entries, and descriptors. It must
-/// never panic, hang, or touch memory outside the mappings.
+/// configuration rules, device names, the rings' slot publication words and consumer heads,
+/// command entries with their buffer descriptors (touching every byte of the buffer views they
+/// yield), completion entries, and descriptors. It must never panic, hang, or touch memory
+/// outside the mappings.
 ///
 /// The first byte picks the device count (1..=4) and the mode: raw bytes laid over the header,
 /// or (offset, value) patches applied to a valid segment, which reaches deeper code.
@@ -112,6 +114,10 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
     for i in 0..devices {
         let _ = control.device_name(i);
         let mut idx = RingIndex::default();
+        // A wait that spins briefly (and, its deadline passed, never sleeps) reads the next
+        // slot's publication word as a waiting GetCommand does.
+        let mut deadline = LazyDeadline::new(vdi_core::Timeout::from_millis(0));
+        let _ = queue::wait(&control.sq(i), idx, 2, &mut deadline, &|| false);
         for _ in 0..=QUEUE_DEPTH + 1 {
             match queue::pop(&control.sq(i), &mut idx) {
                 Ok(Some(entry)) => {
@@ -133,6 +139,17 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
                 // flight, which a peer cannot write; nothing here trusts the entry.
                 Ok(Some(_)) => {}
                 Ok(None) | Err(()) => break,
+            }
+        }
+        // The producers' side: the server pushes commands and the client completions, each
+        // checking the consumer's `head` when its own view of the ring says full (so more
+        // pushes than the ring holds reach that check).
+        for ring in [control.sq(i), control.cq(i)] {
+            let mut idx = RingIndex::default();
+            for n in 0..=QUEUE_DEPTH + 1 {
+                if queue::push(&ring, &mut idx, [u64::from(n); 4]).is_err() {
+                    break;
+                }
             }
         }
     }

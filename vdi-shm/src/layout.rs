@@ -29,9 +29,12 @@ use crate::{
 };
 
 /// "VDISHM" followed by the layout version, little-endian.
-pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"VDISHM\x00\x01");
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"VDISHM\x00\x02");
 /// The version of this layout; peers must agree on it.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+///
+/// 2: ring entries of one 64-byte line each, with a per-slot publication word; no shared
+/// `tail` (see the `ring` module).
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Commands that may be outstanding on one device: the capacity of each ring.
 pub const QUEUE_DEPTH: u32 = 128;
 /// Buffer descriptors in a set: the most buffers a set can have allocated at once.
@@ -48,7 +51,18 @@ const DEVICE_STRIDE: usize = (DEV_CQ + RING_HEADER + RING_ENTRIES).next_multiple
 const DESCRIPTOR_SIZE: usize = 16;
 const SEGMENT_TABLE: usize = 256;
 
-const _: () = assert!(SEGMENT_TABLE + MAX_SEGMENTS as usize * 8 <= DEVICE_BASE);
+const _: () = {
+    assert!(SEGMENT_TABLE + MAX_SEGMENTS as usize * 8 <= DEVICE_BASE);
+    // Ring headers sit on their own 128-byte lines, entries on 64-byte lines of their own.
+    assert!(RING_HEADER == 256 && size_of::<Entry>() == 64);
+    assert!(DEVICE_BASE.is_multiple_of(128) && DEVICE_STRIDE.is_multiple_of(128));
+    assert!(DEV_SQ.is_multiple_of(128) && DEV_CQ.is_multiple_of(128));
+    assert!((DEV_SQ + RING_HEADER).is_multiple_of(64) && (DEV_CQ + RING_HEADER).is_multiple_of(64));
+    // The device's flags, client pid and name fit below its command ring.
+    assert!(D_NAME + vdi_core::MAX_NAME_LEN <= DEV_SQ);
+    // 128 entries of 64 bytes per ring, two rings and their headers per device.
+    assert!(DEVICE_STRIDE == 17_024);
+};
 
 // Header offsets.
 const H_MAGIC: usize = 0;

@@ -43,6 +43,49 @@ pub(crate) fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
     }
 }
 
+/// The deadline of a call that may wait (GetCommand, the server's completion), read from the
+/// clock only when the call first has to sleep: a call whose answer is already there, or comes
+/// while it spins, never reads the clock, and an infinite timeout never does. The timeout
+/// therefore runs from the call's first sleep rather than from its entry, which is later by
+/// one look at the ring and one spin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LazyDeadline {
+    /// The call's timeout (`None`: infinite).
+    timeout: Option<Duration>,
+    /// When it ends, once the clock was read.
+    at: Option<Instant>,
+}
+
+impl LazyDeadline {
+    /// A deadline `timeout` from the first wait.
+    pub(crate) fn new(timeout: vdi_core::Timeout) -> Self {
+        Self {
+            timeout: timeout.as_duration(),
+            at: None,
+        }
+    }
+
+    /// The length of the next sleep ([`next_slice`]), or `None` once the deadline has passed.
+    pub(crate) fn next_slice(&mut self) -> Option<Duration> {
+        let Some(timeout) = self.timeout else {
+            return Some(SLEEP_SLICE);
+        };
+        let now = Instant::now();
+        let at = *self.at.get_or_insert(now + timeout);
+        (now < at).then(|| (at - now).min(SLEEP_SLICE))
+    }
+
+    /// Whether the timeout is zero ([`vdi_core::Timeout::POLL`]): the call never waits.
+    pub(crate) fn is_poll(&self) -> bool {
+        self.timeout == Some(Duration::ZERO)
+    }
+
+    /// Whether the deadline has passed (starting it if it had not started).
+    pub(crate) fn expired(&mut self) -> bool {
+        self.timeout.is_some() && self.next_slice().is_none()
+    }
+}
+
 /// How long a connecting peer has to say hello, and a connecting side waits for the answer.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 /// The largest buffer segment a client maps (1 TiB).

@@ -1,35 +1,49 @@
-//! Single-producer / single-consumer ring of fixed 32-byte entries in memory
-//! shared between two mutually distrusting processes, plus the spin-then-sleep
-//! wake protocol used by the consumer.
+//! Single-producer / single-consumer ring of fixed entries (four 64-bit words
+//! each) in memory shared between two mutually distrusting processes, plus the
+//! spin-then-sleep wake protocol used by the consumer.
 //!
 //! # Layout
 //!
 //! A ring is two pieces of shared memory, both `#[repr(C)]`, pointer-free and
 //! made only of fixed-width atomics and padding:
 //!
-//! * a [`RingHeader`] (384 bytes, 128-byte aligned): three 128-byte lines so
-//!   that the producer-written `tail`, the consumer-written `head` and the
-//!   rarely touched sleeper bookkeeping (`waiters`, `wake_seq`) never share a
-//!   cache line;
-//! * an array of `N` [`Entry`] values (32 bytes each), `N` a power of two in
-//!   `1..=4096`.
+//! * a [`RingHeader`] (256 bytes, 128-byte aligned): two 128-byte lines, one
+//!   for the consumer-written `head` and one for the rarely touched sleeper
+//!   bookkeeping (`waiters`, `wake_seq`), so they never share a cache line;
+//! * an array of `N` [`Entry`] values, `N` a power of two in `1..=4096`. An
+//!   entry is one 64-byte cache line: a publication word `seq` and four opaque
+//!   payload words.
 //!
 //! The all-zero byte pattern is the valid initial state of both (empty ring,
 //! no sleepers), so freshly created, zero-filled shared memory needs no
 //! initialisation. [`RingHeader::new`] and [`Entry::new`] exist for tests.
 //!
-//! `head` and `tail` are free-running `u32` counters; the slot of index `i` is
-//! `i & (N - 1)` and the number of queued entries is `tail.wrapping_sub(head)`,
-//! which is always in `0..=N` for an honest peer.
+//! Indices are free-running `u32` counters; the slot of index `i` is
+//! `i & (N - 1)`. The producer publishes the entry of index `i` by storing
+//! `i + 1` (wrapping) into its slot's `seq`, so a slot's `seq` says which
+//! entry it holds: while the consumer is at index `h`, an honest producer has
+//! left `h + 1` there (the entry is ready), or the previous lap's `h + 1 - N`,
+//! or 0 (a slot never used). The consumer publishes its position in `head`.
 //!
-//! # Ordering recipe (the io_uring one)
+//! # Why a publication word per slot
 //!
-//! * Producer: load `head` (Acquire, so the consumer's reads of a slot happen
-//!   before we overwrite it), fill the entry's words (Relaxed), then publish
-//!   with `tail.store(t + 1, Release)`.
-//! * Consumer: load `tail` (Acquire, so the entry's words are visible), read
-//!   the words (Relaxed), then release the slot with `head.store(h + 1,
-//!   Release)`.
+//! One transfer costs one cache line each way: the consumer polls the slot it
+//! will read next, and the producer's stores of payload and `seq` land on that
+//! same line, so a spinning consumer sees the entry with the one line move
+//! that any shared-memory hand-over pays. The producer keeps the last `head` it
+//! validated and reads the shared `head` only when that cached view says the
+//! ring is full, so the consumer's line stays with the consumer. (With shared
+//! `head` and `tail` words, as in io_uring, each transfer moved three lines.)
+//!
+//! # Ordering recipe
+//!
+//! * Producer: only if its cached `head` says the ring is full, load `head`
+//!   (Acquire, so the consumer's reads of a slot happen before we overwrite
+//!   it); fill the entry's words (Relaxed), then publish with
+//!   `seq.store(t + 1, Release)`.
+//! * Consumer: load the slot's `seq` (Acquire, so the entry's words are
+//!   visible); if it is `h + 1`, read the words (Relaxed), then release the
+//!   slot with `head.store(h + 1, Release)`.
 //!
 //! # Sleeper handshake (like `IORING_SQ_NEED_WAKEUP`)
 //!
@@ -38,36 +52,41 @@
 //! Dekker-style handshake on two variables, each side doing
 //! "store mine; `fence(SeqCst)`; load theirs":
 //!
-//! * producer: `tail.store(Release)`; `fence(SeqCst)`; `waiters.load()`; only
-//!   if non-zero: bump `wake_seq` and [`Wake::wake_all`] on it;
+//! * producer: `seq.store(Release)` (the publish); `fence(SeqCst)`;
+//!   `waiters.load()`; only if non-zero: bump `wake_seq` and
+//!   [`Wake::wake_all`] on it;
 //! * consumer: `waiters.fetch_add(1)`; `fence(SeqCst)`; load `wake_seq`;
-//!   re-check `tail`; re-check the stop predicate; only then
+//!   re-check the slot's `seq`; re-check the stop predicate; only then
 //!   [`Wake::wait`] on `wake_seq` with the value it loaded.
 //!
 //! The two fences guarantee that at least one side sees the other: either the
-//! consumer sees the new `tail` and does not sleep, or the producer sees
+//! consumer sees the new `seq` and does not sleep, or the producer sees
 //! `waiters != 0` and rings. Since the producer bumps `wake_seq` *before*
 //! waking, and the futex-style wait compares `wake_seq` atomically with going
 //! to sleep, a ring that lands between the consumer's checks and its sleep is
 //! not lost either.
 //!
-//! The futex word is `wake_seq` rather than `tail` so that a third party
-//! (abort, [`wake_all_sleepers`]) can change it too: a stop request that only
-//! set a flag and woke sleepers on `tail` could fall between the consumer's
-//! stop check and its sleep and be lost for a whole sleep slice.
+//! The futex word is `wake_seq` rather than a slot's `seq` so that one word
+//! serves the whole ring, and so that a third party (abort,
+//! [`wake_all_sleepers`]) can change it too: a stop request that only set a
+//! flag and woke sleepers on a slot could fall between the consumer's stop
+//! check and its sleep and be lost for a whole sleep slice.
 //!
 //! # Untrusted-peer rules
 //!
 //! The other process may write anything at any time into any shared word.
 //!
-//! * Each side keeps its own authoritative index ([`Producer`] its tail,
-//!   [`Consumer`] its head) and never reads it back from shared memory.
-//! * Each shared value is read once into a local, validated, then used; a
-//!   peer index that would put more than `N` entries in the ring yields a
-//!   `Corrupt` error. Slot indices are always masked, so nothing can panic or
-//!   go out of bounds whatever the shared memory holds.
+//! * Each side keeps its own authoritative index ([`Producer`] its tail and
+//!   the last `head` it validated, [`Consumer`] its head) and never reads it
+//!   back from shared memory.
+//! * Each shared value is read once into a local, validated, then used: a
+//!   `head` that would put more than `N` entries in the ring, or a slot `seq`
+//!   that is none of `h + 1`, `h + 1 - N` and 0, yields a `Corrupt` error.
+//!   Slot indices are always masked, so nothing can panic or go out of bounds
+//!   whatever the shared memory holds.
 //! * Entry contents are opaque `u64` words; validating them is the caller's
-//!   job.
+//!   job. A producer rewriting an entry while the consumer reads it can only
+//!   make the consumer read other words, each once.
 //! * `waiters` and `wake_seq` only steer wake-ups: garbage there costs at most
 //!   a spurious or missed wake-up, and every sleep is bounded by the caller's
 //!   slice, so a hostile peer can slow its own session down but not hang or
@@ -79,12 +98,11 @@
 )]
 
 use core::fmt;
-use core::mem::size_of;
 use core::time::Duration;
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering, fence};
 
-/// Number of 64-bit words in one ring entry (32 bytes).
+/// Number of 64-bit payload words in one ring entry.
 pub(crate) const ENTRY_WORDS: usize = 4;
 
 /// Largest supported number of entries in a ring.
@@ -93,17 +111,33 @@ pub(crate) const MAX_ENTRIES: usize = 4096;
 /// Size of the cache-line-sized sections of [`RingHeader`].
 const LINE: usize = 128;
 
-/// One ring slot: four opaque 64-bit words written by the producer and read by
-/// the consumer. All-zero bytes are a valid (empty) entry.
-#[repr(C)]
+/// One ring slot, one 64-byte cache line: the publication word and four opaque
+/// 64-bit payload words, written by the producer and read by the consumer.
+/// All-zero bytes are a valid (never used) slot.
+#[repr(C, align(64))]
 #[derive(Debug)]
-pub(crate) struct Entry(pub(crate) [AtomicU64; ENTRY_WORDS]);
+pub(crate) struct Entry {
+    /// `i + 1` (wrapping) once the entry of free-running index `i` is
+    /// published in this slot; 0 in a slot never used.
+    pub(crate) seq: AtomicU32,
+    /// Padding (atomic, like every byte a peer may write).
+    _pad_seq: AtomicU32,
+    /// The payload.
+    pub(crate) words: [AtomicU64; ENTRY_WORDS],
+    /// Padding that fills the line.
+    _pad: [AtomicU64; 3],
+}
 
 impl Entry {
     /// A zeroed entry, for rings that live on the heap (tests). In production
     /// entries live in zero-filled shared memory and are never constructed.
     pub(crate) fn new() -> Self {
-        Self(core::array::from_fn(|_| AtomicU64::new(0)))
+        Self {
+            seq: AtomicU32::new(0),
+            _pad_seq: AtomicU32::new(0),
+            words: core::array::from_fn(|_| AtomicU64::new(0)),
+            _pad: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -113,22 +147,19 @@ impl Default for Entry {
     }
 }
 
-/// The shared control block of a ring. Every index lives on its own 128-byte
-/// line to avoid false sharing between the two processes.
+/// The shared control block of a ring: the consumer's position and the sleeper
+/// bookkeeping, each on its own 128-byte line.
 ///
-/// All-zero bytes are the valid initial state: empty ring, both indices 0, no
+/// All-zero bytes are the valid initial state: empty ring, head 0, no
 /// sleepers. In production it lives in zero-filled shared memory.
 #[repr(C, align(128))]
 #[derive(Debug)]
 pub(crate) struct RingHeader {
-    /// Free-running count of entries published; written only by the producer.
-    pub(crate) tail: AtomicU32,
-    /// Padding that keeps `tail` alone on its line (atomic words, like every byte a peer
-    /// may write).
-    _pad_tail: [AtomicU32; LINE / 4 - 1],
-    /// Free-running count of entries consumed; written only by the consumer.
+    /// Free-running count of entries consumed; written only by the consumer,
+    /// read by the producer only when its cached copy says the ring is full.
     pub(crate) head: AtomicU32,
-    /// Padding that keeps `head` alone on its line.
+    /// Padding that keeps `head` alone on its line (atomic words, like every
+    /// byte a peer may write).
     _pad_head: [AtomicU32; LINE / 4 - 1],
     /// Number of consumer threads currently committed to sleeping (a count,
     /// since several threads of the consumer process may wait at once).
@@ -147,8 +178,6 @@ impl RingHeader {
     /// `const fn`, because loom's atomics cannot be built in const context.
     pub(crate) fn new() -> Self {
         Self {
-            tail: AtomicU32::new(0),
-            _pad_tail: std::array::from_fn(|_| AtomicU32::new(0)),
             head: AtomicU32::new(0),
             _pad_head: std::array::from_fn(|_| AtomicU32::new(0)),
             waiters: AtomicU32::new(0),
@@ -166,14 +195,15 @@ impl Default for RingHeader {
 
 #[cfg(not(loom))]
 const _: () = {
-    assert!(size_of::<Entry>() == 32);
-    assert!(align_of::<Entry>() == 8);
-    assert!(size_of::<RingHeader>() == 384);
+    assert!(size_of::<Entry>() == 64);
+    assert!(align_of::<Entry>() == 64);
+    assert!(core::mem::offset_of!(Entry, seq) == 0);
+    assert!(core::mem::offset_of!(Entry, words) == 8);
+    assert!(size_of::<RingHeader>() == 256);
     assert!(align_of::<RingHeader>() == 128);
-    assert!(core::mem::offset_of!(RingHeader, tail) == 0);
-    assert!(core::mem::offset_of!(RingHeader, head) == 128);
-    assert!(core::mem::offset_of!(RingHeader, waiters) == 256);
-    assert!(core::mem::offset_of!(RingHeader, wake_seq) == 260);
+    assert!(core::mem::offset_of!(RingHeader, head) == 0);
+    assert!(core::mem::offset_of!(RingHeader, waiters) == 128);
+    assert!(core::mem::offset_of!(RingHeader, wake_seq) == 132);
 };
 
 /// Futex-style sleeping on a shared 32-bit word.
@@ -211,13 +241,13 @@ impl fmt::Display for PushError {
 
 impl std::error::Error for PushError {}
 
-/// Error from [`Consumer::pop`]: the producer's `tail` is impossible.
+/// Error from [`Consumer::pop`]: the slot's publication word is impossible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Corrupt;
 
 impl fmt::Display for Corrupt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ring tail index is corrupt")
+        f.write_str("ring slot sequence word is corrupt")
     }
 }
 
@@ -226,13 +256,27 @@ impl std::error::Error for Corrupt {}
 /// Result of one call to [`Ring::wait`] / [`Consumer::wait`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WaitOutcome {
-    /// `tail` differs from the head the caller saw: pop (which may also report
-    /// corruption).
+    /// The slot after the head the caller saw holds an entry: pop (which may
+    /// also report corruption).
     Ready,
     /// The stop predicate returned true.
     Stopped,
     /// Slept one slice (or woke spuriously) and the ring is still empty.
     SliceElapsed,
+    /// The spin found nothing and the caller's deadline has passed (only from
+    /// [`Ring::wait_until`]): nothing was slept.
+    TimedOut,
+}
+
+/// What a slot's publication word says, for a consumer at index `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// `seq == h + 1`: the entry of index `h` is published.
+    Ready,
+    /// `seq` is the previous lap's `h + 1 - N`, or 0 (never used).
+    Empty,
+    /// Anything else: no honest producer writes it.
+    Corrupt,
 }
 
 /// A validated view of one ring: its header and its entry array.
@@ -268,15 +312,31 @@ impl<'a> Ring<'a> {
         &self.entries[(index & (self.capacity() - 1)) as usize]
     }
 
-    /// Consumer side: wait until the ring holds an entry beyond `seen_head`
-    /// (the consumer's own head as last seen by this thread), `stop()` holds,
+    /// Reads (once, Acquire) and classifies the publication word of the slot
+    /// of index `h`, as a consumer at `h` sees it.
+    fn slot_state(&self, h: u32) -> SlotState {
+        let seq = self.slot(h).seq.load(Ordering::Acquire);
+        let next = h.wrapping_add(1);
+        if seq == next {
+            SlotState::Ready
+        } else if seq == next.wrapping_sub(self.capacity()) || seq == 0 {
+            SlotState::Empty
+        } else {
+            SlotState::Corrupt
+        }
+    }
+
+    /// Consumer side: wait until the slot after `seen_head` (the consumer's
+    /// own head as last seen by this thread) holds an entry, `stop()` holds,
     /// or one sleep slice has passed.
     ///
-    /// Spins up to `spins` times checking `tail`, then registers as a sleeper
-    /// (see the module docs), re-checks `tail` and `stop()`, sleeps at most one
-    /// `sleep_slice` and re-checks both. Takes `&self` so several threads may
-    /// wait on one ring at once; a stale `seen_head` only causes an early
-    /// [`WaitOutcome::Ready`]. The caller loops with its own deadline.
+    /// Spins up to `spins` times checking that slot, then registers as a
+    /// sleeper (see the module docs), re-checks the slot and `stop()`, sleeps
+    /// at most one `sleep_slice` and re-checks both. Takes `&self` so several
+    /// threads may wait on one ring at once; a stale `seen_head` only causes an
+    /// early [`WaitOutcome::Ready`] (its slot holds that entry, or a later
+    /// one). A corrupt slot also reports `Ready`, for `pop` to tell. The
+    /// caller loops with its own deadline.
     pub(crate) fn wait(
         &self,
         seen_head: u32,
@@ -285,27 +345,46 @@ impl<'a> Ring<'a> {
         sleep_slice: Duration,
         stop: &impl Fn() -> bool,
     ) -> WaitOutcome {
+        self.wait_until(seen_head, wake, spins, || Some(sleep_slice), stop)
+    }
+
+    /// [`Ring::wait`] with the sleep's length asked of `sleep_slice` only once
+    /// the spin found nothing, so that a wait answered while spinning costs no
+    /// clock read. `None` from it (the caller's deadline passed) ends the wait
+    /// with [`WaitOutcome::TimedOut`] before registering as a sleeper.
+    pub(crate) fn wait_until(
+        &self,
+        seen_head: u32,
+        wake: &impl Wake,
+        spins: u32,
+        sleep_slice: impl FnOnce() -> Option<Duration>,
+        stop: &impl Fn() -> bool,
+    ) -> WaitOutcome {
         let h = self.header;
+        let empty = || self.slot_state(seen_head) == SlotState::Empty;
         for _ in 0..spins {
-            if h.tail.load(Ordering::Acquire) != seen_head {
+            if !empty() {
                 return WaitOutcome::Ready;
             }
             relax();
         }
+        let Some(sleep_slice) = sleep_slice() else {
+            return WaitOutcome::TimedOut;
+        };
 
         h.waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         // Load the futex word before re-checking: a bump we load here was made
-        // after the matching tail store / stop request, so the checks below
-        // then see it; a bump we miss makes the sleep return or get woken.
+        // after the matching publish / stop request, so the checks below then
+        // see it; a bump we miss makes the sleep return or get woken.
         let seq = h.wake_seq.load(Ordering::Acquire);
-        let outcome = if h.tail.load(Ordering::Acquire) != seen_head {
+        let outcome = if !empty() {
             WaitOutcome::Ready
         } else if stop() {
             WaitOutcome::Stopped
         } else {
             wake.wait(&h.wake_seq, seq, sleep_slice);
-            if h.tail.load(Ordering::Acquire) != seen_head {
+            if !empty() {
                 WaitOutcome::Ready
             } else if stop() {
                 WaitOutcome::Stopped
@@ -339,20 +418,39 @@ pub(crate) fn wake_all_sleepers(ring: &Ring<'_>, wake: &impl Wake) {
     wake.wake_all(&h.wake_seq);
 }
 
-/// The producing end of a ring. Owns the authoritative tail.
+/// The producing end of a ring. Owns the authoritative tail and a cached,
+/// validated copy of the consumer's head.
 #[derive(Debug)]
 pub(crate) struct Producer<'a> {
     /// The ring written to.
     ring: Ring<'a>,
     /// Our tail: the index of the next entry to publish. Never read back.
     tail: u32,
+    /// The consumer's head as last loaded and validated (`tail - head` is in
+    /// `0..=N`); the real head is never behind it for an honest consumer.
+    head: u32,
 }
 
 impl<'a> Producer<'a> {
-    /// Producer starting at `tail` (0 for a fresh ring). Writes nothing; the
-    /// shared `tail` must already equal `tail`.
+    /// Producer starting at `tail` (0 for a fresh ring) that knows nothing of
+    /// the consumer's position yet: its first push loads `head`. Writes
+    /// nothing; the slots must be as a producer that published up to `tail`
+    /// left them.
     pub(crate) fn new(ring: Ring<'a>, tail: u32) -> Self {
-        Self { ring, tail }
+        let head = tail.wrapping_sub(ring.capacity());
+        Self { ring, tail, head }
+    }
+
+    /// Producer resuming at `tail` with `head` as the consumer position it
+    /// last validated ([`Producer::seen_head`] of an earlier producer on the
+    /// same ring; `(0, 0)` for a fresh ring). `tail - head` must be in
+    /// `0..=N`; otherwise this is [`Producer::new`].
+    pub(crate) fn resume(ring: Ring<'a>, tail: u32, head: u32) -> Self {
+        if tail.wrapping_sub(head) > ring.capacity() {
+            Self::new(ring, tail)
+        } else {
+            Self { ring, tail, head }
+        }
     }
 
     /// The ring this producer writes to.
@@ -365,40 +463,49 @@ impl<'a> Producer<'a> {
         self.tail
     }
 
-    /// Number of entries the ring holds by the (untrusted) shared `head`.
-    fn used(&self) -> Result<u32, PushError> {
+    /// The consumer's head as this producer last validated it.
+    pub(crate) fn seen_head(&self) -> u32 {
+        self.head
+    }
+
+    /// Loads the (untrusted) shared `head`, validates it, caches it, and
+    /// returns the number of entries the ring holds.
+    fn refresh(&mut self) -> Result<u32, PushError> {
         let head = self.ring.header.head.load(Ordering::Acquire);
         let used = self.tail.wrapping_sub(head);
         if used > self.ring.capacity() {
             Err(PushError::Corrupt)
         } else {
+            self.head = head;
             Ok(used)
         }
     }
 
-    /// Number of free slots, or [`PushError::Corrupt`] if `head` is
-    /// impossible.
-    pub(crate) fn free_slots(&self) -> Result<u32, PushError> {
-        Ok(self.ring.capacity() - self.used()?)
+    /// Number of free slots by the shared `head` (loaded now), or
+    /// [`PushError::Corrupt`] if it is impossible.
+    pub(crate) fn free_slots(&mut self) -> Result<u32, PushError> {
+        Ok(self.ring.capacity() - self.refresh()?)
     }
 
     /// Publish one entry, then wake sleeping consumers if (and only if) the
-    /// shared `waiters` count is non-zero.
+    /// shared `waiters` count is non-zero. Reads the shared `head` only when
+    /// the cached one says the ring is full.
     pub(crate) fn push(
         &mut self,
         entry: [u64; ENTRY_WORDS],
         wake: &impl Wake,
     ) -> Result<(), PushError> {
-        if self.used()? == self.ring.capacity() {
+        let cap = self.ring.capacity();
+        if self.tail.wrapping_sub(self.head) >= cap && self.refresh()? == cap {
             return Err(PushError::Full);
         }
         let h = self.ring.header;
         let slot = self.ring.slot(self.tail);
-        for (word, value) in slot.0.iter().zip(entry) {
+        for (word, value) in slot.words.iter().zip(entry) {
             word.store(value, Ordering::Relaxed);
         }
         self.tail = self.tail.wrapping_add(1);
-        h.tail.store(self.tail, Ordering::Release);
+        slot.seq.store(self.tail, Ordering::Release);
         fence(Ordering::SeqCst);
         if h.waiters.load(Ordering::Relaxed) != 0 {
             h.wake_seq.fetch_add(1, Ordering::Release);
@@ -419,7 +526,8 @@ pub(crate) struct Consumer<'a> {
 
 impl<'a> Consumer<'a> {
     /// Consumer starting at `head` (0 for a fresh ring). Writes nothing; the
-    /// shared `head` must already equal `head`.
+    /// shared `head` should already equal `head` (the producer trusts it only
+    /// as far as it validates it).
     pub(crate) fn new(ring: Ring<'a>, head: u32) -> Self {
         Self { ring, head }
     }
@@ -435,21 +543,19 @@ impl<'a> Consumer<'a> {
     }
 
     /// Take the oldest entry: `Ok(None)` if the ring is empty, `Err(Corrupt)`
-    /// if the shared `tail` is impossible.
+    /// if the slot's publication word is impossible.
     pub(crate) fn pop(&mut self) -> Result<Option<[u64; ENTRY_WORDS]>, Corrupt> {
-        let tail = self.ring.header.tail.load(Ordering::Acquire);
-        let avail = tail.wrapping_sub(self.head);
-        if avail > self.ring.capacity() {
-            return Err(Corrupt);
+        match self.ring.slot_state(self.head) {
+            SlotState::Empty => Ok(None),
+            SlotState::Corrupt => Err(Corrupt),
+            SlotState::Ready => {
+                let slot = self.ring.slot(self.head);
+                let entry = core::array::from_fn(|i| slot.words[i].load(Ordering::Relaxed));
+                self.head = self.head.wrapping_add(1);
+                self.ring.header.head.store(self.head, Ordering::Release);
+                Ok(Some(entry))
+            }
         }
-        if avail == 0 {
-            return Ok(None);
-        }
-        let slot = self.ring.slot(self.head);
-        let entry = core::array::from_fn(|i| slot.0[i].load(Ordering::Relaxed));
-        self.head = self.head.wrapping_add(1);
-        self.ring.header.head.store(self.head, Ordering::Release);
-        Ok(Some(entry))
     }
 
     /// [`Ring::wait`] with this consumer's head. For several threads sharing
@@ -528,11 +634,27 @@ mod test_wake {
 mod tests {
     use super::*;
     use crate::sync::AtomicBool;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
     use std::time::Instant;
 
     /// A heap ring of `n` slots.
     fn make(n: usize) -> (RingHeader, Vec<Entry>) {
         (RingHeader::new(), (0..n).map(|_| Entry::new()).collect())
+    }
+
+    /// Puts a heap ring into the state an honest pair leaves after `start`
+    /// entries went through it: empty, head `start`, every slot holding the
+    /// publication word of its last entry.
+    fn carried(h: &RingHeader, e: &[Entry], start: u32) {
+        let cap = e.len() as u32;
+        h.head.store(start, Ordering::Relaxed);
+        for k in 1..=cap {
+            let j = start.wrapping_sub(k);
+            e[(j & (cap - 1)) as usize]
+                .seq
+                .store(j.wrapping_add(1), Ordering::Relaxed);
+        }
     }
 
     /// Deterministic, index-dependent entry contents.
@@ -578,12 +700,18 @@ mod tests {
     }
 
     #[test]
-    fn new_header_is_zero_state() {
-        let h = RingHeader::new();
-        assert_eq!(h.tail.load(Ordering::Relaxed), 0);
+    fn new_header_and_entry_are_zero_state() {
+        let (h, e) = make(4);
         assert_eq!(h.head.load(Ordering::Relaxed), 0);
         assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
         assert_eq!(h.wake_seq.load(Ordering::Relaxed), 0);
+        for slot in &e {
+            assert_eq!(slot.seq.load(Ordering::Relaxed), 0);
+        }
+        // Zero state: empty to a consumer at 0, all free to a producer at 0.
+        let ring = Ring::new(&h, &e).unwrap();
+        assert_eq!(Consumer::new(ring, 0).pop(), Ok(None));
+        assert_eq!(Producer::new(ring, 0).free_slots(), Ok(4));
     }
 
     #[test]
@@ -614,26 +742,28 @@ mod tests {
 
     #[test]
     fn fifo_across_u32_index_wrap() {
-        let (h, e) = make(4);
-        let start = u32::MAX - 9;
-        h.tail.store(start, Ordering::Relaxed);
-        h.head.store(start, Ordering::Relaxed);
-        let ring = Ring::new(&h, &e).unwrap();
-        let wake = CountingWake::default();
-        let mut p = Producer::new(ring, start);
-        let mut c = Consumer::new(ring, start);
-        for i in 0..40u64 {
-            p.push(entry(i), &wake).unwrap();
-            if i % 3 == 0 {
-                p.push(entry(1000 + i), &wake).unwrap();
-                assert_eq!(c.pop(), Ok(Some(entry(i))));
-                assert_eq!(c.pop(), Ok(Some(entry(1000 + i))));
-            } else {
-                assert_eq!(c.pop(), Ok(Some(entry(i))));
+        for cap in [1usize, 2, 4] {
+            let (h, e) = make(cap);
+            let start = u32::MAX - 9;
+            carried(&h, &e, start);
+            let ring = Ring::new(&h, &e).unwrap();
+            let wake = CountingWake::default();
+            let mut p = Producer::new(ring, start);
+            let mut c = Consumer::new(ring, start);
+            assert_eq!(c.pop(), Ok(None));
+            for i in 0..40u64 {
+                p.push(entry(i), &wake).unwrap();
+                if i % 3 == 0 && cap > 1 {
+                    p.push(entry(1000 + i), &wake).unwrap();
+                    assert_eq!(c.pop(), Ok(Some(entry(i))));
+                    assert_eq!(c.pop(), Ok(Some(entry(1000 + i))));
+                } else {
+                    assert_eq!(c.pop(), Ok(Some(entry(i))));
+                }
+                assert_eq!(c.pop(), Ok(None));
             }
+            assert_eq!(p.tail(), c.head());
         }
-        assert_eq!(c.pop(), Ok(None));
-        assert_eq!(p.tail(), c.head());
     }
 
     #[test]
@@ -657,6 +787,31 @@ mod tests {
             assert_eq!(c.pop(), Ok(Some(entry(i))));
         }
         assert_eq!(c.pop(), Ok(None));
+    }
+
+    #[test]
+    fn producer_reads_head_only_when_its_cached_view_is_full() {
+        let (h, e) = make(4);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        // A fresh ring: (0, 0) is a valid view without reading anything.
+        let mut p = Producer::resume(ring, 0, 0);
+        p.push(entry(0), &wake).unwrap();
+        // Garbage in `head` goes unnoticed while the cached view has room...
+        h.head.store(u32::MAX / 2, Ordering::Relaxed);
+        for i in 1..4 {
+            p.push(entry(i), &wake).unwrap();
+        }
+        assert_eq!(p.seen_head(), 0);
+        // ...and is caught when the producer needs the real one.
+        assert_eq!(p.push(entry(4), &wake), Err(PushError::Corrupt));
+        assert_eq!(p.tail(), 4);
+        // A resumed producer with an impossible view starts from nothing.
+        h.head.store(1, Ordering::Relaxed);
+        let mut p = Producer::resume(ring, 4, 99);
+        p.push(entry(4), &wake).unwrap();
+        assert_eq!(p.seen_head(), 1);
+        assert_eq!(p.push(entry(5), &wake), Err(PushError::Full));
     }
 
     /// Capacities the hostile-value tests try. The largest ring takes minutes under Miri, which
@@ -697,7 +852,6 @@ mod tests {
             for tail in [0u32, 3, cap, u32::MAX, u32::MAX - cap, 1 << 31] {
                 for head in hostile_values(tail, cap) {
                     h.head.store(head, Ordering::Relaxed);
-                    let mut p = Producer::new(ring, tail);
                     let used = tail.wrapping_sub(head);
                     let expect = if used > cap {
                         Err(PushError::Corrupt)
@@ -706,51 +860,55 @@ mod tests {
                     } else {
                         Ok(())
                     };
+                    let mut p = Producer::new(ring, tail);
                     let free = p.free_slots();
                     if used > cap {
                         assert_eq!(free, Err(PushError::Corrupt));
                     } else {
                         assert_eq!(free, Ok(cap - used));
                     }
-                    assert_eq!(
-                        p.push(entry(7), &wake),
-                        expect,
-                        "cap {cap} t {tail} h {head}"
-                    );
-                    // A failed push must not advance anything.
-                    let moved = u32::from(expect.is_ok());
-                    assert_eq!(p.tail(), tail.wrapping_add(moved));
+                    for mut p in [p, Producer::new(ring, tail)] {
+                        assert_eq!(
+                            p.push(entry(7), &wake),
+                            expect,
+                            "cap {cap} t {tail} h {head}"
+                        );
+                        // A failed push must not advance anything.
+                        let moved = u32::from(expect.is_ok());
+                        assert_eq!(p.tail(), tail.wrapping_add(moved));
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn consumer_detects_corrupt_tail() {
+    fn consumer_detects_corrupt_seq() {
         for &cap in CAPS {
             let (h, e) = make(cap);
             let cap = cap as u32;
             let ring = Ring::new(&h, &e).unwrap();
             let wake = CountingWake::default();
             for head in [0u32, 3, cap, u32::MAX, u32::MAX - cap, 1 << 31] {
-                for tail in hostile_values(head, cap) {
-                    h.tail.store(tail, Ordering::Relaxed);
+                let slot = &e[(head & (cap - 1)) as usize];
+                let next = head.wrapping_add(1);
+                for seq in hostile_values(next, cap) {
+                    slot.seq.store(seq, Ordering::Relaxed);
                     let mut c = Consumer::new(ring, head);
-                    let avail = tail.wrapping_sub(head);
                     let got = c.pop();
-                    if avail > cap {
-                        assert_eq!(got, Err(Corrupt), "cap {cap} h {head} t {tail}");
-                        assert_eq!(c.head(), head);
-                    } else if avail == 0 {
-                        assert_eq!(got, Ok(None));
+                    if seq == next {
+                        assert!(matches!(got, Ok(Some(_))), "cap {cap} h {head} s {seq}");
+                        assert_eq!(c.head(), next);
+                    } else if seq == next.wrapping_sub(cap) || seq == 0 {
+                        assert_eq!(got, Ok(None), "cap {cap} h {head} s {seq}");
                         // Empty ring, no stop: sleeps one (fake) slice.
                         let out = c.wait(&wake, 2, Duration::ZERO, &|| false);
                         assert_eq!(out, WaitOutcome::SliceElapsed);
                     } else {
-                        assert!(matches!(got, Ok(Some(_))));
-                        assert_eq!(c.head(), head.wrapping_add(1));
+                        assert_eq!(got, Err(Corrupt), "cap {cap} h {head} s {seq}");
+                        assert_eq!(c.head(), head);
                     }
-                    if avail != 0 {
+                    if got != Ok(None) {
                         // Corrupt or not, wait reports Ready so pop can tell.
                         let out = ring.wait(head, &wake, 0, Duration::ZERO, &|| false);
                         assert_eq!(out, WaitOutcome::Ready);
@@ -778,18 +936,21 @@ mod tests {
         for &a in &vals {
             for &b in &vals {
                 for &w in &vals {
-                    h.tail.store(a, Ordering::Relaxed);
                     h.head.store(b, Ordering::Relaxed);
                     h.waiters.store(w, Ordering::Relaxed);
                     h.wake_seq.store(a ^ b, Ordering::Relaxed);
-                    for word in &e {
-                        for x in &word.0 {
+                    for (k, slot) in e.iter().enumerate() {
+                        slot.seq.store(a.wrapping_add(k as u32), Ordering::Relaxed);
+                        slot._pad_seq.store(w, Ordering::Relaxed);
+                        for x in slot.words.iter().chain(&slot._pad) {
                             x.store(u64::from(a) << 32 | u64::from(w), Ordering::Relaxed);
                         }
                     }
                     for &mine in &vals {
                         let mut p = Producer::new(ring, mine);
                         let _ = p.free_slots();
+                        let _ = p.push([u64::MAX; ENTRY_WORDS], &wake);
+                        let mut p = Producer::resume(ring, mine, b);
                         let _ = p.push([u64::MAX; ENTRY_WORDS], &wake);
                         let mut c = Consumer::new(ring, mine);
                         let _ = c.pop();
@@ -869,6 +1030,57 @@ mod tests {
         );
         assert_eq!(wake.waits.load(Ordering::Relaxed), 1);
         assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        // A stale head (another thread popped since) is Ready at once, even a
+        // whole lap behind.
+        let mut p = Producer::new(ring, 1);
+        let mut c = Consumer::new(ring, 0);
+        c.pop().unwrap().unwrap();
+        for i in 1..4 {
+            p.push(entry(i), &wake).unwrap();
+            c.pop().unwrap().unwrap();
+        }
+        for stale in 0..4 {
+            assert_eq!(
+                ring.wait(stale, &wake, 0, Duration::ZERO, &|| false),
+                WaitOutcome::Ready,
+                "stale head {stale}"
+            );
+        }
+        assert_eq!(
+            ring.wait(4, &wake, 0, Duration::ZERO, &|| false),
+            WaitOutcome::SliceElapsed
+        );
+    }
+
+    #[test]
+    fn wait_until_asks_for_the_slice_only_after_an_empty_spin() {
+        let (h, e) = make(2);
+        let ring = Ring::new(&h, &e).unwrap();
+        let wake = CountingWake::default();
+        let asked = &core::cell::Cell::new(0);
+        let slice = |s: Option<Duration>| {
+            move || {
+                asked.set(asked.get() + 1);
+                s
+            }
+        };
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(None), &|| false),
+            WaitOutcome::TimedOut
+        );
+        assert_eq!((asked.get(), wake.waits.load(Ordering::Relaxed)), (1, 0));
+        assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(Some(Duration::ZERO)), &|| false),
+            WaitOutcome::SliceElapsed
+        );
+        assert_eq!((asked.get(), wake.waits.load(Ordering::Relaxed)), (2, 1));
+        Producer::new(ring, 0).push(entry(0), &wake).unwrap();
+        assert_eq!(
+            ring.wait_until(0, &wake, 3, slice(None), &|| false),
+            WaitOutcome::Ready
+        );
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]
@@ -899,6 +1111,74 @@ mod tests {
             assert_eq!(waiter.join().unwrap(), WaitOutcome::Stopped);
         });
         assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
+    }
+
+    /// One step of the model-based property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Push the next entry.
+        Push,
+        /// Pop one entry.
+        Pop,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            ..ProptestConfig::default()
+        })]
+
+        /// Any sequence of pushes and pops, from any starting index, behaves like a bounded
+        /// FIFO queue; the producer is rebuilt for every push from its saved (tail, head) as the
+        /// backend does, and pushes never touch the shared head unless the queue is full.
+        #[test]
+        fn ring_behaves_like_a_bounded_queue(
+            shift in 0u32..4,
+            start in prop_oneof![Just(0u32), any::<u32>(), Just(u32::MAX - 3)],
+            ops in proptest::collection::vec(
+                prop_oneof![3 => Just(Op::Push), 2 => Just(Op::Pop)],
+                0..200,
+            ),
+        ) {
+            let cap = 1usize << shift;
+            let (h, e) = make(cap);
+            carried(&h, &e, start);
+            let ring = Ring::new(&h, &e).unwrap();
+            let wake = CountingWake::default();
+            let mut model = VecDeque::new();
+            let (mut tail, mut seen) = (start, start);
+            let mut c = Consumer::new(ring, start);
+            let mut next = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        let mut p = Producer::resume(ring, tail, seen);
+                        let got = p.push(entry(next), &wake);
+                        if model.len() < cap {
+                            prop_assert_eq!(got, Ok(()));
+                            model.push_back(next);
+                            next += 1;
+                        } else {
+                            prop_assert_eq!(got, Err(PushError::Full));
+                        }
+                        (tail, seen) = (p.tail(), p.seen_head());
+                        prop_assert!(tail.wrapping_sub(seen) <= cap as u32);
+                    }
+                    Op::Pop => {
+                        let got = c.pop();
+                        prop_assert_eq!(got, Ok(model.pop_front().map(entry)));
+                    }
+                }
+                prop_assert_eq!(tail.wrapping_sub(c.head()) as usize, model.len());
+                let out = ring.wait(c.head(), &wake, 0, Duration::ZERO, &|| false);
+                let expect = if model.is_empty() {
+                    WaitOutcome::SliceElapsed
+                } else {
+                    WaitOutcome::Ready
+                };
+                prop_assert_eq!(out, expect);
+            }
+        }
     }
 
     // 200 000 entries through two threads: hours under Miri, so native only.
@@ -977,8 +1257,11 @@ mod tests {
             assert_eq!(p, Ok(()));
         });
         assert_eq!(h.waiters.load(Ordering::Relaxed), 0);
-        assert_eq!(h.tail.load(Ordering::Relaxed), N as u32);
         assert_eq!(h.head.load(Ordering::Relaxed), N as u32);
+        assert_eq!(
+            e[((N - 1) % 8) as usize].seq.load(Ordering::Relaxed),
+            N as u32
+        );
     }
 }
 
@@ -1054,6 +1337,45 @@ mod loom_tests {
         });
     }
 
+    /// A one-slot ring carrying three entries: the producer may overwrite the
+    /// slot only after the consumer's reads of it (head Acquire/Release), and
+    /// it reads `head` only when its cached view says full.
+    #[test]
+    fn loom_one_slot_wraps() {
+        builder().check(|| {
+            let shared = Shared::new(1);
+            let producer = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let mut p = Producer::new(shared.ring(), 0);
+                    for i in 1..=3u64 {
+                        loop {
+                            match p.push([i, i + 10, i + 20, i + 30], &shared.wake) {
+                                Ok(()) => break,
+                                Err(PushError::Full) => thread::yield_now(),
+                                Err(PushError::Corrupt) => panic!("honest head is corrupt"),
+                            }
+                        }
+                    }
+                })
+            };
+            let mut c = Consumer::new(shared.ring(), 0);
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                match c.pop().unwrap() {
+                    Some(e) => got.push(e),
+                    None => {
+                        let out = c.wait(&shared.wake, 1, Duration::from_millis(1), &|| false);
+                        assert_ne!(out, WaitOutcome::Stopped);
+                    }
+                }
+            }
+            assert_eq!(got, [[1, 11, 21, 31], [2, 12, 22, 32], [3, 13, 23, 33]]);
+            producer.join().unwrap();
+            assert_eq!(shared.header.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
     #[test]
     fn loom_two_waiters_one_push() {
         builder().check(|| {
@@ -1085,6 +1407,7 @@ mod loom_tests {
                 WaitOutcome::Ready => return,
                 WaitOutcome::SliceElapsed => {}
                 WaitOutcome::Stopped => panic!("no stop was requested"),
+                WaitOutcome::TimedOut => panic!("a fixed slice never times out"),
             }
         }
     }

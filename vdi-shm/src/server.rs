@@ -25,6 +25,7 @@ use crate::{
     monitor::{self, Monitor},
     pool::{self, AllocError, HandleTable, Placement, Pool},
     queue::{self, RingIndex},
+    ring::WaitOutcome,
     sys::{self, Mapping, Socket},
     view::BufView,
     wire::{Msg, Role},
@@ -348,6 +349,7 @@ impl vdi_core::ServerDeviceSet for ServerSet {
                 inflight: (0..QUEUE_DEPTH).map(|_| None).collect(),
                 generations: vec![0; QUEUE_DEPTH as usize],
                 last_progress: Instant::now(),
+                progressed: false,
             }),
         })
     }
@@ -499,7 +501,10 @@ struct DeviceState {
     cq: RingIndex,
     inflight: Vec<Option<InFlight>>,
     generations: Vec<u32>,
+    /// When progress was last seen (see `server_timed_out`).
     last_progress: Instant,
+    /// A completion came, or the first command went out, since `last_progress` was stamped.
+    progressed: bool,
 }
 
 /// A device as the server sees it (`IServerVirtualDevice`).
@@ -569,11 +574,23 @@ impl ServerDevice {
         })
     }
 
-    fn server_timed_out(&self, st: &DeviceState) -> bool {
+    /// Whether the client made no progress (no completion, while commands were outstanding)
+    /// for twice the client's serverTimeout. Progress is stamped with the time here, at the
+    /// first look that finds nothing to take after it, rather than at each send and
+    /// completion, so that a busy device reads no clock for it. The timeout then runs from
+    /// that look: later than the progress itself only while the server was not waiting for
+    /// completions, when it could not have acted on a timeout anyway.
+    fn server_timed_out(&self, st: &mut DeviceState) -> bool {
         let t = self.set.client.server_timeout;
-        t != 0
-            && st.machine.outstanding() > 0
-            && st.last_progress.elapsed() > Duration::from_millis(u64::from(t)) * 2
+        if t == 0 || st.machine.outstanding() == 0 {
+            return false;
+        }
+        if st.progressed {
+            st.progressed = false;
+            st.last_progress = Instant::now();
+            return false;
+        }
+        st.last_progress.elapsed() > Duration::from_millis(u64::from(t)) * 2
     }
 }
 
@@ -618,7 +635,7 @@ impl vdi_core::ServerDevice for ServerDevice {
             return Err(SendError { error, command });
         }
         if st.machine.outstanding() == 1 {
-            st.last_progress = Instant::now();
+            st.progressed = true;
         }
         trace!(device = %self.name, code = ?command.code, size = command.size, "sent");
         st.inflight[slot] = Some(InFlight {
@@ -630,9 +647,10 @@ impl vdi_core::ServerDevice for ServerDevice {
     }
 
     fn completion(&self, timeout: Timeout) -> Result<ServerCompletion<Buffer>, Error> {
-        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        let mut deadline = monitor::LazyDeadline::new(timeout);
         let control = &self.set.control;
         loop {
+            let seen;
             {
                 let mut st = self.lock();
                 if st.machine.state() == vdi_core::DeviceState::Aborted {
@@ -642,6 +660,9 @@ impl vdi_core::ServerDevice for ServerDevice {
                         .abort_one(&mut st)
                         .ok_or_else(|| self.set.abort_error());
                 }
+                // Where the wait below starts (a pop by another thread before it makes the
+                // wait return at once).
+                seen = st.cq;
                 match queue::pop(&control.cq(self.index), &mut st.cq) {
                     Err(()) => {
                         drop(st);
@@ -666,7 +687,7 @@ impl vdi_core::ServerDevice for ServerDevice {
                         }
                         st.generations[slot] = generation.wrapping_add(1);
                         st.machine.completed(f.code, code);
-                        st.last_progress = Instant::now();
+                        st.progressed = true;
                         let completion = Completion {
                             code,
                             bytes_transferred: bytes,
@@ -691,7 +712,7 @@ impl vdi_core::ServerDevice for ServerDevice {
                             control.abort(AbortReason::PeerExited);
                             continue;
                         }
-                        if self.server_timed_out(&st) {
+                        if self.server_timed_out(&mut st) {
                             warn!(device = %self.name, "no completion for twice serverTimeOut; aborting");
                             control.abort(AbortReason::ServerTimeout);
                             continue;
@@ -699,17 +720,19 @@ impl vdi_core::ServerDevice for ServerDevice {
                     }
                 }
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            if deadline.is_poll() {
                 return Err(Error::Timeout);
-            };
-            let seen = self.lock().cq;
-            queue::wait(
+            }
+            let outcome = queue::wait(
                 &control.cq(self.index),
                 seen,
                 self.set.spins,
-                slice,
+                &mut deadline,
                 &|| control.abort_reason().is_some(),
             );
+            if outcome == WaitOutcome::TimedOut {
+                return Err(Error::Timeout);
+            }
         }
     }
 

@@ -76,7 +76,8 @@ unsafe impl ShmSafe for AtomicU32 {}
 unsafe impl ShmSafe for AtomicU64 {}
 // SAFETY: RingHeader is #[repr(C)] and made of AtomicU32 fields and padding bytes only.
 unsafe impl ShmSafe for crate::ring::RingHeader {}
-// SAFETY: Entry is #[repr(C)] and made of AtomicU64 fields only.
+// SAFETY: Entry is #[repr(C)] and made of AtomicU32 and AtomicU64 fields only, with no
+// padding bytes between them (its size is the sum of its fields', checked in ring.rs).
 unsafe impl ShmSafe for crate::ring::Entry {}
 
 /// Every mapping starts on a multiple of this (the largest data-zone alignment VDI allows), so
