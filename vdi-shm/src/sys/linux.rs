@@ -18,7 +18,6 @@ use rustix::{
     event::{EventfdFlags, PollFd, PollFlags, eventfd},
     fs::{FallocateFlags, MemfdFlags, SealFlags},
     io::Errno,
-    mm::{MapFlags, ProtFlags},
     net::{
         AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
         SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
@@ -28,7 +27,7 @@ use rustix::{
 };
 use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
 
-use super::{ConnectError, MAP_ALIGN, Ready};
+use super::{ConnectError, Ready};
 use crate::Options;
 
 /// What [`poll`] waits on: a descriptor.
@@ -136,58 +135,10 @@ impl Mapping {
     }
 
     fn map(fd: OwnedFd, len: usize) -> Result<Self, Error> {
-        // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
-        // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
-        // the memfd over an aligned part of the reservation, and give the slack back.
-        let reserve = len.checked_add(MAP_ALIGN).ok_or(Error::Memory)?;
-        // SAFETY: a new, inaccessible, private anonymous reservation at an address the kernel
-        // chooses; nothing existing is touched.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                reserve,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }
-        .map_err(|e| os_error("mmap", e))?;
-        let start = base as usize;
-        let aligned = start.next_multiple_of(MAP_ALIGN);
-        // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
-        // function owns and nothing else uses, so MAP_FIXED replaces only that; `fd` is a memfd
-        // of at least `len` bytes sealed against shrinking, so every page stays backed for the
-        // mapping's lifetime.
-        let mapped = unsafe {
-            rustix::mm::mmap(
-                aligned as *mut std::ffi::c_void,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED | MapFlags::POPULATE,
-                &fd,
-                0,
-            )
-        };
-        let head = aligned - start;
-        let tail = reserve - head - len;
-        // SAFETY: the slack before and after the mapping is the rest of our own reservation;
-        // no reference into it exists.
-        unsafe {
-            if head > 0 {
-                let _ = rustix::mm::munmap(base, head);
-            }
-            if tail > 0 {
-                let _ = rustix::mm::munmap((aligned + len) as *mut std::ffi::c_void, tail);
-            }
-        }
-        let ptr = match mapped {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: the reservation's middle part, still ours, is released on failure.
-                let _ = unsafe { rustix::mm::munmap(aligned as *mut std::ffi::c_void, len) };
-                return Err(os_error("mmap", e));
-            }
-        };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Memory)?;
+        // SAFETY: `fd` is a memfd of at least `len` bytes sealed against shrinking (made by
+        // `create`, or checked by `open`), so every page stays backed for the mapping's life.
+        let ptr = unsafe { super::unix_map::map_aligned(fd.as_fd(), len, true) }
+            .map_err(|e| os_error("mmap", e))?;
         Ok(Self { ptr, len, fd })
     }
 

@@ -59,6 +59,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg_attr(windows, path = "windows.rs")]
 mod imp;
 
+#[cfg(unix)]
+mod unix_map;
+
 pub(crate) use imp::*;
 
 /// Types that may be viewed in shared memory written by an untrusted process.

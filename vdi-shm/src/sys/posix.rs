@@ -105,7 +105,6 @@
 
 use std::{
     collections::hash_map::RandomState,
-    ffi::c_void,
     hash::{BuildHasher, Hasher},
     io::{self, ErrorKind, IoSlice, IoSliceMut},
     mem::MaybeUninit,
@@ -123,7 +122,6 @@ use rustix::{
     event::{PollFd, PollFlags, Timespec},
     fs::{AtFlags, CWD, FileType, FlockOperation, Mode, OFlags},
     io::Errno,
-    mm::{MapFlags, ProtFlags},
     net::{
         AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
         SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags,
@@ -133,7 +131,7 @@ use rustix::{
 use tracing::{trace, warn};
 use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
 
-use super::{ConnectError, MAP_ALIGN, Ready};
+use super::{ConnectError, Ready};
 use crate::Options;
 
 /// What [`poll`] waits on: a descriptor.
@@ -436,7 +434,8 @@ impl Mapping {
         Ok(map)
     }
 
-    /// Maps `len` bytes of `object` at a multiple of [`MAP_ALIGN`] and registers the mapping.
+    /// Maps `len` bytes of `object` at a multiple of [`MAP_ALIGN`](super::MAP_ALIGN) and
+    /// registers the mapping.
     /// `from_peer`: the object is a peer's (checked by [`Mapping::open`]), so a failure to map
     /// it, other than a lack of memory, is `PeerMisbehaved`.
     fn map(
@@ -446,27 +445,7 @@ impl Mapping {
         mut words: Vec<(usize, WakePair)>,
         from_peer: bool,
     ) -> Result<Self, Error> {
-        // Data zones may need up to 64 KiB alignment in every process's address space, and mmap
-        // promises only page alignment: reserve `len + MAP_ALIGN` bytes of address space, map
-        // the object over an aligned part of the reservation, and give the slack back.
-        let reserve = len.checked_add(MAP_ALIGN).ok_or(Error::Memory)?;
-        // SAFETY: a new, inaccessible, private anonymous reservation at an address the kernel
-        // chooses; nothing existing is touched.
-        let base = unsafe {
-            rustix::mm::mmap_anonymous(
-                ptr::null_mut(),
-                reserve,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE,
-            )
-        }
-        .map_err(|e| os_error("mmap", e))?;
-        let start = base as usize;
-        let aligned = start.next_multiple_of(MAP_ALIGN);
-        // SAFETY: `aligned..aligned + len` lies inside the reservation made above, which this
-        // function owns and nothing else uses, so MAP_FIXED replaces only that, and mmap itself
-        // creates no reference. Accessing the mapping later is sound as long as its pages stay
-        // backed: `object` is one we made with `len` bytes, or a peer's that `open` checked to
+        // SAFETY: `object` is one we made with `len` bytes, or a peer's that `open` checked to
         // be a shared memory object of this system (FreeBSD: sealed against resizing; macOS: a
         // POSIX shm object, resizable only once; Linux with `portable-unix`: a regular file
         // on tmpfs; elsewhere: a regular file) holding exactly `len` bytes. What a peer can
@@ -474,33 +453,10 @@ impl Mapping {
         // other systems but macOS and FreeBSD), which makes our next access raise SIGBUS: a
         // crash, not undefined behaviour, and only between processes of one user (see the
         // module docs).
-        let mapped = unsafe {
-            rustix::mm::mmap(
-                aligned as *mut c_void,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
-                &object,
-                0,
-            )
-        };
-        let head = aligned - start;
-        let tail = reserve - head - len;
-        // SAFETY: the slack before and after the mapping is the rest of our own reservation;
-        // no reference into it exists.
-        unsafe {
-            if head > 0 {
-                let _ = rustix::mm::munmap(base, head);
-            }
-            if tail > 0 {
-                let _ = rustix::mm::munmap((aligned + len) as *mut c_void, tail);
-            }
-        }
+        let mapped = unsafe { super::unix_map::map_aligned(object.as_fd(), len, false) };
         let ptr = match mapped {
             Ok(p) => p,
             Err(e) => {
-                // SAFETY: the reservation's middle part, still ours, is released on failure.
-                let _ = unsafe { rustix::mm::munmap(aligned as *mut c_void, len) };
                 if from_peer && e != Errno::NOMEM {
                     warn!(tag, error = %e, "a peer's shared memory object cannot be mapped");
                     return Err(Error::Protocol(ProtocolReason::PeerMisbehaved));
@@ -508,7 +464,6 @@ impl Mapping {
                 return Err(os_error("mmap", e));
             }
         };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Memory)?;
         words.sort_unstable_by_key(|(o, _)| *o);
         let map = Self {
             ptr,
