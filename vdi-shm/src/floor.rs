@@ -1,7 +1,7 @@
 //! Support for vdi-bench's floors, not an API: one 32-bit word in shared memory that two
 //! processes bounce, with nothing else of the protocol around it.
 //!
-//! It is here, on top of the platform layer's [`Mapping`], so that the benchmark harness needs
+//! It is here, on top of the platform layer's `Mapping`, so that the benchmark harness needs
 //! no `unsafe` code of its own: the mapping is a sealed memfd (Linux) that the creator hands to
 //! the peer as a descriptor, and the word is viewed only as an atomic.
 
