@@ -621,14 +621,8 @@ impl DeviceInner {
     }
 }
 
-/// Turns a command entry into a command, validating everything the server wrote. The command
-/// holds the device through `spare` if there is one (a clone made while waiting), otherwise a
-/// new clone.
-fn build(
-    inner: &Arc<DeviceInner>,
-    spare: &mut Option<Arc<DeviceInner>>,
-    entry: [u64; 4],
-) -> Result<Command, Error> {
+/// Turns a command entry into a command, validating everything the server wrote.
+fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
     let set = &inner.set;
     let Ok(Some(cfg)) = set.load_config() else {
         return Err(set.peer_misbehaved());
@@ -644,7 +638,7 @@ fn build(
         return Err(set.peer_misbehaved());
     };
     Ok(Command {
-        device: spare.take().unwrap_or_else(|| Arc::clone(inner)),
+        device: Arc::clone(inner),
         code: parsed.code,
         size: parsed.size,
         position: parsed.position,
@@ -753,9 +747,6 @@ impl vdi_core::ClientDevice for ClientDevice {
         // the flag out, or it would return at once, every time: a hot loop.
         let mut closed_seen;
         let mut seen;
-        // The command's hold on the device, cloned before this thread waits, so that taking a
-        // command that comes while it spins costs no atomic read-modify-write for it.
-        let mut spare = None;
         let result = loop {
             // Clear an old kick (a kick stored after this load is seen by the wait below); the
             // common case, no kick, stores nothing.
@@ -777,7 +768,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                 if st.machine.take_held()
                     && let Some(entry) = st.held.take()
                 {
-                    break build(inner, &mut spare, entry);
+                    break build(inner, entry);
                 }
                 // The server sets the flag after pushing its last command: an empty ring seen
                 // after the flag means no command will come.
@@ -791,7 +782,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                     Ok(Some(entry)) => {
                         let code = CommandCode(entry[0] as u32);
                         match st.machine.on_command(code) {
-                            Delivery::Deliver => break build(inner, &mut spare, entry),
+                            Delivery::Deliver => break build(inner, entry),
                             Delivery::FailIoDevice => {
                                 trace!(device = %inner.name, code = ?code, "failed unseen: device in IO-ERROR");
                                 if fail_unseen(inner, &mut st, entry).is_err() {
@@ -830,9 +821,6 @@ impl vdi_core::ClientDevice for ClientDevice {
             }
             if deadline.is_poll() {
                 break Err(Error::Timeout);
-            }
-            if spare.is_none() {
-                spare = Some(Arc::clone(inner));
             }
             #[cfg(test)]
             test_hook::before_wait();
