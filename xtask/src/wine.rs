@@ -24,7 +24,9 @@
 //!    and the MinGW linker. For vdi-shm that is its whole suite on its Windows backend
 //!    (`src/sys/windows.rs`: sections, events, named pipes): the unit tests, and the
 //!    multi-process integration tests (`vdi-shm/tests/*.rs`), whose child processes are the test
-//!    binary re-run under Wine and killed with `TerminateProcess`.
+//!    binary re-run under Wine and killed with `TerminateProcess`. One persistent `wineserver -p`
+//!    serves every test process and is killed (`wineserver -k`) at the end, so no test starts
+//!    while a server is exiting.
 //!
 //! Everything it builds goes to `target/wine` (`CARGO_TARGET_DIR`), away from the normal cache
 //! and its build lock.
@@ -36,7 +38,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -50,6 +52,8 @@ const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
 const APT_LIMIT: Duration = Duration::from_secs(900);
 /// Longest wait for `wineboot --init`.
 const WINEBOOT_LIMIT: Duration = Duration::from_secs(300);
+/// Longest wait for `wineserver -p` or `wineserver -k`.
+const SERVER_LIMIT: Duration = Duration::from_secs(60);
 /// Longest wait for building and running the tests under Wine.
 const TEST_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -109,6 +113,8 @@ pub(crate) fn run() -> Result<Outcome, String> {
     ensure_prefix(&prefix)?;
     ensure_process_prng(&target_dir, &prefix)?;
 
+    // One server for the whole run: see `PersistentServer`.
+    let _server = PersistentServer::start(&prefix)?;
     for krate in ["vdi-win", "vdi-shm"] {
         let mut test = cargo();
         test.args(["test", "--target", TARGET, "-p", krate, "--locked"])
@@ -139,6 +145,49 @@ fn wine_env(cmd: &mut Command, prefix: &Path) {
         .env("WINEDLLOVERRIDES", "mscoree=;mshtml=")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY");
+}
+
+/// A `wineserver -p` for the prefix, alive until dropped.
+///
+/// Without it every test binary (and every child process a test re-runs) starts or joins a
+/// server that exits three seconds after its last client. A client that connects while that
+/// server is exiting dies at once with `wine client error:0: recvmsg: Connection reset by peer`
+/// (a CI run of vdi-shm's `errors` suite failed so, before running a test). A persistent
+/// server never exits under the tests; dropping the guard runs `wineserver -k`.
+struct PersistentServer {
+    prefix: PathBuf,
+}
+
+impl PersistentServer {
+    /// Starts the server (`wineserver -p` detaches and returns at once) or joins a running one.
+    fn start(prefix: &Path) -> Result<Self, String> {
+        let mut cmd = Command::new("wineserver");
+        // The detached server keeps the descriptors it is given: with this process's output it
+        // would hold a CI log's pipe open after the run.
+        cmd.arg("-p").stdout(Stdio::null()).stderr(Stdio::null());
+        wine_env(&mut cmd, prefix);
+        stage_bounded(
+            "wine-test: wineserver -p (one server for every test)",
+            cmd,
+            Some(SERVER_LIMIT),
+        )?;
+        Ok(Self {
+            prefix: prefix.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PersistentServer {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("wineserver");
+        cmd.arg("-k");
+        wine_env(&mut cmd, &self.prefix);
+        // A server already gone is fine; anything else is reported and the stage's result
+        // stands.
+        if let Err(e) = stage_bounded("wine-test: wineserver -k", cmd, Some(SERVER_LIMIT)) {
+            println!("=== xtask: {e}");
+        }
+    }
 }
 
 /// Whether `program --version` runs.
