@@ -2,7 +2,7 @@
 //!
 //! - Every `.rs` file starts with a `//!` module doc.
 //! - The word `unsafe` as code appears only in `vdi-shm` and `vdi-win`; `vdi-core`,
-//!   `vdi-async` and `vdi-bench` say `#![forbid(unsafe_code)]`.
+//!   `vdi-async`, `vdi-bench` and `vdi-testkit` say `#![forbid(unsafe_code)]`.
 //! - `vdi-core` depends on no I/O crate (tokio, memmap2, rustix, libc, windows).
 //! - README.md states the MSRV that Cargo.toml has.
 //! - No placeholder macros (`todo`, `unimplemented`) in the code.
@@ -16,6 +16,7 @@ const UNSAFE_FORBIDDEN: &[(&str, &str)] = &[
     ("vdi-core", "src/lib.rs"),
     ("vdi-async", "src/lib.rs"),
     ("vdi-bench", "src/main.rs"),
+    ("vdi-testkit", "src/lib.rs"),
 ];
 /// Dependencies vdi-core must not have: it does no I/O.
 const CORE_BANNED_DEPS: &[&str] = &[

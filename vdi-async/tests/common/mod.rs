@@ -1,156 +1,43 @@
-//! Test support: child processes in a role, deterministic stream data checked at any offset,
-//! and a small engine (the server side) that reports how each device ended.
-//!
-//! Copied from vdi-shm/tests/common/mod.rs: `unique_name`, `init_tracing`, `role`, `param`,
-//! `param_u64`, `ChildProc`, `watchdog`, `splitmix`, `fill`, `device_name`, `Plan` and
-//! `open_and_configure`, and the message tag of `tell_parent`. New here: byte checks at any
-//! offset and length (`Checker`, `Source`), and an engine whose devices report an [`Outcome`]
-//! instead of panicking, so that tests can accept "success or an abort".
+//! Test support: byte checks at any offset and length (`Checker`, `Source`), a seeded random
+//! number generator, and a small engine (the server side) whose devices report an [`Outcome`]
+//! instead of panicking, so that tests can accept "success or an abort". Child processes in a
+//! role, deterministic stream data and the server's configuration come from `vdi-testkit`,
+//! re-exported here.
 
 #![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::{
-    io::Write,
     pin::Pin,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     task::{Context, Poll},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::io::{AsyncRead, ReadBuf};
 use vdi_core::{
-    CommandCode, CompletionCode, Error, HResult, ServerBackend, ServerBuffer, ServerCommand,
-    ServerConfig, ServerDevice, ServerDeviceSet, Timeout,
+    CommandCode, CompletionCode, Error, ServerBuffer, ServerCommand, ServerConfig, ServerDevice,
+    ServerDeviceSet, Timeout,
 };
 use vdi_shm::ShmServer;
+#[allow(unused_imports, reason = "each test file uses a part of the kit")]
+pub(crate) use vdi_testkit::{
+    ChildProc, MSG_TAG, Plan, check, device_name, fill, init_tracing, param, param_u64, role,
+    tell_parent, watchdog,
+};
+use vdi_testkit::{OpenRetry, splitmix};
 
 /// Generous bound for any single wait of the engine; a hang fails instead of blocking CI.
 pub(crate) const WAIT: Timeout = Timeout::from_millis(20_000);
 
-/// A set name unique to this process and call.
+/// How long, and how often, [`open_and_configure`] tries to open a set not created yet.
+const OPEN: OpenRetry = OpenRetry {
+    within: Duration::from_secs(20),
+    every: Duration::from_millis(2),
+};
+
+/// A set name unique to this process and call (`vdi-async-<tag>-<pid>-<n>`).
 pub(crate) fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vdi-async-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Turns on tracing output for the test (RUST_LOG, default warn).
-pub(crate) fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-/// The role this process was started in, if it is a child.
-pub(crate) fn role() -> Option<String> {
-    std::env::var("VDI_ROLE").ok()
-}
-
-/// A parameter passed to a child.
-pub(crate) fn param(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("child parameter {key} missing"))
-}
-
-/// A numeric parameter passed to a child.
-pub(crate) fn param_u64(key: &str) -> u64 {
-    param(key)
-        .parse()
-        .unwrap_or_else(|_| panic!("child parameter {key} is not a number"))
-}
-
-/// A child process running test `test` of this binary in `role`; killed when dropped.
-pub(crate) struct ChildProc {
-    child: Option<Child>,
-}
-
-impl ChildProc {
-    /// Starts the child.
-    pub(crate) fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env("VDI_ROLE", role)
-            .stdin(Stdio::null());
-        for (k, v) in params {
-            cmd.env(k, v);
-        }
-        Self {
-            child: Some(cmd.spawn().expect("spawn child test process")),
-        }
-    }
-
-    /// Waits for the child to exit, at most `limit`; kills it and panics on overrun.
-    pub(crate) fn wait(mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("child");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("child process did not exit within {limit:?}");
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The tag before each message a child writes for its parent on stdout; the test harness's own
-/// output on the same stream lacks it.
-pub(crate) const MSG_TAG: &str = "@vdi-msg ";
-
-/// In a child: sends `msg` (one line) to the parent on stdout.
-pub(crate) fn tell_parent(msg: &str) {
-    assert!(!msg.contains('\n'), "one line at a time");
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{MSG_TAG}{msg}").expect("write to parent");
-    out.flush().expect("flush to parent");
-}
-
-/// Fails the whole test process if it is still running after `limit` (a watchdog: a deadlock
-/// becomes a failure, not a hung CI job).
-pub(crate) fn watchdog(limit: Duration) {
-    thread::spawn(move || {
-        thread::sleep(limit);
-        eprintln!("watchdog: test still running after {limit:?}; aborting");
-        std::process::exit(101);
-    });
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Fills `buf` with the stream bytes of device `device` starting at stream offset `offset`
-/// (both multiples of 8).
-pub(crate) fn fill(device: u32, offset: u64, buf: &mut [u8]) {
-    assert!(offset.is_multiple_of(8) && buf.len().is_multiple_of(8));
-    let seed = u64::from(device) << 48;
-    for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
-        let v = splitmix(seed ^ (offset / 8 + i as u64));
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
+    vdi_testkit::unique_name("vdi-async", tag)
 }
 
 /// Fills `buf` with the stream bytes of `device` from any `offset`, of any length.
@@ -161,17 +48,6 @@ pub(crate) fn fill_any(device: u32, offset: u64, buf: &mut [u8], scratch: &mut V
     fill(device, start, scratch);
     let skip = (offset - start) as usize;
     buf.copy_from_slice(&scratch[skip..skip + buf.len()]);
-}
-
-/// Whether `buf` holds device `device`'s stream bytes from `offset` (multiples of 8).
-pub(crate) fn check(device: u32, offset: u64, buf: &[u8]) -> bool {
-    if !offset.is_multiple_of(8) || !buf.len().is_multiple_of(8) {
-        return false;
-    }
-    let seed = u64::from(device) << 48;
-    buf.chunks_exact(8)
-        .enumerate()
-        .all(|(i, chunk)| chunk == splitmix(seed ^ (offset / 8 + i as u64)).to_le_bytes())
 }
 
 /// Checks a device's stream in order, in chunks of any size.
@@ -306,55 +182,6 @@ impl Rng {
     }
 }
 
-/// The name of device `i` of set `set`: the first device has the set's name.
-pub(crate) fn device_name(set: &str, i: u32) -> String {
-    if i == 0 {
-        set.to_owned()
-    } else {
-        format!("{set}-d{i}")
-    }
-}
-
-/// What an engine run does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    pub devices: u32,
-    pub block: u32,
-    pub max_transfer: u32,
-    /// Buffers per device.
-    pub depth: u32,
-    /// Stream bytes per device (a multiple of the block size).
-    pub bytes: u64,
-}
-
-impl Plan {
-    /// Passes the plan to a child.
-    pub(crate) fn params(&self, name: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("VDI_SET", name.to_owned()),
-            ("VDI_DEVICES", self.devices.to_string()),
-            ("VDI_BLOCK", self.block.to_string()),
-            ("VDI_MTS", self.max_transfer.to_string()),
-            ("VDI_DEPTH", self.depth.to_string()),
-            ("VDI_BYTES", self.bytes.to_string()),
-        ]
-    }
-
-    /// Reads the plan a parent passed.
-    pub(crate) fn from_env() -> (String, Self) {
-        (
-            param("VDI_SET"),
-            Self {
-                devices: param_u64("VDI_DEVICES") as u32,
-                block: param_u64("VDI_BLOCK") as u32,
-                max_transfer: param_u64("VDI_MTS") as u32,
-                depth: param_u64("VDI_DEPTH") as u32,
-                bytes: param_u64("VDI_BYTES"),
-            },
-        )
-    }
-}
-
 /// Opens `name` as the server and configures it for `plan`, retrying the open until the client
 /// has created the set.
 pub(crate) fn open_and_configure(
@@ -362,12 +189,7 @@ pub(crate) fn open_and_configure(
     plan: &Plan,
     backup: bool,
 ) -> Result<(vdi_shm::ServerSet, Vec<vdi_shm::ServerDevice>), Error> {
-    let cfg = if backup {
-        ServerConfig::backup(plan.block, plan.max_transfer)
-    } else {
-        ServerConfig::restore(plan.block, plan.max_transfer)
-    };
-    open_and_configure_with(name, plan, &cfg)
+    open_and_configure_with(name, plan, &plan.server_config(backup))
 }
 
 /// As [`open_and_configure`], with the server's configuration given.
@@ -376,23 +198,7 @@ pub(crate) fn open_and_configure_with(
     plan: &Plan,
     cfg: &ServerConfig,
 ) -> Result<(vdi_shm::ServerSet, Vec<vdi_shm::ServerDevice>), Error> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let set = loop {
-        match ShmServer::new().open(None, name) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline && e.hresult() == HResult::VD_E_INVALID => {
-                thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    set.begin_configuration(cfg)?;
-    set.request_buffers(plan.max_transfer, 0, plan.depth * plan.devices)?;
-    let devices = (0..plan.devices)
-        .map(|i| set.open_device(&device_name(name, i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    set.end_configuration()?;
-    Ok((set, devices))
+    vdi_testkit::open_and_configure(&ShmServer::new(), name, plan, cfg, OPEN)
 }
 
 /// How a device ended, as the engine saw it.

@@ -1,14 +1,14 @@
 //! A small VDI client for the engine's tests: creates a set, serves every device on its own
 //! thread (keeping a backup's stream in memory, or serving a stream back for a restore), and
-//! records what each device saw. Also runs the `vdi-engine` binary as a separate process.
+//! records what each device saw. Also runs the `vdi-engine` binary as a separate process. Set
+//! names, tracing and the child process's lifetime come from `vdi-testkit`.
 
 #![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::{
     fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -22,27 +22,15 @@ use vdi_engine::{
     format::{Header, chunk_count},
 };
 use vdi_shm::{ClientSet, ShmClient};
+use vdi_testkit::ChildProc;
+pub(crate) use vdi_testkit::init_tracing;
 
 /// The bound of every wait in a test: a hang fails instead of blocking.
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-/// A set name unique to this process and call.
+/// A set name unique to this process and call (`vdi-engine-test-<tag>-<pid>-<n>`).
 pub(crate) fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vdi-engine-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Tracing output for the test (RUST_LOG, default warn).
-pub(crate) fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    vdi_testkit::unique_name("vdi-engine-test", tag)
 }
 
 /// Creates a set of `devices` devices with `features` and `server_timeout` (ms).
@@ -308,9 +296,10 @@ pub(crate) fn expected_stream(
     v
 }
 
-/// The `vdi-engine` binary running in its own process, its output going to files.
+/// The `vdi-engine` binary running in its own process, its output going to files; killed
+/// when dropped.
 pub(crate) struct Engine {
-    child: Option<Child>,
+    proc: ChildProc,
     out: PathBuf,
     err: PathBuf,
 }
@@ -341,7 +330,7 @@ impl Engine {
             .spawn()
             .expect("start vdi-engine");
         Self {
-            child: Some(child),
+            proc: ChildProc::from(child),
             out,
             err,
         }
@@ -349,19 +338,10 @@ impl Engine {
 
     /// Waits for the process to end (killing it after [`WAIT`]).
     pub(crate) fn wait(mut self) -> Exit {
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("vdi-engine did not end within {WAIT:?}");
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
+        let status = self
+            .proc
+            .wait_within(WAIT)
+            .unwrap_or_else(|| panic!("vdi-engine did not end within {WAIT:?}"));
         let exit = Exit {
             code: status.code(),
             stdout: fs::read_to_string(&self.out).unwrap_or_default(),
@@ -376,10 +356,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The process, if still running, is killed as `proc` drops, after this.
         let _ = fs::remove_file(&self.out);
         let _ = fs::remove_file(&self.err);
     }

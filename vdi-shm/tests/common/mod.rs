@@ -1,5 +1,6 @@
-//! Test support shared by the multi-process tests: child processes in a role, deterministic
-//! stream data, and small server (engine) and client (agent) drivers.
+//! Test support shared by vdi-shm's multi-process tests: small server (engine) and client
+//! (agent) drivers, and checks that a set left nothing behind. Child processes in a role and
+//! deterministic stream data come from `vdi-testkit`, re-exported here.
 //!
 //! A test that needs another process re-runs its own test binary with `--exact <child test>`
 //! and the role in `VDI_ROLE`; the child test does nothing unless `VDI_ROLE` is set.
@@ -7,326 +8,34 @@
 #![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use vdi_core::{
     ClientCommand, ClientDevice, ClientDeviceSet, CommandCode, Completion, CompletionCode, Error,
-    ServerBackend, ServerBuffer, ServerCommand, ServerConfig, ServerDevice, ServerDeviceSet,
-    Timeout,
+    ServerBuffer, ServerCommand, ServerDevice, ServerDeviceSet, Timeout,
 };
 use vdi_shm::{ClientSet, ShmServer};
+use vdi_testkit::OpenRetry;
+#[allow(unused_imports, reason = "each test file uses a part of the kit")]
+pub(crate) use vdi_testkit::{
+    ChildProc, PipedChild, Plan, check, device_name, fill, from_parent, init_tracing, param,
+    param_u64, role, tell_parent, watchdog,
+};
 
 /// Generous bound for any single wait in a test; a hang fails instead of blocking CI.
 pub(crate) const WAIT: Timeout = Timeout::from_millis(30_000);
 
-/// A set name unique to this process and call.
+/// How long, and how often, [`open_and_configure`] tries to open a set not created yet.
+const OPEN: OpenRetry = OpenRetry {
+    within: Duration::from_secs(30),
+    every: Duration::from_millis(5),
+};
+
+/// A set name unique to this process and call (`vdi-test-<tag>-<pid>-<n>`).
 pub(crate) fn unique_name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vdi-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Turns on tracing output for the test (RUST_LOG, default warn).
-pub(crate) fn init_tracing() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-/// The role this process was started in, if it is a child.
-pub(crate) fn role() -> Option<String> {
-    std::env::var("VDI_ROLE").ok()
-}
-
-/// A parameter passed to a child.
-pub(crate) fn param(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("child parameter {key} missing"))
-}
-
-/// A numeric parameter passed to a child.
-pub(crate) fn param_u64(key: &str) -> u64 {
-    param(key)
-        .parse()
-        .unwrap_or_else(|_| panic!("child parameter {key} is not a number"))
-}
-
-/// A child process running test `test` of this binary in `role`; killed when dropped.
-pub(crate) struct ChildProc {
-    child: Option<Child>,
-}
-
-impl ChildProc {
-    /// Starts the child.
-    pub(crate) fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env("VDI_ROLE", role)
-            .stdin(Stdio::null());
-        for (k, v) in params {
-            cmd.env(k, v);
-        }
-        Self {
-            child: Some(cmd.spawn().expect("spawn child test process")),
-        }
-    }
-
-    /// The child's pid.
-    pub(crate) fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    /// Waits for the child to exit, at most `limit`; kills it and panics on overrun.
-    pub(crate) fn wait(mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("child");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("child process did not exit within {limit:?}");
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Kills the child (SIGKILL on Linux, TerminateProcess on Windows) and reaps it.
-    pub(crate) fn kill(mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The tag before each message a child writes for its parent on stdout; the test harness's own
-/// output on the same stream lacks it.
-const MSG_TAG: &str = "@vdi-msg ";
-
-/// A child process (as [`ChildProc`]) whose stdin and stdout are pipes to the parent: the
-/// parent sends it lines with [`PipedChild::send`] and reads its messages with
-/// [`PipedChild::recv`]; the child uses [`tell_parent`] and [`from_parent`].
-pub(crate) struct PipedChild {
-    proc: ChildProc,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl PipedChild {
-    /// Starts the child with piped stdin and stdout; killed when dropped.
-    pub(crate) fn spawn(test: &str, role: &str, params: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut cmd = Command::new(exe);
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env("VDI_ROLE", role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for (k, v) in params {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn child test process");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("child stdout");
-        let pid = child.id();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // The harness may have begun the line ("test child ... ").
-                if let Some((_, msg)) = line.split_once(MSG_TAG) {
-                    if tx.send(msg.to_owned()).is_err() {
-                        break;
-                    }
-                } else if !line.is_empty() {
-                    eprintln!("[child {pid}] {line}");
-                }
-            }
-        });
-        Self {
-            proc: ChildProc { child: Some(child) },
-            stdin,
-            lines,
-        }
-    }
-
-    /// The child's pid.
-    pub(crate) fn pid(&self) -> i32 {
-        self.proc.pid()
-    }
-
-    /// Sends the child one line (no newline in `line`).
-    pub(crate) fn send(&mut self, line: &str) {
-        assert!(!line.contains('\n'), "one line at a time");
-        let stdin = self.stdin.as_mut().expect("child stdin open");
-        writeln!(stdin, "{line}").expect("write to child stdin");
-        stdin.flush().expect("flush child stdin");
-    }
-
-    /// The child's next message; panics if none comes within `limit` or the child ends.
-    pub(crate) fn recv(&self, limit: Duration) -> String {
-        match self.lines.recv_timeout(limit) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("child {} sent nothing within {limit:?}", self.pid())
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("child {} ended without the message expected", self.pid())
-            }
-        }
-    }
-
-    /// Waits for the child's next message and checks that it is `expected`.
-    pub(crate) fn expect(&self, expected: &str, limit: Duration) {
-        let got = self.recv(limit);
-        assert_eq!(
-            got,
-            expected,
-            "unexpected message from child {}",
-            self.pid()
-        );
-    }
-
-    /// Closes the child's stdin (it reads end of file), then waits for it to exit, at most
-    /// `limit`; kills it and panics on overrun.
-    pub(crate) fn wait(mut self, limit: Duration) -> ExitStatus {
-        drop(self.stdin.take());
-        self.proc.wait(limit)
-    }
-
-    /// Kills the child (SIGKILL on Linux, TerminateProcess on Windows) and reaps it.
-    pub(crate) fn kill(self) {
-        self.proc.kill();
-    }
-}
-
-/// In a child: sends `msg` (one line) to the parent on stdout.
-pub(crate) fn tell_parent(msg: &str) {
-    assert!(!msg.contains('\n'), "one line at a time");
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{MSG_TAG}{msg}").expect("write to parent");
-    out.flush().expect("flush to parent");
-}
-
-/// In a child: the next line the parent sent on stdin; `None` at end of file.
-pub(crate) fn from_parent() -> Option<String> {
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(line.trim_end_matches('\n').to_owned()),
-    }
-}
-
-/// Fails the whole test process if it is still running after `limit` (a watchdog: a deadlock
-/// becomes a failure, not a hung CI job).
-pub(crate) fn watchdog(limit: Duration) {
-    thread::spawn(move || {
-        thread::sleep(limit);
-        eprintln!("watchdog: test still running after {limit:?}; aborting");
-        std::process::exit(101);
-    });
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Fills `buf` with the stream bytes of device `device` starting at stream offset `offset`
-/// (both multiples of 8).
-pub(crate) fn fill(device: u32, offset: u64, buf: &mut [u8]) {
-    assert!(offset.is_multiple_of(8) && buf.len().is_multiple_of(8));
-    let seed = u64::from(device) << 48;
-    for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
-        let v = splitmix(seed ^ (offset / 8 + i as u64));
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// Whether `buf` holds device `device`'s stream bytes from `offset`.
-pub(crate) fn check(device: u32, offset: u64, buf: &[u8]) -> bool {
-    if !offset.is_multiple_of(8) || !buf.len().is_multiple_of(8) {
-        return false;
-    }
-    let seed = u64::from(device) << 48;
-    buf.chunks_exact(8)
-        .enumerate()
-        .all(|(i, chunk)| chunk == splitmix(seed ^ (offset / 8 + i as u64)).to_le_bytes())
-}
-
-/// The name of device `i` of set `set`: the first device has the set's name.
-pub(crate) fn device_name(set: &str, i: u32) -> String {
-    if i == 0 {
-        set.to_owned()
-    } else {
-        format!("{set}-d{i}")
-    }
-}
-
-/// What a server run does.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    pub devices: u32,
-    pub block: u32,
-    pub max_transfer: u32,
-    /// Buffers per device.
-    pub depth: u32,
-    /// Stream bytes per device (a multiple of the block size).
-    pub bytes: u64,
-}
-
-impl Plan {
-    /// Passes the plan to a child.
-    pub(crate) fn params(&self, name: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("VDI_SET", name.to_owned()),
-            ("VDI_DEVICES", self.devices.to_string()),
-            ("VDI_BLOCK", self.block.to_string()),
-            ("VDI_MTS", self.max_transfer.to_string()),
-            ("VDI_DEPTH", self.depth.to_string()),
-            ("VDI_BYTES", self.bytes.to_string()),
-        ]
-    }
-
-    /// Reads the plan a parent passed.
-    pub(crate) fn from_env() -> (String, Self) {
-        (
-            param("VDI_SET"),
-            Self {
-                devices: param_u64("VDI_DEVICES") as u32,
-                block: param_u64("VDI_BLOCK") as u32,
-                max_transfer: param_u64("VDI_MTS") as u32,
-                depth: param_u64("VDI_DEPTH") as u32,
-                bytes: param_u64("VDI_BYTES"),
-            },
-        )
-    }
+    vdi_testkit::unique_name("vdi-test", tag)
 }
 
 /// Opens `name` as the server and configures it for `plan`, retrying the open until the client
@@ -336,30 +45,8 @@ pub(crate) fn open_and_configure(
     plan: &Plan,
     backup: bool,
 ) -> Result<(vdi_shm::ServerSet, Vec<vdi_shm::ServerDevice>), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let set = loop {
-        match ShmServer::new().open(None, name) {
-            Ok(s) => break s,
-            Err(e)
-                if Instant::now() < deadline && e.hresult() == vdi_core::HResult::VD_E_INVALID =>
-            {
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let cfg = if backup {
-        ServerConfig::backup(plan.block, plan.max_transfer)
-    } else {
-        ServerConfig::restore(plan.block, plan.max_transfer)
-    };
-    set.begin_configuration(&cfg)?;
-    set.request_buffers(plan.max_transfer, 0, plan.depth * plan.devices)?;
-    let devices = (0..plan.devices)
-        .map(|i| set.open_device(&device_name(name, i)))
-        .collect::<Result<Vec<_>, _>>()?;
-    set.end_configuration()?;
-    Ok((set, devices))
+    let config = plan.server_config(backup);
+    vdi_testkit::open_and_configure(&ShmServer::new(), name, plan, &config, OPEN)
 }
 
 /// The server side of a backup: writes `plan.bytes` of each device's stream in transfers of
