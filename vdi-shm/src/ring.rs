@@ -362,11 +362,14 @@ impl<'a> Ring<'a> {
     ) -> WaitOutcome {
         let h = self.header;
         let empty = || self.slot_state(seen_head) == SlotState::Empty;
-        for _ in 0..spins {
+        let mut spun = 0;
+        let mut i = 0;
+        while spun < spins {
             if !empty() {
                 return WaitOutcome::Ready;
             }
-            relax();
+            spun = spun.saturating_add(relax(i));
+            i += 1;
         }
         let Some(sleep_slice) = sleep_slice() else {
             return WaitOutcome::TimedOut;
@@ -397,13 +400,52 @@ impl<'a> Ring<'a> {
     }
 }
 
-/// Back-off hint for one spin iteration: a CPU pause normally, a scheduler
-/// yield under loom (so the model can make progress).
-fn relax() {
+/// Spin iterations before a waiter first yields its core: about 1 µs of
+/// `pause`, several round trips between cores, so an answer already on its
+/// way is caught without a system call.
+const SPINS_BEFORE_YIELD: u32 = 32;
+
+/// Past [`SPINS_BEFORE_YIELD`], one iteration in this many yields the core
+/// instead of pausing.
+///
+/// When more threads wait than there are cores (every device of a set has a
+/// client thread, and the other side spins too), a thread whose command is
+/// ready can be waiting for the core a spinner holds: without the yield it
+/// waits out the spinner's whole budget (2000 pauses, ~50 µs). A yield with
+/// nothing else to run returns at once, so a waiter that owns its core loses
+/// only the system call, and only in the slow part of its spin.
+const YIELD_EVERY: u32 = 8;
+
+/// What a yield takes from the spin budget, in pauses: about what the system
+/// call costs (~0.6 µs here, a pause ~26 ns), so the budget keeps its length
+/// in time, and a waiter alone on its core goes to sleep as soon as before.
+const YIELD_COST: u32 = 24;
+
+/// Back-off for spin iteration `i`: a CPU pause, with a scheduler yield now
+/// and then past the first [`SPINS_BEFORE_YIELD`] (see [`YIELD_EVERY`]); a
+/// yield every time under loom (so the model can make progress). Returns what
+/// it took from the spin budget.
+fn relax(i: u32) -> u32 {
     #[cfg(loom)]
-    crate::sync::yield_now();
+    {
+        let _ = i;
+        crate::sync::yield_now();
+        1
+    }
     #[cfg(not(loom))]
-    crate::sync::spin_loop();
+    if should_yield(i) {
+        crate::sync::yield_now();
+        YIELD_COST
+    } else {
+        crate::sync::spin_loop();
+        1
+    }
+}
+
+/// Whether spin iteration `i` yields the core rather than pausing.
+#[cfg_attr(loom, allow(dead_code))]
+fn should_yield(i: u32) -> bool {
+    i >= SPINS_BEFORE_YIELD && i.is_multiple_of(YIELD_EVERY)
 }
 
 /// Wake every consumer thread sleeping on `ring`, whether or not `waiters`
@@ -1050,6 +1092,27 @@ mod tests {
             ring.wait(4, &wake, 0, Duration::ZERO, &|| false),
             WaitOutcome::SliceElapsed
         );
+    }
+
+    #[test]
+    fn spinning_yields_only_past_the_first_spins_and_then_now_and_then() {
+        assert!((0..SPINS_BEFORE_YIELD).all(|i| !should_yield(i)));
+        let yields: Vec<u32> = (0..2000).filter(|&i| should_yield(i)).collect();
+        assert_eq!(yields.first(), Some(&SPINS_BEFORE_YIELD));
+        assert!(yields.windows(2).all(|w| w[1] - w[0] == YIELD_EVERY));
+        // A yield takes a pause's worth of budget per pause it costs in time: the default
+        // budget of 2000 is spent in 32 pauses, then rounds of 7 pauses and a yield.
+        let (mut spun, mut iterations) = (0u32, 0u32);
+        while spun < 2000 {
+            spun += if should_yield(iterations) {
+                YIELD_COST
+            } else {
+                1
+            };
+            iterations += 1;
+        }
+        let yields = (0..iterations).filter(|&i| should_yield(i)).count();
+        assert_eq!((iterations, yields, spun), (537, 64, 2009));
     }
 
     #[test]
