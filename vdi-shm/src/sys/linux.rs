@@ -25,8 +25,9 @@ use rustix::{
     thread::futex,
     time::Timespec,
 };
-use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
+use vdi_core::{Error, InvalidReason, ProtocolReason};
 
+pub(crate) use super::unix_error::{io_error, os_error};
 use super::{ConnectError, Ready};
 use crate::Options;
 
@@ -39,24 +40,6 @@ pub(crate) use std::os::fd::OwnedFd as Attachment;
 const SOCKET_PREFIX: &str = "vdi-shm.1/";
 /// The most file descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 4;
-
-/// A system error `e` from `call` as the crate's error (see [`os_error`]).
-pub(crate) fn io_error(call: &'static str, e: &std::io::Error) -> Error {
-    os_error(call, Errno::from_io_error(e).unwrap_or(Errno::IO))
-}
-
-/// Maps an errno from `call` to the crate's error: out-of-memory and out-of-space conditions
-/// become `VD_E_MEMORY`, everything else `VD_E_UNEXPECTED` naming the call.
-pub(crate) fn os_error(call: &'static str, e: Errno) -> Error {
-    if e == Errno::NOMEM || e == Errno::NOSPC || e == Errno::FBIG {
-        Error::Memory
-    } else {
-        Error::System(SystemError {
-            call,
-            code: e.raw_os_error(),
-        })
-    }
-}
 
 /// A shared, sealed memfd mapped read-write into this process.
 ///

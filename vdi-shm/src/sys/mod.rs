@@ -60,6 +60,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 mod imp;
 
 #[cfg(unix)]
+mod unix_error;
+#[cfg(unix)]
 mod unix_map;
 
 pub(crate) use imp::*;

@@ -129,8 +129,9 @@ use rustix::{
     },
 };
 use tracing::{trace, warn};
-use vdi_core::{Error, InvalidReason, ProtocolReason, SystemError};
+use vdi_core::{Error, InvalidReason, ProtocolReason};
 
+pub(crate) use super::unix_error::{io_error, os_error};
 use super::{ConnectError, Ready};
 use crate::Options;
 
@@ -172,24 +173,6 @@ const MAX_FRAMES: usize = MAX_MESSAGE_FDS.div_ceil(FDS_PER_FRAME);
 const IO_LIMIT: Duration = Duration::from_secs(5);
 /// How many reads one drain of a wake socket makes at most (a peer could keep writing).
 const DRAIN_LIMIT: usize = 8;
-
-/// A system error `e` from `call` as the crate's error (see [`os_error`]).
-pub(crate) fn io_error(call: &'static str, e: &io::Error) -> Error {
-    os_error(call, Errno::from_io_error(e).unwrap_or(Errno::IO))
-}
-
-/// Maps an errno from `call` to the crate's error: out-of-memory and out-of-space conditions
-/// become `VD_E_MEMORY`, everything else `VD_E_UNEXPECTED` naming the call.
-pub(crate) fn os_error(call: &'static str, e: Errno) -> Error {
-    if e == Errno::NOMEM || e == Errno::NOSPC || e == Errno::FBIG {
-        Error::Memory
-    } else {
-        Error::System(SystemError {
-            call,
-            code: e.raw_os_error(),
-        })
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Descriptors
