@@ -24,7 +24,7 @@ use crate::{
     error::EngineError,
     options::{BackupJob, FaultPoint, Faults, Options, RestoreJob},
     report::Report,
-    units::{parse_duration, parse_millis, parse_size, parse_size_u32},
+    units::{Limit, parse_duration, parse_limit, parse_size, parse_size_u32},
 };
 
 /// The exit codes of the `vdi-engine` command.
@@ -199,21 +199,22 @@ pub struct SetArgs {
     /// [default: 5 per device + 2]
     #[arg(long, value_name = "N")]
     pub buffer_count: Option<u32>,
-    /// Keep retrying Open this long while the set does not exist (0: fail at once, as SQL Server
-    /// does)
-    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "DURATION")]
-    pub wait_for_set: Duration,
-    /// BeginConfiguration's timeout, and the bound on each device's first completion
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
-    pub config_timeout: Duration,
-    /// Override the client's serverTimeOut (ms, or with a unit): abort after twice this with
-    /// commands outstanding and none completing; 0 disables it
-    #[arg(long, value_parser = parse_millis, value_name = "MS")]
-    pub server_timeout: Option<Duration>,
+    /// Keep retrying Open this long while the set does not exist [default: fail at once, as
+    /// SQL Server does; 0: no limit]
+    #[arg(long, value_parser = parse_limit, value_name = "DURATION")]
+    pub wait_for_set: Option<Limit>,
+    /// BeginConfiguration's timeout, and the bound on each device's first completion (0: no
+    /// limit)
+    #[arg(long, value_parser = parse_limit, default_value = "60s", value_name = "DURATION")]
+    pub config_timeout: Limit,
+    /// Override the client's serverTimeOut: abort after twice this with commands outstanding and
+    /// none completing (0: no limit, whatever the client asked for)
+    #[arg(long, value_parser = parse_limit, value_name = "DURATION")]
+    pub server_timeout: Option<Limit>,
     /// Bound on a wait with commands outstanding and none completing when no serverTimeOut
-    /// applies
-    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
-    pub idle_limit: Duration,
+    /// applies (0: no limit)
+    #[arg(long, value_parser = parse_limit, default_value = "10m", value_name = "DURATION")]
+    pub idle_limit: Limit,
 }
 
 impl SetArgs {
@@ -222,13 +223,21 @@ impl SetArgs {
         let mut o = Options::new(self.set_name.clone())
             .block_size(self.block_size)
             .max_transfer_size(self.max_transfer_size)
-            .wait_for_set(self.wait_for_set)
-            .config_timeout(self.config_timeout)
-            .idle_limit(self.idle_limit)
+            .wait_for_set(
+                self.wait_for_set
+                    .as_ref()
+                    .map_or(Duration::ZERO, Limit::or_no_limit),
+            )
+            .config_timeout(self.config_timeout.or_no_limit())
+            .idle_limit(self.idle_limit.or_no_limit())
             .device_names(self.device_names.clone());
         o.expected_devices = self.devices;
         o.buffer_count = self.buffer_count;
-        o.server_timeout = self.server_timeout;
+        // Zero is "no serverTimeOut" to the engine's options too.
+        o.server_timeout = self
+            .server_timeout
+            .as_ref()
+            .map(|l| l.get().unwrap_or(Duration::ZERO));
         o
     }
 }
@@ -416,7 +425,7 @@ mod tests {
             "--device",
             "1",
             "--server-timeout",
-            "200",
+            "200ms",
             "--wait-for-set",
             "30s",
         ])

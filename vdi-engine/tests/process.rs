@@ -352,7 +352,7 @@ fn a_client_that_never_answers_times_out() {
         "--size",
         "1MiB",
         "--server-timeout",
-        "200",
+        "200ms",
     ]);
     let _cfg =
         vdi_core::ClientDeviceSet::configuration(&set, vdi_core::Timeout::from(common::WAIT))
