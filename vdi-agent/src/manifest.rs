@@ -8,7 +8,7 @@
 //!
 //! ```json
 //! {
-//!   "format_version": 1,
+//!   "format_version": 2,
 //!   "tool": { "name": "vdi-agent", "version": "0.1.0" },
 //!   "backup_id": "0123456789abcdef0123456789abcdef",
 //!   "created": 1700000000,
@@ -19,6 +19,8 @@
 //!   "vdi_features": 1,
 //!   "codec": { "name": "zstd", "level": 3 },
 //!   "state": "complete",
+//!   "finished": 1700000042,
+//!   "end": "vdc-complete",
 //!   "stripes": [
 //!     {
 //!       "index": 0,
@@ -54,7 +56,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The temporary file [`Manifest::store`] writes before renaming it over [`MANIFEST_FILE`].
 pub const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
 /// The manifest format version this module writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+///
+/// Version 2 added the state `aborted` and the fields `finished`, `end`, `engine_line` and
+/// `reason`, and goes with stripes whose header records the codec ([`crate::stripe::FLAG_ZSTD`]).
+pub const MANIFEST_VERSION: u32 = 2;
 /// The largest manifest [`Manifest::load`] reads (1 MiB; one of 64 stripes takes about
 /// 20 KiB).
 pub const MAX_MANIFEST_LEN: u64 = 1024 * 1024;
@@ -98,11 +103,21 @@ pub enum ManifestState {
     /// checkpoints, but the engine has not been told they are.
     InProgress,
     /// The engine's last Flush was acknowledged: every stripe is durable up to its recorded
-    /// checkpoint, but the engine has not declared the backup complete.
+    /// checkpoint, but the engine has not confirmed the end of the backup (the agent is still
+    /// running, or it died).
     Flushed,
-    /// Complete: after a `VDC_Complete`, or after the engine closed all devices after a final
-    /// Flush.
+    /// Complete: the engine confirmed the end of the backup ([`Manifest::end`] says how).
     Complete,
+    /// The backup failed or was interrupted, and the agent said so ([`Manifest::reason`] says
+    /// why). The stripes hold what the last acknowledged checkpoint recorded.
+    Aborted,
+}
+
+impl ManifestState {
+    /// Whether the backup is good: only a [`Complete`](Self::Complete) one is.
+    pub fn is_complete(self) -> bool {
+        self == Self::Complete
+    }
 }
 
 impl fmt::Display for ManifestState {
@@ -111,6 +126,30 @@ impl fmt::Display for ManifestState {
             Self::InProgress => "in-progress",
             Self::Flushed => "flushed",
             Self::Complete => "complete",
+            Self::Aborted => "aborted",
+        })
+    }
+}
+
+/// How the engine confirmed the end of a complete backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndConfirmation {
+    /// Every device received `VDC_Complete` (the client asked for it with
+    /// `VDF_RequestComplete` and the engine enabled it).
+    VdcComplete,
+    /// The engine does not send `VDC_Complete`: every device's last data was acknowledged by a
+    /// Flush, then the engine closed every device and reported success.
+    FinalFlush,
+}
+
+impl fmt::Display for EndConfirmation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::VdcComplete => "VDC_Complete on every device",
+            Self::FinalFlush => {
+                "a final Flush on every device (the engine does not send VDC_Complete)"
+            }
         })
     }
 }
@@ -211,6 +250,20 @@ pub struct Manifest {
     pub state: ManifestState,
     /// One entry per stripe, each index once.
     pub stripes: Vec<StripeEntry>,
+    /// When the backup ended (complete or aborted), in seconds since the unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<u64>,
+    /// How the engine confirmed the end: set exactly when the state is
+    /// [`Complete`](ManifestState::Complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<EndConfirmation>,
+    /// The engine's own completion message, when it printed one (the reference engine's, or
+    /// SQL Server's 3014 line when the caller passes it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_line: Option<String>,
+    /// Why an [`Aborted`](ManifestState::Aborted) backup ended: set exactly in that state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Manifest {
@@ -239,6 +292,82 @@ impl Manifest {
             stripes: (0..config.device_count.min(MAX_STRIPES))
                 .map(StripeEntry::new)
                 .collect(),
+            finished: None,
+            end: None,
+            engine_line: None,
+            reason: None,
+        }
+    }
+
+    /// Marks the backup complete: the engine confirmed its end as `end`, at `finished`.
+    pub fn mark_complete(
+        &mut self,
+        end: EndConfirmation,
+        finished: u64,
+        engine_line: Option<String>,
+    ) {
+        self.state = ManifestState::Complete;
+        self.end = Some(end);
+        self.finished = Some(finished);
+        self.engine_line = engine_line.filter(|l| !l.is_empty());
+        self.reason = None;
+    }
+
+    /// Marks the backup aborted for `reason`, at `finished`. A complete backup stays complete:
+    /// what the engine confirmed is not taken back by a later failure of the agent.
+    pub fn mark_aborted(&mut self, reason: impl Into<String>, finished: u64) {
+        if self.state == ManifestState::Complete {
+            return;
+        }
+        self.state = ManifestState::Aborted;
+        self.reason = Some(reason.into());
+        self.finished = Some(finished);
+        self.end = None;
+    }
+
+    /// The raw bytes every stripe holds up to its recorded checkpoint.
+    pub fn raw_bytes(&self) -> u64 {
+        self.stripes.iter().map(|s| s.raw_bytes).sum()
+    }
+
+    /// The bytes every stripe file holds up to its recorded checkpoint.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stripes.iter().map(|s| s.stored_bytes).sum()
+    }
+
+    /// The fewest checkpoints any stripe has recorded.
+    pub fn min_checkpoints(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.checkpoints)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Why the backup is not good, for people, or `None` for a complete one: its state, what
+    /// the stripes hold, and up to which checkpoint.
+    pub fn incomplete_reason(&self) -> Option<String> {
+        let held = format!(
+            "the stripes hold {} raw bytes up to checkpoint {} (the last one the engine was \
+             told is durable)",
+            self.raw_bytes(),
+            self.min_checkpoints()
+        );
+        match self.state {
+            ManifestState::Complete => None,
+            ManifestState::InProgress => Some(
+                "the backup never reached its first Flush (the agent stopped or is still \
+                 running): nothing in it was ever acknowledged to the engine"
+                    .to_owned(),
+            ),
+            ManifestState::Flushed => Some(format!(
+                "the engine never confirmed the end of the backup (the agent stopped before it \
+                 did, or is still running); {held}"
+            )),
+            ManifestState::Aborted => Some(format!(
+                "the backup was aborted ({}); {held}",
+                self.reason.as_deref().unwrap_or("no reason recorded")
+            )),
         }
     }
 
@@ -389,6 +518,29 @@ impl Manifest {
         if let Some(missing) = (0..self.device_count).find(|&i| !seen[i as usize]) {
             return Err(ManifestProblem::MissingStripe(missing));
         }
+        let state_fields = match self.state {
+            ManifestState::Complete if self.end.is_none() => {
+                Some("a complete backup without `end`")
+            }
+            ManifestState::Aborted if self.reason.is_none() => {
+                Some("an aborted backup without `reason`")
+            }
+            ManifestState::Complete | ManifestState::Aborted => None,
+            _ if self.end.is_some() => Some("`end` on a backup that is not complete"),
+            _ if self.reason.is_some() => Some("`reason` on a backup that is not aborted"),
+            _ => None,
+        };
+        if let Some(problem) = state_fields {
+            return Err(ManifestProblem::StateFields(problem));
+        }
+        if self.state == ManifestState::Complete
+            && self.end == Some(EndConfirmation::VdcComplete)
+            && self.vdi_features & vdi_core::Features::COMPLETE_ENABLED.bits() == 0
+        {
+            return Err(ManifestProblem::StateFields(
+                "`end` says VDC_Complete, but the configuration did not enable it",
+            ));
+        }
         Ok(())
     }
 
@@ -418,7 +570,7 @@ impl Manifest {
             block_size: self.block_size,
             max_transfer_size: self.max_transfer_size,
             created: self.created,
-            flags: 0,
+            flags: self.codec.header_flags(),
         }
     }
 
@@ -466,7 +618,11 @@ impl Manifest {
                 want.created.to_string(),
                 header.created.to_string(),
             ),
-            ("flags", want.flags.to_string(), header.flags.to_string()),
+            (
+                "codec",
+                codec_of_flags(want.flags).to_owned(),
+                codec_of_flags(header.flags).to_owned(),
+            ),
         ];
         match fields.into_iter().find(|(_, m, s)| m != s) {
             Some((field, manifest, stripe)) => Err(ManifestProblem::HeaderMismatch {
@@ -477,6 +633,15 @@ impl Manifest {
             }),
             None => Ok(entry),
         }
+    }
+}
+
+/// The codec a stripe header's flags name, for messages.
+fn codec_of_flags(flags: u32) -> &'static str {
+    if flags & crate::stripe::FLAG_ZSTD != 0 {
+        "zstd"
+    } else {
+        "stored"
     }
 }
 
@@ -637,6 +802,8 @@ pub enum ManifestProblem {
         /// Why.
         reason: String,
     },
+    /// The state and the fields that go with it disagree.
+    StateFields(&'static str),
     /// A stripe's file header does not belong to this backup.
     HeaderMismatch {
         /// The stripe's index.
@@ -690,6 +857,7 @@ impl fmt::Display for ManifestProblem {
                 second,
             } => write!(f, "stripes {first} and {second} both use the file {file:?}"),
             Self::ImpossibleTotals { index, reason } => write!(f, "stripe {index}: {reason}"),
+            Self::StateFields(problem) => write!(f, "{problem}"),
             Self::HeaderMismatch {
                 index,
                 field,

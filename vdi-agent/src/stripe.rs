@@ -15,7 +15,7 @@
 //! | 0  | 8  | magic `VDISTRIP` ([`MAGIC`]) |
 //! | 8  | 2  | format version, 1 ([`FORMAT_VERSION`]) |
 //! | 10 | 2  | header length, 64 |
-//! | 12 | 4  | flags (none defined in version 1: must be 0) |
+//! | 12 | 4  | flags: bit 0 ([`FLAG_ZSTD`]) set when the stripe was written with the zstd codec; no other bit is defined |
 //! | 16 | 16 | backup id (random per backup, the same in every stripe of a backup) |
 //! | 32 | 4  | stripe index (below the stripe count) |
 //! | 36 | 4  | stripe count (1..=64) |
@@ -31,7 +31,7 @@
 //! | 0  | 4 | kind: `DATA` or `CKPT` |
 //! | 4  | 4 | raw length (data: 1..=[`MAX_RECORD_LEN`]; checkpoint: 40) |
 //! | 8  | 4 | stored length: the payload's length in the file |
-//! | 12 | 1 | codec: 0 = stored raw (stored length = raw length), 1 = zstd (stored < raw) |
+//! | 12 | 1 | codec: 0 = stored raw (stored length = raw length), 1 = zstd (stored < raw; only in a stripe whose header has [`FLAG_ZSTD`]) |
 //! | 13 | 3 | reserved, 0 |
 //! | 16 | 8 | XXH3-64 of the stored payload |
 //! | 24 | 8 | XXH3-64 of bytes 0..24 of this header |
@@ -53,7 +53,7 @@
 //!
 //! ```
 //! use std::io::Read;
-//! use vdi_agent::stripe::{Codec, StripeHeader, StripeReader, StripeWriter};
+//! use vdi_agent::stripe::{Codec, FLAG_ZSTD, StripeHeader, StripeReader, StripeWriter};
 //!
 //! let header = StripeHeader {
 //!     backup_id: 0x1234,
@@ -69,7 +69,8 @@
 //! let (file, totals) = writer.finish()?;
 //!
 //! let mut reader = StripeReader::with_expected(&file[..], totals)?;
-//! assert_eq!(reader.header(), &header);
+//! // The writer records its codec in the header.
+//! assert_eq!(reader.header(), &StripeHeader { flags: FLAG_ZSTD, ..header });
 //! let mut data = Vec::new();
 //! reader.read_to_end(&mut data)?;
 //! assert_eq!(data, vec![7; 100_000]);
@@ -108,6 +109,12 @@ pub const EMPTY_STREAM_HASH: u64 = 0x2d06_8005_38d3_94c2;
 
 const _: () = assert!(MAX_RECORD_LEN < u32::MAX as usize);
 
+/// The file-header flag of a stripe written with [`Codec::Zstd`]: its data records may be zstd
+/// frames. Without it every data record is stored raw, and a zstd record is damage.
+pub const FLAG_ZSTD: u32 = 1;
+/// Every flag format version 1 defines.
+const KNOWN_FLAGS: u32 = FLAG_ZSTD;
+
 const KIND_DATA: [u8; 4] = *b"DATA";
 const KIND_CHECKPOINT: [u8; 4] = *b"CKPT";
 const CODEC_STORED: u8 = 0;
@@ -131,13 +138,14 @@ pub struct StripeHeader {
     pub max_transfer_size: u32,
     /// When the backup started, in seconds since the unix epoch.
     pub created: u64,
-    /// Format flags. Version 1 defines none: must be 0.
+    /// Format flags: [`FLAG_ZSTD`] for a stripe written with the zstd codec, else 0
+    /// ([`Codec::header_flags`]). [`StripeWriter::new`] sets them from its codec.
     pub flags: u32,
 }
 
 impl StripeHeader {
     /// Checks the header's values: index below count, count in 1..=64, block size and maximum
-    /// transfer size as VDI allows them, no flags.
+    /// transfer size as VDI allows them, no flag but [`FLAG_ZSTD`].
     ///
     /// # Errors
     ///
@@ -178,11 +186,11 @@ impl StripeHeader {
                 "a multiple of 65536 in 65536..=4194304".into(),
             );
         }
-        if self.flags != 0 {
+        if self.flags & !KNOWN_FLAGS != 0 {
             return invalid(
                 "flags",
                 self.flags.into(),
-                "0 (format version 1 defines no flags)".into(),
+                "0 or 1 (format version 1 defines only bit 0, the zstd codec)".into(),
             );
         }
         Ok(())
@@ -264,6 +272,33 @@ pub enum Codec {
         /// The zstd compression level.
         level: i32,
     },
+}
+
+impl Codec {
+    /// The file-header flags of a stripe written with this codec: [`FLAG_ZSTD`] for zstd.
+    pub fn header_flags(self) -> u32 {
+        match self {
+            Self::Stored => 0,
+            Self::Zstd { .. } => FLAG_ZSTD,
+        }
+    }
+
+    /// The codec's name as the manifest spells it: `stored` or `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Zstd { .. } => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stored => f.write_str("stored"),
+            Self::Zstd { level } => write!(f, "zstd level {level}"),
+        }
+    }
 }
 
 /// The totals of a stripe at a point in its stream: what a checkpoint records, what the
@@ -854,14 +889,16 @@ impl<W: Write> fmt::Debug for StripeWriter<W> {
 }
 
 impl<W: Write> StripeWriter<W> {
-    /// Writes the file header and returns the writer.
+    /// Writes the file header and returns the writer. The header's [`FLAG_ZSTD`] is set from
+    /// `codec` ([`Codec::header_flags`]), whatever `header` says.
     ///
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidInput`] for a header that does not
     /// [`validate`](StripeHeader::validate) or a zstd level outside zstd's range; the inner
     /// writer's error; zstd's if it cannot create its context.
-    pub fn new(mut inner: W, header: StripeHeader, codec: Codec) -> io::Result<Self> {
+    pub fn new(mut inner: W, mut header: StripeHeader, codec: Codec) -> io::Result<Self> {
+        header.flags = (header.flags & !FLAG_ZSTD) | codec.header_flags();
         header
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -1021,6 +1058,11 @@ impl<W: Write> StripeWriter<W> {
             checkpoints: self.checkpoints,
             stream_hash: self.hasher.digest(),
         }
+    }
+
+    /// The file's length so far, headers included (cheaper than [`totals`](Self::totals)).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// Writes a final checkpoint, flushes, and returns the writer and the final totals.
@@ -1446,6 +1488,12 @@ impl<R: Read> StripeReader<R> {
                 return Err(invalid(format!(
                     "stored data record with raw length {raw_len} but stored length {stored_len}"
                 )));
+            }
+            CODEC_ZSTD if self.header.flags & FLAG_ZSTD == 0 => {
+                return Err(invalid(
+                    "zstd data record in a stripe whose header says its records are stored raw"
+                        .into(),
+                ));
             }
             CODEC_ZSTD if stored_len == 0 || stored_len >= raw_len => {
                 return Err(invalid(format!(

@@ -19,8 +19,12 @@ fn backup(dir: &Path, n: u32, codec: Codec) -> Manifest {
         max_transfer_size: 4 << 20,
         vdi_features: 1,
         codec,
-        state: ManifestState::Complete,
+        state: ManifestState::Flushed,
         stripes: Vec::new(),
+        finished: None,
+        end: None,
+        engine_line: None,
+        reason: None,
     };
     for i in 0..n {
         let mut w = StripeWriter::new(Vec::new(), manifest.stripe_header(i), codec).unwrap();
@@ -62,7 +66,11 @@ fn store_and_load_round_trip() {
         assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
 
         // Stored again over the first.
-        manifest.state = ManifestState::Complete;
+        manifest.mark_complete(
+            EndConfirmation::FinalFlush,
+            1_700_000_100,
+            Some("BACKUP DATABASE successfully processed".into()),
+        );
         manifest.store(dir.path()).unwrap();
         let loaded = Manifest::load(dir.path()).unwrap();
         assert_eq!(loaded, manifest);
@@ -70,6 +78,8 @@ fn store_and_load_round_trip() {
         let json = fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(json.contains("\"backup_id\": \"feedbeef000011112222333344445555\""));
         assert!(json.contains("\"state\": \"complete\""));
+        assert!(json.contains("\"end\": \"final-flush\""), "{json}");
+        assert!(json.contains("\"finished\": 1700000100"), "{json}");
         assert!(json.contains("\"file\": \"stripe-02.vdis\""));
         assert!(json.ends_with("}\n"));
         if codec != Codec::Stored {
@@ -95,6 +105,7 @@ fn states_and_codecs_in_json() {
         (ManifestState::InProgress, "\"in-progress\""),
         (ManifestState::Flushed, "\"flushed\""),
         (ManifestState::Complete, "\"complete\""),
+        (ManifestState::Aborted, "\"aborted\""),
     ] {
         assert_eq!(serde_json::to_string(&state).unwrap(), s);
         assert_eq!(state.to_string(), s.trim_matches('"'));
@@ -166,9 +177,14 @@ fn versions_fields_and_hex_are_checked() {
     let json = good_json();
     assert!(load_json(&json).is_ok());
 
-    let e = load_json(&json.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap_err();
+    let e = load_json(&json.replace("\"format_version\": 2", "\"format_version\": 1")).unwrap_err();
     assert!(
-        matches!(e, ManifestError::UnsupportedVersion { found: 2, .. }),
+        matches!(e, ManifestError::UnsupportedVersion { found: 1, .. }),
+        "{e}"
+    );
+    let e = load_json(&json.replace("\"format_version\": 2", "\"format_version\": 3")).unwrap_err();
+    assert!(
+        matches!(e, ManifestError::UnsupportedVersion { found: 3, .. }),
         "{e}"
     );
     assert_style(&e.to_string());
@@ -466,4 +482,62 @@ fn a_new_manifest_is_in_progress_with_no_checkpoint() {
     m.store(dir.path()).unwrap();
     let loaded = Manifest::load(dir.path()).unwrap();
     assert_eq!(loaded.stripe(0).unwrap().expected(), cp);
+}
+
+#[test]
+fn state_fields_must_agree_with_the_state() {
+    let dir = tempdir();
+    let mut m = backup(dir.path(), 1, Codec::Stored);
+    assert!(m.incomplete_reason().unwrap().contains("never confirmed"));
+    m.state = ManifestState::Complete;
+    assert_eq!(
+        m.validate(),
+        Err(ManifestProblem::StateFields(
+            "a complete backup without `end`"
+        ))
+    );
+    m.end = Some(EndConfirmation::VdcComplete);
+    assert!(
+        matches!(m.validate(), Err(ManifestProblem::StateFields(p)) if p.contains("did not enable"))
+    );
+    m.vdi_features |= vdi_core::Features::COMPLETE_ENABLED.bits();
+    assert_eq!(m.validate(), Ok(()));
+    assert!(m.incomplete_reason().is_none());
+    m.state = ManifestState::Flushed;
+    assert!(m.validate().is_err(), "`end` on a flushed backup");
+    m.end = None;
+    m.mark_aborted("interrupted by SIGINT (Ctrl-C)", 1_700_000_200);
+    assert_eq!(m.validate(), Ok(()));
+    let why = m.incomplete_reason().unwrap();
+    assert!(why.contains("aborted (interrupted by SIGINT"), "{why}");
+    assert!(why.contains("checkpoint 2"), "{why}");
+    m.reason = None;
+    assert!(m.validate().is_err(), "an aborted backup needs its reason");
+
+    // What the engine confirmed is not taken back.
+    let mut m = backup(dir.path(), 1, Codec::Stored);
+    m.mark_complete(EndConfirmation::FinalFlush, 1, None);
+    m.mark_aborted("later", 2);
+    assert_eq!(m.state, ManifestState::Complete);
+}
+
+#[test]
+fn a_header_whose_codec_or_block_size_differs_is_named() {
+    let dir = tempdir();
+    let m = backup(dir.path(), 2, Codec::Zstd { level: 3 });
+    let mut h = m.stripe_header(1);
+    assert_eq!(h.flags, stripe::FLAG_ZSTD);
+    h.flags = 0;
+    let e = m.check_stripe_header(&h).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "stripe 1's header does not belong to this backup: codec is stored, the manifest has zstd"
+    );
+    let mut h = m.stripe_header(1);
+    h.block_size = 4096;
+    let e = m.check_stripe_header(&h).unwrap_err().to_string();
+    assert!(
+        e.contains("block size is 4096, the manifest has 65536"),
+        "{e}"
+    );
 }

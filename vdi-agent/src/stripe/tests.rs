@@ -19,6 +19,14 @@ fn header() -> StripeHeader {
     }
 }
 
+/// [`header`] of a stripe written with zstd.
+fn zstd_header() -> StripeHeader {
+    StripeHeader {
+        flags: FLAG_ZSTD,
+        ..header()
+    }
+}
+
 /// Deterministic incompressible bytes.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -126,7 +134,7 @@ proptest! {
 
         // Through Read, from a slice.
         let mut reader = StripeReader::new(&file[..]).unwrap();
-        prop_assert_eq!(reader.header(), &header());
+        prop_assert_eq!(reader.header(), &StripeHeader { flags: codec.header_flags(), ..header() });
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         prop_assert_eq!(&out, &data);
@@ -446,7 +454,7 @@ fn reordered_records_fail_at_the_checkpoint() {
 
 /// A stripe with one data record made by hand (valid header checksum).
 fn with_record(kind: [u8; 4], raw_len: usize, codec: u8, payload: &[u8]) -> Vec<u8> {
-    let mut file = header().encode().to_vec();
+    let mut file = zstd_header().encode().to_vec();
     file.extend_from_slice(&record_header(
         kind,
         raw_len,
@@ -515,7 +523,7 @@ fn huge_claimed_length_is_refused() {
 
     // A zstd record claiming the maximum with a tiny payload allocates nothing before its
     // payload is checked.
-    let mut file = header().encode().to_vec();
+    let mut file = zstd_header().encode().to_vec();
     file.extend_from_slice(&record_header(KIND_DATA, MAX_RECORD_LEN, 5, CODEC_ZSTD, 0));
     file.extend_from_slice(&[0; 5]);
     let mut reader = StripeReader::new(&file[..]).unwrap();
@@ -696,7 +704,7 @@ fn file_headers_are_checked() {
         (|h| h.block_size = 1000, "block size"),
         (|h| h.max_transfer_size = 1000, "max transfer size"),
         (|h| h.max_transfer_size = 8 << 20, "max transfer size"),
-        (|h| h.flags = 1, "flags"),
+        (|h| h.flags = 2, "flags"),
     ];
     for (change, name) in cases {
         let mut h = header();
@@ -895,4 +903,23 @@ fn readers_and_writers_can_move_to_other_threads() {
     fn send<T: Send>() {}
     send::<StripeWriter<std::fs::File>>();
     send::<StripeReader<std::fs::File>>();
+}
+
+#[test]
+fn a_zstd_record_in_a_stored_stripe_is_refused() {
+    let mut w = StripeWriter::new(Vec::new(), header(), Codec::Zstd { level: 3 }).unwrap();
+    assert_eq!(w.header().flags, FLAG_ZSTD, "the writer records its codec");
+    w.write_chunk(&[0; 10_000]).unwrap();
+    let (mut file, _) = w.finish().unwrap();
+    // The same file with the header claiming a stored stripe (its checksum made valid).
+    file[..HEADER_LEN].copy_from_slice(&header().encode());
+    let e = first_error(&file);
+    assert!(
+        e.to_string()
+            .contains("zstd data record in a stripe whose header says its records are stored raw"),
+        "{e}"
+    );
+    // And a stored writer never sets the flag, whatever the header said.
+    let w = StripeWriter::new(Vec::new(), zstd_header(), Codec::Stored).unwrap();
+    assert_eq!(w.header().flags, 0);
 }
