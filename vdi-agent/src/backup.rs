@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    io::{self, ErrorKind},
+    io::{self, ErrorKind, IsTerminal},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     thread,
@@ -14,48 +14,73 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use vdi_agent::{
-    manifest::{Manifest, ManifestState, stripe_file_name},
+    manifest::{EndConfirmation, Manifest, ManifestState, stripe_file_name},
     stripe::{Checkpoint, Codec, StripeHeader, StripeWriter},
 };
 use vdi_async::{AsyncSet, BackupSink, backup_to};
-use vdi_core::{ClientConfig, ClientSetState, Config, Features, stripe_device_name};
+use vdi_core::{AbortReason, ClientConfig, ClientSetState, Config, Features, stripe_device_name};
 use vdi_shm::ClientSet;
 
 use crate::{
     cli::BackupArgs,
     engine::Engine,
     failure::{Exit, Failure, Outcome},
+    interrupt::Interrupt,
     output::Output,
     progress::{Counters, Progress},
     set_name, shm_client,
+    store::{BackupDir, free_space, plural},
     units::{bytes, rate},
 };
 
 /// What a finished backup reports.
 #[derive(Debug)]
 pub(crate) struct BackupReport {
-    /// Each stripe's final totals, in device order.
-    pub(crate) stripes: Vec<Checkpoint>,
     pub(crate) raw_bytes: u64,
     pub(crate) stored_bytes: u64,
     pub(crate) elapsed: Duration,
     pub(crate) devices: u32,
+    pub(crate) codec: Codec,
+    /// How the engine confirmed the end, if it did.
+    pub(crate) end: Option<EndConfirmation>,
     pub(crate) engine_line: Option<String>,
 }
 
 /// Runs `vdi-agent backup`.
-pub(crate) async fn run(args: &BackupArgs, progress: bool) -> Outcome<BackupReport> {
+pub(crate) async fn run(
+    args: &BackupArgs,
+    progress: bool,
+    interrupt: &Interrupt,
+) -> Outcome<BackupReport> {
     let to_stdout = args.target.as_os_str() == "-";
     if to_stdout && args.devices != 1 {
-        return Err(Failure::other(
+        return Err(Failure::usage(
             "a backup to stdout has one device; give a directory for more (--devices)",
         ));
     }
-    let dir = (!to_stdout).then(|| args.target.clone());
-    if let Some(d) = &dir {
-        prepare_dir(d)?;
+    if to_stdout && io::stdout().is_terminal() {
+        return Err(Failure::usage(
+            "refusing to write a backup to a terminal: redirect stdout to a file or a pipe \
+             (vdi-agent backup - ... > db.vdis)",
+        ));
     }
-    let name = set_name(args.engine.set.as_deref())?;
+    let dir = if to_stdout {
+        None
+    } else {
+        Some(BackupDir::prepare(&args.target, args.force)?)
+    };
+    let discard = |f: Failure| -> Failure {
+        match &dir {
+            Some(d) => f.and(&d.discard(None)),
+            None => f,
+        }
+    };
+    if let Some(d) = &dir
+        && !args.engine.external
+    {
+        check_free_space(d.path(), args).map_err(discard)?;
+    }
+    let name = set_name(args.engine.set.as_deref()).map_err(discard)?;
     let mut features = Features::LIKE_PIPE;
     if !args.no_request_complete {
         features |= Features::REQUEST_COMPLETE;
@@ -63,32 +88,43 @@ pub(crate) async fn run(args: &BackupArgs, progress: bool) -> Outcome<BackupRepo
     let client_config = ClientConfig {
         device_count: args.devices,
         features,
-        server_timeout: args.engine.server_timeout,
+        server_timeout: crate::server_timeout_ms(&args.engine)?,
         ..ClientConfig::default()
     };
     let set = AsyncSet::create(&shm_client(&args.engine), None, &name, &client_config)
         .await
-        .map_err(|e| Failure::other(format!("cannot create the device set '{name}': {e}")))?;
+        .map_err(|e| {
+            discard(Failure::other(format!(
+                "cannot create the device set '{name}': {e}"
+            )))
+        })?;
     let mut engine = Engine::start(
         "backup",
         &name,
         args.devices,
         &args.engine,
         &["--size".to_owned(), args.size.to_string()],
-    )?;
+    )
+    .map_err(discard)?;
     if args.engine.external {
         eprintln!(
             "vdi-agent: set '{name}' is ready; run BACKUP DATABASE ... TO {}",
             device_clause(&name, args.devices)
         );
     }
-    let result = serve(&set, &mut engine, args, dir.as_deref(), &name, progress).await;
+    let shared = Arc::new(SharedManifest {
+        dir: dir.as_ref().map(|d| d.path().to_owned()),
+        manifest: Mutex::new(None),
+    });
+    let guard = interrupt.abort_on_signal(&set);
+    let result = serve(&set, &mut engine, args, &shared, &name, progress).await;
     if result.is_err() {
         let _ = set.signal_abort();
     }
     let _ = set.close().await;
+    drop(guard);
     let end = engine.finish(Duration::from_secs(60)).await;
-    match (result, end) {
+    let outcome = match (result, end) {
         (Err(f), Some(end)) if f.exit == Exit::Engine && !end.success => {
             Err(Failure::engine(format!("{f}: {}", end.reason())))
         }
@@ -99,12 +135,70 @@ pub(crate) async fn run(args: &BackupArgs, progress: bool) -> Outcome<BackupRepo
         ))),
         (Ok(mut report), end) => {
             report.engine_line = end.map(|e| e.stdout.trim().to_owned());
-            if let Some(d) = &dir {
-                finish_manifest(d, &report.stripes)?;
-            }
             Ok(report)
         }
+    };
+    match outcome {
+        Ok(report) => match report.end {
+            Some(end) => {
+                shared.complete(end, report.engine_line.clone())?;
+                Ok(report)
+            }
+            None => {
+                let why = "the engine closed the devices without confirming the end of the \
+                           backup (no VDC_Complete, or data after the last Flush)";
+                let left = shared.abort(why, dir.as_ref());
+                Err(Failure::incomplete(format!("{why}; {left}")))
+            }
+        },
+        Err(f) => {
+            let reason = match interrupt.fired() {
+                Some(signal) => format!("interrupted by {signal}"),
+                None => f.message.clone(),
+            };
+            let left = shared.abort(&reason, dir.as_ref());
+            Err(match interrupt.fired() {
+                Some(signal) => Interrupt::failure(signal, "backup", &left),
+                None => f.and(&left),
+            })
+        }
     }
+}
+
+/// Refuses a stored backup of known size that cannot fit; warns for a compressed one.
+fn check_free_space(dir: &Path, args: &BackupArgs) -> Outcome {
+    let Ok(free) = free_space(dir) else {
+        return Ok(());
+    };
+    // Each Write is a record of at least 64 KiB: its 32-byte header is under 0.05%; a
+    // checkpoint per Flush and the per-device header and trailer blocks add a little.
+    let need = args
+        .size
+        .saturating_add(args.size / 2048)
+        .saturating_add(u64::from(args.devices) * 256 * 1024);
+    if free >= need {
+        return Ok(());
+    }
+    if args.zstd.is_some() {
+        eprintln!(
+            "vdi-agent: warning: {} has {} free and the database is {}: the backup fits only if \
+             zstd shrinks it enough",
+            dir.display(),
+            bytes(free),
+            bytes(args.size)
+        );
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::Io,
+        format!(
+            "not enough free space: {} has {} free, the backup needs about {}; free space, \
+             choose another directory, or compress (--zstd)",
+            dir.display(),
+            bytes(free),
+            bytes(need)
+        ),
+    ))
 }
 
 /// `VIRTUAL_DEVICE = 'a', VIRTUAL_DEVICE = 'a-stripe1', ...` for the user's statement.
@@ -115,90 +209,145 @@ pub(crate) fn device_clause(name: &str, devices: u32) -> String {
         .join(", ")
 }
 
-/// Creates the backup directory, refusing one that holds anything.
-fn prepare_dir(dir: &Path) -> Outcome {
-    fs::create_dir_all(dir).map_err(|e| Failure::io(format!("creating {}", dir.display()), &e))?;
-    let mut entries =
-        fs::read_dir(dir).map_err(|e| Failure::io(format!("reading {}", dir.display()), &e))?;
-    if entries.next().is_some() {
-        return Err(Failure::other(format!(
-            "{} is not empty: a backup goes into a new or empty directory, so that no earlier \
-             backup is overwritten",
-            dir.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Marks the manifest complete once the engine reported success.
-/// Stripes the engine closed without a final Flush were hardened at the close; the manifest
-/// takes their final totals now that the engine has confirmed the backup.
-fn finish_manifest(dir: &Path, stripes: &[Checkpoint]) -> Outcome {
-    let mut m = Manifest::load(dir).map_err(|e| Failure::data(e.to_string()))?;
-    for (i, cp) in stripes.iter().enumerate() {
-        if let Some(entry) = m.stripe_mut(i as u32) {
-            entry.update(cp);
-        }
-    }
-    m.state = ManifestState::Complete;
-    m.store(dir)
-        .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))
-}
-
-/// The manifest shared by the writer threads: each barrier updates its stripe and stores it.
+/// The manifest, shared by the writer threads and the end of the backup: each barrier updates
+/// its stripe and stores it; the end marks it complete or aborted, under the same lock.
 #[derive(Debug)]
 struct SharedManifest {
-    dir: PathBuf,
-    manifest: Mutex<Manifest>,
+    /// `None` for a backup to stdout, which has no manifest.
+    dir: Option<PathBuf>,
+    manifest: Mutex<Option<Manifest>>,
 }
 
 impl SharedManifest {
-    fn record(&self, index: u32, cp: &Checkpoint) -> io::Result<()> {
-        let mut m = self
-            .manifest
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Option<Manifest>>> {
+        self.manifest
             .lock()
-            .map_err(|_| io::Error::other("manifest lock poisoned"))?;
-        if let Some(s) = m.stripes.iter_mut().find(|s| s.index == index) {
+            .map_err(|_| io::Error::other("manifest lock poisoned"))
+    }
+
+    /// Stores the first manifest of the backup.
+    fn start(&self, m: Manifest) -> Outcome {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        m.store(dir)
+            .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))?;
+        *self.lock().map_err(|e| Failure::other(e.to_string()))? = Some(m);
+        Ok(())
+    }
+
+    fn record(&self, index: u32, cp: &Checkpoint) -> io::Result<()> {
+        let (Some(dir), mut guard) = (&self.dir, self.lock()?) else {
+            return Ok(());
+        };
+        let Some(m) = guard.as_mut() else {
+            return Ok(());
+        };
+        if let Some(s) = m.stripe_mut(index) {
             s.update(cp);
         }
         if m.state == ManifestState::InProgress {
             m.state = ManifestState::Flushed;
         }
-        m.store(&self.dir)
+        m.store(dir)
     }
+
+    /// Marks the backup complete.
+    fn complete(&self, end: EndConfirmation, engine_line: Option<String>) -> Outcome {
+        let (Some(dir), mut guard) = (
+            &self.dir,
+            self.lock().map_err(|e| Failure::other(e.to_string()))?,
+        ) else {
+            return Ok(());
+        };
+        let Some(m) = guard.as_mut() else {
+            return Err(Failure::other(
+                "the backup ended before its manifest was written",
+            ));
+        };
+        m.mark_complete(end, now(), engine_line);
+        m.store(dir)
+            .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))
+    }
+
+    /// Records that the backup failed for `reason`, or removes it when nothing in it was ever
+    /// acknowledged to the engine; returns what is left, for the user.
+    fn abort(&self, reason: &str, dir: Option<&BackupDir>) -> String {
+        let Some(backup_dir) = dir else {
+            return "the stripe on stdout is incomplete".to_owned();
+        };
+        let mut guard = match self.lock() {
+            Ok(g) => g,
+            Err(e) => return format!("the manifest was not updated: {e}"),
+        };
+        match guard.as_mut() {
+            None => backup_dir.discard(None),
+            Some(m) if m.state == ManifestState::InProgress => {
+                format!(
+                    "nothing was acknowledged to the engine, so {}",
+                    backup_dir.discard(Some(m))
+                )
+            }
+            Some(m) => {
+                m.mark_aborted(reason, now());
+                match m.store(backup_dir.path()) {
+                    Ok(()) => format!(
+                        "{} holds an aborted backup ({} up to checkpoint {}); replace it with \
+                         --force",
+                        backup_dir.path().display(),
+                        bytes(m.raw_bytes()),
+                        m.min_checkpoints()
+                    ),
+                    Err(e) => format!(
+                        "the manifest could not be marked aborted ({e}); it says {}",
+                        m.state
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Unix seconds now.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The stream length device `index` carries in a backup of the reference engine.
+pub(crate) fn engine_stream_len(size: u64, config: &Config, index: u32) -> u64 {
+    let database = size.div_ceil(u64::from(config.block_size)) * u64::from(config.block_size);
+    vdi_engine::format::Header::for_device(
+        0,
+        database,
+        config.device_count,
+        index,
+        config.block_size,
+        config.max_transfer_size,
+    )
+    .layout()
+    .stream_len()
 }
 
 async fn serve(
     set: &AsyncSet<ClientSet>,
     engine: &mut Engine,
     args: &BackupArgs,
-    dir: Option<&Path>,
+    manifest: &Arc<SharedManifest>,
     name: &str,
     progress: bool,
 ) -> Outcome<BackupReport> {
     let config = engine
-        .configuration(set, args.engine.connect_timeout, "backup")
+        .configuration(set, &args.engine.connect_timeout, "backup")
         .await?;
     check_config(&config, args)?;
     let backup_id = new_backup_id(name);
     let codec = args
         .zstd
         .map_or(Codec::Stored, |level| Codec::Zstd { level });
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let manifest = match dir {
-        Some(d) => {
-            let m = Manifest::new(backup_id, created, name, &config, codec);
-            m.store(d)
-                .map_err(|e| Failure::io(format!("writing the manifest in {}", d.display()), &e))?;
-            Some(Arc::new(SharedManifest {
-                dir: d.to_owned(),
-                manifest: Mutex::new(m),
-            }))
-        }
-        None => None,
-    };
+    let created = now();
+    manifest.start(Manifest::new(backup_id, created, name, &config, codec))?;
     let counters = Counters::new(config.device_count);
     let mut devices = Vec::new();
     for i in 0..config.device_count {
@@ -207,7 +356,7 @@ async fn serve(
             .open_device(&dev_name)
             .await
             .map_err(|e| open_failure("backup", &dev_name, e))?;
-        let (output, label) = match dir {
+        let (output, label) = match &manifest.dir {
             Some(d) => {
                 let path = d.join(stripe_file_name(i));
                 let f = fs::OpenOptions::new()
@@ -226,7 +375,7 @@ async fn serve(
             block_size: config.block_size,
             max_transfer_size: config.max_transfer_size,
             created,
-            flags: 0,
+            flags: codec.header_flags(),
         };
         let sink = StripeSink::start(
             i,
@@ -234,7 +383,7 @@ async fn serve(
             output,
             header,
             codec,
-            manifest.clone(),
+            Arc::clone(manifest),
             Arc::clone(&counters),
             args.stall_after.map(|after| Stall {
                 after,
@@ -244,10 +393,17 @@ async fn serve(
         devices.push((device, sink));
     }
     let expected = (!args.engine.external).then(|| {
-        let per = args.size.div_ceil(u64::from(config.device_count));
-        vec![per; config.device_count as usize]
+        (0..config.device_count)
+            .map(|i| engine_stream_len(args.size, &config, i))
+            .collect()
     });
-    let bars = Progress::start("backup", &counters, expected, progress);
+    let bars = Progress::start(
+        "backup",
+        &counters,
+        expected,
+        progress,
+        codec != Codec::Stored,
+    );
     let start = Instant::now();
     let results = on_every_device(devices, |(device, mut sink)| async move {
         let r = backup_to(&device, &mut sink).await;
@@ -258,22 +414,24 @@ async fn serve(
     bars.finish();
     // Each writer finishes its stripe (a last checkpoint if the engine closed the device without
     // a final Flush) and reports its totals or its error.
-    let mut stripes = Vec::with_capacity(results.len());
     let mut raw = 0;
     let mut stored = 0;
+    let mut all_completed = true;
+    let mut all_flushed = true;
     let mut first_sink_error: Option<Failure> = None;
     let mut first_device_error: Option<(u32, io::Error)> = None;
     for (i, (r, sink)) in results.into_iter().enumerate() {
         let i = i as u32;
         match sink.finish().await {
             Ok(end) => {
-                stripes.push(end.totals);
                 raw += end.totals.raw_bytes;
                 stored += end.totals.stored_bytes;
+                all_completed &= end.completed;
+                all_flushed &= !end.unflushed;
                 if end.unflushed && r.is_ok() {
                     eprintln!(
                         "vdi-agent: warning: the engine closed device {i} without a final Flush; \
-                         the stripe was hardened at the close"
+                         the data after the last Flush was never acknowledged"
                     );
                 }
             }
@@ -291,12 +449,18 @@ async fn serve(
     if let Some((i, e)) = first_device_error {
         return Err(device_failure("backup", i, &e));
     }
+    let end = if config.complete_enabled() {
+        (all_completed && all_flushed).then_some(EndConfirmation::VdcComplete)
+    } else {
+        all_flushed.then_some(EndConfirmation::FinalFlush)
+    };
     Ok(BackupReport {
-        stripes,
         raw_bytes: raw,
         stored_bytes: stored,
         elapsed,
         devices: config.device_count,
+        codec,
+        end,
         engine_line: None,
     })
 }
@@ -329,23 +493,42 @@ where
 
 /// Why `OpenDevice` failed, for the user: an abort is the engine's doing.
 pub(crate) fn open_failure(operation: &str, device: &str, e: vdi_core::Error) -> Failure {
-    if e.is_abort() {
-        Failure::engine(format!(
-            "the {operation} was aborted (SignalAbort) while device '{device}' was being opened"
-        ))
-    } else {
-        Failure::other(format!("cannot open device '{device}': {e}"))
+    match abort_words(&e) {
+        Some(words) => Failure::engine(format!(
+            "{words} while device '{device}' was being opened for the {operation}"
+        )),
+        None => Failure::other(format!("cannot open device '{device}': {e}")),
     }
 }
 
-/// What a device's failure means for the user.
+/// What an abort means, in the user's words: a dead engine is not a SignalAbort.
+fn abort_words(e: &vdi_core::Error) -> Option<&'static str> {
+    match e {
+        vdi_core::Error::Aborted(AbortReason::PeerExited) => Some("the engine died"),
+        vdi_core::Error::Aborted(AbortReason::PeerMisbehaved) => {
+            Some("the engine broke the protocol in shared memory")
+        }
+        vdi_core::Error::Aborted(AbortReason::ServerTimeout) => {
+            Some("the engine timed out waiting for the agent (serverTimeOut)")
+        }
+        vdi_core::Error::Aborted(_) => Some("the engine aborted the operation (SignalAbort)"),
+        _ => None,
+    }
+}
+
+/// What a device's failure means for the user (one device named).
 pub(crate) fn device_failure(operation: &str, device: u32, e: &io::Error) -> Failure {
-    if e.kind() == ErrorKind::ConnectionAborted {
-        Failure::engine(format!(
-            "the {operation} was aborted (SignalAbort) while device {device} was running"
-        ))
-    } else {
-        Failure::engine(format!("device {device} failed: {e}"))
+    let vdi = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<vdi_core::Error>());
+    match vdi.and_then(abort_words) {
+        Some(words) => Failure::engine(format!(
+            "{words} while device {device} was running the {operation}"
+        )),
+        None if e.kind() == ErrorKind::ConnectionAborted => Failure::engine(format!(
+            "the {operation} was aborted while device {device} was running"
+        )),
+        None => Failure::engine(format!("device {device} failed: {e}")),
     }
 }
 
@@ -386,6 +569,8 @@ fn new_backup_id(name: &str) -> u128 {
 enum Job {
     Data(Bytes),
     Barrier {
+        /// A `VDC_Complete` (not a Flush).
+        complete: bool,
         reply: oneshot::Sender<io::Result<()>>,
     },
 }
@@ -394,8 +579,10 @@ enum Job {
 #[derive(Debug)]
 struct WriterEnd {
     totals: Checkpoint,
-    /// Data came after the last Flush or Complete (hardened at the close).
+    /// Data came after the last Flush or Complete (hardened at the close, never acknowledged).
     unflushed: bool,
+    /// The last barrier was a `VDC_Complete`, with no data after it.
+    completed: bool,
 }
 
 /// The [`BackupSink`] of one device: hands the engine's buffers (no copy) to the stripe's writer
@@ -433,7 +620,7 @@ impl StripeSink {
         output: Output,
         header: StripeHeader,
         codec: Codec,
-        manifest: Option<Arc<SharedManifest>>,
+        manifest: Arc<SharedManifest>,
         counters: Arc<Counters>,
         stall: Option<Stall>,
     ) -> Outcome<Self> {
@@ -445,7 +632,7 @@ impl StripeSink {
         let thread = thread::Builder::new()
             .name(format!("stripe-{index}"))
             .spawn(move || {
-                let r = write_stripe(index, writer, rx, manifest.as_deref(), &counters);
+                let r = write_stripe(index, writer, rx, &manifest, &counters);
                 if let Err(e) = &r
                     && let Ok(mut slot) = thread_error.lock()
                 {
@@ -497,9 +684,9 @@ impl StripeSink {
         Ok(())
     }
 
-    async fn barrier(&mut self) -> io::Result<()> {
+    async fn barrier(&mut self, complete: bool) -> io::Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Barrier { reply }).await?;
+        self.send(Job::Barrier { complete, reply }).await?;
         match answer.await {
             Ok(r) => r,
             Err(_) => Err(self.thread_error()),
@@ -534,11 +721,11 @@ impl BackupSink for StripeSink {
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        self.barrier().await
+        self.barrier(false).await
     }
 
     async fn complete(&mut self) -> io::Result<()> {
-        self.barrier().await
+        self.barrier(true).await
     }
 }
 
@@ -548,20 +735,29 @@ fn write_stripe(
     index: u32,
     mut writer: StripeWriter<Output>,
     mut rx: mpsc::Receiver<Job>,
-    manifest: Option<&SharedManifest>,
+    manifest: &SharedManifest,
     counters: &Counters,
 ) -> io::Result<WriterEnd> {
     let mut last = writer.totals();
+    let mut completed = false;
+    let mut stored = writer.stored_bytes();
     while let Some(job) = rx.blocking_recv() {
         match job {
             Job::Data(data) => {
                 writer.write_chunk(&data)?;
-                counters.add(index, data.len() as u64);
+                let now = writer.stored_bytes();
+                counters.add(index, data.len() as u64, now - stored);
+                stored = now;
+                completed = false;
                 // Dropping the bytes completes the engine's Write.
                 drop(data);
             }
-            Job::Barrier { reply } => {
-                let r = harden(index, &mut writer, manifest);
+            Job::Barrier { complete, reply } => {
+                let r = harden(index, &mut writer, Some(manifest));
+                completed = complete && r.is_ok();
+                let now = writer.stored_bytes();
+                counters.add(index, 0, now - stored);
+                stored = now;
                 let failed = r
                     .as_ref()
                     .err()
@@ -586,6 +782,7 @@ fn write_stripe(
     Ok(WriterEnd {
         totals: last,
         unflushed,
+        completed: completed && !unflushed,
     })
 }
 
@@ -602,26 +799,43 @@ fn harden(
     Ok(cp)
 }
 
-/// Prints the summary of a backup.
-pub(crate) fn print_report(r: &BackupReport, target: &Path) {
+/// Prints the summary of a backup: lines on stderr, or with `json` one JSON document on stdout.
+pub(crate) fn print_report(r: &BackupReport, target: &Path, json: bool) {
     let ratio = if r.stored_bytes > 0 {
         r.raw_bytes as f64 / r.stored_bytes as f64
     } else {
         1.0
     };
+    let target = if target.as_os_str() == "-" {
+        "stdout".to_owned()
+    } else {
+        target.display().to_string()
+    };
+    if json {
+        crate::print_json(&serde_json::json!({
+            "operation": "backup",
+            "state": if r.end.is_some() { "complete" } else { "incomplete" },
+            "target": target,
+            "devices": r.devices,
+            "codec": r.codec,
+            "raw_bytes": r.raw_bytes,
+            "stored_bytes": r.stored_bytes,
+            "ratio": ratio,
+            "seconds": r.elapsed.as_secs_f64(),
+            "bytes_per_second": r.raw_bytes as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            "end": r.end,
+            "engine_line": r.engine_line,
+        }));
+        return;
+    }
     eprintln!(
-        "backup: {} through {} device{} in {:.2} s ({}); stored {} (ratio {ratio:.2}) in {}",
+        "backup: {} through {} device{} in {:.2} s ({}); stored {} (ratio {ratio:.2}) in {target}",
         bytes(r.raw_bytes),
         r.devices,
-        if r.devices == 1 { "" } else { "s" },
+        plural(r.devices.into()),
         r.elapsed.as_secs_f64(),
         rate(r.raw_bytes, r.elapsed),
         bytes(r.stored_bytes),
-        if target.as_os_str() == "-" {
-            "stdout".to_owned()
-        } else {
-            target.display().to_string()
-        }
     );
     if let Some(line) = &r.engine_line
         && !line.is_empty()

@@ -1,20 +1,38 @@
 //! The command line.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use vdi_engine::units::{parse_duration, parse_size};
+use vdi_engine::units::{Limit, parse_limit, parse_size};
 
-const EXIT_CODES: &str = "\
+/// The exit codes, for `--help` (the values are `failure::Exit`'s).
+pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
+  0  success (for verify: the backup is complete and every record checks out)
   1  any other failure
-  2  usage error
-  3  the engine failed or aborted the operation (its message is printed)
+  2  usage error (a bad flag or value, a directory that does not exist), found before anything
+     starts
+  3  the engine failed, aborted the operation, or died (its message is printed)
   4  no engine configured the set in time
-  5  a stripe or the manifest is missing, corrupt or truncated
-  6  an I/O error on the agent's own files (for example a full disk)";
+  5  a stripe or the manifest is missing, corrupt, truncated, or contradicts the other
+  6  an I/O error on the agent's own files (for example a full disk)
+  7  the backup is incomplete: the engine never confirmed its end (it was aborted or
+     interrupted, or the agent died), so verify does not call it good and restore refuses it
+     (see restore --allow-incomplete)
+  8  interrupted (Ctrl-C or SIGTERM): the agent aborted the operation and said what is left
+
+Backup states (in manifest.json, shown by `vdi-agent info`):
+  complete     the engine confirmed the end (VDC_Complete, or the final Flush of an engine
+               that does not send it): the only good state
+  flushed      the engine was told some data is durable, but never confirmed the end: the
+               agent stopped (killed, or the machine went down) before it did
+  in-progress  the backup stopped before its first Flush: nothing in it is usable
+  aborted      the backup failed or was interrupted, and the agent recorded why
+
+Sizes: 4096, 64KiB, 1.5GiB, 2MB (KiB/MiB/GiB/TiB and K/M/G/T are powers of 1024, KB/MB/GB/TB
+powers of 1000). Durations: 500ms, 5s, 2m, 1m30s, or a bare number of seconds; 0 means no
+limit for every timeout.";
 
 /// A VDI backup agent: striped backups to files with compression and checksums, restores that
 /// verify them, and a reference engine to run the whole job without SQL Server.
@@ -26,6 +44,10 @@ pub(crate) struct Cli {
     /// Do not draw progress bars (they are drawn only on a terminal anyway).
     #[arg(long, global = true)]
     pub(crate) no_progress: bool,
+    /// Print the result (backup, restore, verify, info, list) as one JSON document on stdout,
+    /// in a stable form, instead of lines on stderr.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,15 +56,24 @@ pub(crate) enum Command {
     Backup(BackupArgs),
     /// Restore: serve stripe files back to the engine, checking every checksum on the way.
     Restore(RestoreArgs),
-    /// Verify a backup directory (or a single stripe on stdin) without an engine.
+    /// Verify a backup directory, a single stripe file, or one stripe on stdin, without an
+    /// engine; only a complete backup verifies as good.
     Verify(VerifyArgs),
+    /// Describe a backup: its state, sizes, configuration and times.
+    Info(InfoArgs),
+    /// List the backups in a directory, one line each.
+    List(ListArgs),
     /// The whole job in one command: back up a pseudo-database through the reference engine,
     /// restore it (the engine checks every byte), verify the files, print the throughput.
     Demo(DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) to stdout: `vdi-agent man > vdi-agent.1`.
+    Man,
 }
 
 /// Where the engine comes from, and how the set is set up.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub(crate) struct EngineArgs {
     /// The device set's name (the first VIRTUAL_DEVICE; the others are <SET>-stripe1, ...).
     /// Default: a unique name.
@@ -52,27 +83,30 @@ pub(crate) struct EngineArgs {
     /// VIRTUAL_DEVICE = '<SET>', ...), instead of starting the reference engine.
     #[arg(long)]
     pub(crate) external: bool,
-    /// How long to wait for the engine to configure the set.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
-    pub(crate) connect_timeout: Duration,
-    /// The client's serverTimeOut in milliseconds (0: none): an engine that sees no completion
-    /// for two such intervals aborts.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) server_timeout: u32,
+    /// How long to wait for the engine to configure the set (0: no limit).
+    #[arg(long, value_parser = parse_limit, default_value = "60s", value_name = "DURATION")]
+    pub(crate) connect_timeout: Limit,
+    /// The client's serverTimeOut: an engine that sees no completion for two such intervals
+    /// aborts (0: none).
+    #[arg(long, value_parser = parse_limit, default_value = "0", value_name = "DURATION")]
+    pub(crate) server_timeout: Limit,
     /// Also admit an engine running as this user id (SQL Server on Linux runs as mssql).
     #[arg(long)]
     pub(crate) admit_uid: Option<u32>,
     /// Also admit an engine whose group is this group id.
     #[arg(long)]
     pub(crate) admit_gid: Option<u32>,
-    /// Reference engine only: BLOCKSIZE.
-    #[arg(long, value_parser = parse_size, default_value = "64KiB")]
-    pub(crate) block_size: u64,
-    /// Reference engine only: MAXTRANSFERSIZE.
-    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
-    pub(crate) max_transfer_size: u64,
-    /// Reference engine only: BUFFERCOUNT (default: the engine's, from the device count).
-    #[arg(long)]
+    /// Reference engine only: BLOCKSIZE, a power of two from 512 to 64KiB [default: the
+    /// engine's, 512, as SQL Server's; restore: the backup's]
+    #[arg(long, value_parser = parse_block_size, value_name = "BYTES")]
+    pub(crate) block_size: Option<u32>,
+    /// Reference engine only: MAXTRANSFERSIZE, a multiple of 64KiB up to 4MiB [default: the
+    /// engine's, 64KiB, as SQL Server's; restore: the backup's]
+    #[arg(long, value_parser = parse_max_transfer_size, value_name = "BYTES")]
+    pub(crate) max_transfer_size: Option<u32>,
+    /// Reference engine only: BUFFERCOUNT, at least one per device [default: the engine's, 5
+    /// per device + 2]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), value_name = "N")]
     pub(crate) buffer_count: Option<u32>,
     /// Reference engine only: one more argument for it (repeat for several), for example
     /// --engine-arg=--abort-at=10 to inject a fault; see `vdi-engine --help`.
@@ -80,9 +114,26 @@ pub(crate) struct EngineArgs {
     pub(crate) engine_args: Vec<String>,
 }
 
+/// A BLOCKSIZE as VDI allows it.
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let n = vdi_engine::units::parse_size_u32(s).map_err(|e| e.to_string())?;
+    vdi_core::validate_block_size(n)
+        .map(|()| n)
+        .map_err(|_| format!("{s} is not a power of two from 512 to 64KiB"))
+}
+
+/// A MAXTRANSFERSIZE as VDI allows it.
+fn parse_max_transfer_size(s: &str) -> Result<u32, String> {
+    let n = vdi_engine::units::parse_size_u32(s).map_err(|e| e.to_string())?;
+    vdi_core::validate_max_transfer_size(n)
+        .map(|()| n)
+        .map_err(|_| format!("{s} is not a multiple of 64KiB from 64KiB to 4MiB"))
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct BackupArgs {
-    /// The backup directory (created; must not hold a backup), or - for stdout (one device).
+    /// The backup directory (created; must be empty, or hold an incomplete backup and
+    /// --force), or - for stdout (one device, not a terminal).
     pub(crate) target: PathBuf,
     /// Number of devices (stripes), 1 to 64.
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -93,6 +144,10 @@ pub(crate) struct BackupArgs {
     /// Do not ask for VDC_Complete; every Flush is then the durability point.
     #[arg(long)]
     pub(crate) no_request_complete: bool,
+    /// Replace an incomplete or aborted backup in the target directory: removes only the files
+    /// that backup's manifest names (never a complete backup, never other files).
+    #[arg(long)]
+    pub(crate) force: bool,
     /// Reference engine only: the size of the pseudo-database to back up.
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     pub(crate) size: u64,
@@ -105,19 +160,43 @@ pub(crate) struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RestoreArgs {
-    /// The backup directory, or - for one stripe on stdin.
+    /// The backup directory, or - for one stripe on stdin (not a terminal).
     pub(crate) source: PathBuf,
     /// Verify every stripe before starting the restore (reads the backup twice).
     #[arg(long)]
     pub(crate) verify_first: bool,
+    /// Restore a backup the engine never confirmed (flushed or aborted): only what its last
+    /// acknowledged Flush hardened is sent, and that is not a whole database: SQL Server will
+    /// fail such a RESTORE partway, after it has begun to overwrite the target database. Use it
+    /// only to salvage data, never WITH REPLACE over a database you want to keep.
+    #[arg(long)]
+    pub(crate) allow_incomplete: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// The backup directory, or - for one stripe on stdin.
+    /// The backup directory, one stripe file of it, or - for one stripe on stdin.
     pub(crate) source: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// The backup directory.
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// The directory whose subdirectories hold backups.
+    pub(crate) parent: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -139,9 +218,9 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     pub(crate) keep: bool,
     /// BLOCKSIZE.
-    #[arg(long, value_parser = parse_size, default_value = "64KiB")]
-    pub(crate) block_size: u64,
-    /// MAXTRANSFERSIZE.
-    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
-    pub(crate) max_transfer_size: u64,
+    #[arg(long, value_parser = parse_block_size, default_value = "64KiB")]
+    pub(crate) block_size: u32,
+    /// MAXTRANSFERSIZE (the demo asks for the largest; SQL Server's default is 64KiB).
+    #[arg(long, value_parser = parse_max_transfer_size, default_value = "4MiB")]
+    pub(crate) max_transfer_size: u32,
 }

@@ -1,17 +1,19 @@
 //! `vdi-agent demo`: the whole job in one command.
 
-use std::path::PathBuf;
+use vdi_engine::units::parse_limit;
 
 use crate::{
     backup,
     cli::{BackupArgs, DemoArgs, EngineArgs, RestoreArgs},
     failure::{Failure, Outcome},
-    restore, verify,
+    interrupt::Interrupt,
+    restore, store, verify,
 };
 
 /// Backs up a pseudo-database through the reference engine, restores it (the engine checks every
-/// byte), verifies the stripes, and prints what each step moved and how fast.
-pub(crate) async fn run(args: &DemoArgs, progress: bool) -> Outcome {
+/// byte), verifies the stripes, and prints what each step moved and how fast. Its temporary
+/// directory is removed however it ends (Ctrl-C included), unless `--keep`.
+pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) -> Outcome {
     let (dir, temp) = match &args.dir {
         Some(d) => (d.clone(), None),
         None => {
@@ -22,15 +24,17 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool) -> Outcome {
             (t.path().join("backup"), Some(t))
         }
     };
-    let engine = |set: &str| EngineArgs {
+    let limit = |s: &str| parse_limit(s).map_err(|e| Failure::other(e.to_string()));
+    let (connect_timeout, server_timeout) = (limit("60s")?, limit("0")?);
+    let engine = |set: &str, block: Option<u32>| EngineArgs {
         set: Some(set.to_owned()),
         external: false,
-        connect_timeout: std::time::Duration::from_secs(60),
-        server_timeout: 0,
+        connect_timeout: connect_timeout.clone(),
+        server_timeout: server_timeout.clone(),
         admit_uid: None,
         admit_gid: None,
-        block_size: args.block_size,
-        max_transfer_size: args.max_transfer_size,
+        block_size: block,
+        max_transfer_size: Some(args.max_transfer_size),
         buffer_count: None,
         engine_args: Vec::new(),
     };
@@ -49,28 +53,43 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool) -> Outcome {
             devices: args.devices,
             zstd: args.zstd,
             no_request_complete: false,
+            force: false,
             size: args.size,
-            engine: engine(&format!("vdi-demo-backup-{pid}")),
+            engine: engine(&format!("vdi-demo-backup-{pid}"), Some(args.block_size)),
             stall_after: None,
         },
         progress,
+        interrupt,
     )
     .await?;
-    backup::print_report(&b, &dir);
+    backup::print_report(&b, &dir, false);
     let r = restore::run(
         &RestoreArgs {
             source: dir.clone(),
             verify_first: false,
-            engine: engine(&format!("vdi-demo-restore-{pid}")),
+            allow_incomplete: false,
+            engine: engine(&format!("vdi-demo-restore-{pid}"), None),
         },
         progress,
+        interrupt,
     )
     .await?;
-    restore::print_report(&r);
-    let dir2: PathBuf = dir.clone();
-    tokio::task::spawn_blocking(move || verify::verify_dir(&dir2, true))
-        .await
-        .map_err(|e| Failure::other(format!("verify failed: {e}")))??;
+    restore::print_report(&r, false);
+    let manifest = store::load_manifest(&dir)?;
+    let start = std::time::Instant::now();
+    let verified = tokio::select! {
+        v = verify::verify_manifest_dir(&dir, &manifest, progress, false) => v?,
+        signal = interrupt.wait() => {
+            return Err(Interrupt::failure(signal, "demo", "its temporary directory is removed"));
+        }
+    };
+    eprintln!(
+        "verify: {} in {} stripe{} ok ({})",
+        crate::units::bytes(verified),
+        manifest.device_count,
+        store::plural(manifest.device_count.into()),
+        crate::units::rate(verified, start.elapsed())
+    );
     match temp {
         Some(t) if !args.keep => {
             let _ = t.close();

@@ -11,6 +11,8 @@ use tokio::{
 use vdi_async::AsyncSet;
 use vdi_core::{ClientDeviceSet, Config, Error};
 
+use vdi_engine::units::Limit;
+
 use crate::{
     cli::EngineArgs,
     failure::{Exit, Failure, Outcome},
@@ -44,6 +46,8 @@ pub(crate) struct EngineEnd {
     pub(crate) success: bool,
     /// Its exit code, if it exited (not killed by a signal).
     pub(crate) code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub(crate) signal: Option<i32>,
     /// What it printed on stdout (the "successfully processed" line).
     pub(crate) stdout: String,
     /// What it printed on stderr (its error).
@@ -61,9 +65,10 @@ impl EngineEnd {
                 .collect::<Vec<_>>()
                 .join("; ");
         }
-        match self.code {
-            Some(c) => format!("the reference engine exited with code {c}"),
-            None => "the reference engine was killed".to_owned(),
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("the reference engine exited with code {c}"),
+            (None, Some(sig)) => format!("the engine died (killed by signal {sig})"),
+            (None, None) => "the engine died".to_owned(),
         }
     }
 }
@@ -92,11 +97,14 @@ impl Engine {
             .arg("--set")
             .arg(set)
             .arg("--devices")
-            .arg(devices.to_string())
-            .arg("--block-size")
-            .arg(args.block_size.to_string())
-            .arg("--max-transfer-size")
-            .arg(args.max_transfer_size.to_string());
+            .arg(devices.to_string());
+        // Not given: the engine's own defaults (SQL Server's), the same as `vdi-engine`'s.
+        if let Some(n) = args.block_size {
+            cmd.arg("--block-size").arg(n.to_string());
+        }
+        if let Some(n) = args.max_transfer_size {
+            cmd.arg("--max-transfer-size").arg(n.to_string());
+        }
         if let Some(n) = args.buffer_count {
             cmd.arg("--buffer-count").arg(n.to_string());
         }
@@ -124,13 +132,13 @@ impl Engine {
     pub(crate) async fn configuration<S>(
         &mut self,
         set: &AsyncSet<S>,
-        timeout: Duration,
+        timeout: &Limit,
         operation: &str,
     ) -> Outcome<Config>
     where
         S: ClientDeviceSet + 'static,
     {
-        let wait = tokio::time::timeout(timeout, set.configuration());
+        let wait = tokio::time::timeout(timeout.or_no_limit(), set.configuration());
         let result = match self {
             Self::External => wait.await,
             Self::Builtin(child) => {
@@ -150,19 +158,18 @@ impl Engine {
         match result {
             Ok(Ok(config)) => Ok(config),
             Ok(Err(Error::Aborted(_))) => Err(Failure::engine(format!(
-                "the engine aborted the {operation} before configuring the set"
+                "the {operation} was aborted before the engine configured the set"
             ))),
             Ok(Err(e)) => Err(Failure::other(format!("GetConfiguration failed: {e}"))),
             Err(_) => Err(Failure::new(
                 Exit::NoEngine,
                 format!(
-                    "no engine configured the set '{}' within {} s. Is the statement running \
+                    "no engine configured the set '{}' within {timeout}. Is the statement running \
                      ({} DATABASE ... {} VIRTUAL_DEVICE = '{}'{}), on this host, as this user or \
                      one admitted with --admit-uid/--admit-gid (SQL Server on Linux runs as \
                      mssql)? A long wait for locks or file creation needs a longer \
                      --connect-timeout",
                     set.name(),
-                    timeout.as_secs(),
                     operation.to_ascii_uppercase(),
                     if operation == "backup" { "TO" } else { "FROM" },
                     set.name(),
@@ -209,12 +216,24 @@ impl Engine {
         let end = EngineEnd {
             success: status.is_some_and(|s| s.success()),
             code: status.and_then(|s| s.code()),
+            signal: status.and_then(exit_signal),
             stdout,
             stderr,
         };
         child.end = Some(end.clone());
         Some(end)
     }
+}
+
+/// The signal that ended a process, where there are signals.
+#[cfg(unix)]
+fn exit_signal(status: std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(&status)
+}
+
+#[cfg(not(unix))]
+fn exit_signal(_status: std::process::ExitStatus) -> Option<i32> {
+    None
 }
 
 /// Reads a child's pipe to the end in the background.

@@ -4,12 +4,14 @@ use std::{fmt, io, process::ExitCode};
 
 /// The exit codes of `vdi-agent`, one per kind of failure a script may want to tell apart.
 ///
-/// 0 is success and 2 is a usage error (clap's own). The values are part of the command line's
-/// interface: see `vdi-agent --help`.
+/// 0 is success. The values are part of the command line's interface: see `vdi-agent --help`
+/// (`cli::EXIT_CODES` lists them for people, in the same order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Exit {
     /// Anything not listed below.
     Other = 1,
+    /// A usage error: a bad flag or value, found before anything started (clap's code too).
+    Usage = 2,
     /// The engine failed or aborted the operation, or died.
     Engine = 3,
     /// No engine configured the set in time.
@@ -18,6 +20,11 @@ pub(crate) enum Exit {
     Data = 5,
     /// An I/O error on the agent's own files (disk full, permissions, ...).
     Io = 6,
+    /// The backup is incomplete: the engine never confirmed its end (aborted, interrupted, or
+    /// the agent died), so it is not restored and does not verify as good.
+    Incomplete = 7,
+    /// The agent was interrupted (Ctrl-C or SIGTERM): it aborted the operation and said so.
+    Interrupted = 8,
 }
 
 /// A failure of a command: what went wrong, in words, and the exit code that goes with it.
@@ -43,6 +50,14 @@ impl Failure {
         Self::new(Exit::Data, message)
     }
 
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    pub(crate) fn incomplete(message: impl Into<String>) -> Self {
+        Self::new(Exit::Incomplete, message)
+    }
+
     pub(crate) fn engine(message: impl Into<String>) -> Self {
         Self::new(Exit::Engine, message)
     }
@@ -53,12 +68,19 @@ impl Failure {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
                 " (the disk is full: free space or choose another directory)"
             }
-            io::ErrorKind::PermissionDenied => {
-                " (permission denied: check the directory's owner and mode)"
-            }
+            io::ErrorKind::PermissionDenied => " (permission denied: check its owner and mode)",
             _ => "",
         };
         Self::new(Exit::Io, format!("{what}: {e}{hint}"))
+    }
+
+    /// The same failure, with `more` said after it.
+    pub(crate) fn and(mut self, more: &str) -> Self {
+        if !more.is_empty() {
+            self.message.push_str("; ");
+            self.message.push_str(more);
+        }
+        self
     }
 
     pub(crate) fn exit_code(&self) -> ExitCode {

@@ -5,8 +5,10 @@
 //!   its own (or stdout), optionally zstd-compressed, with checksummed records, and hardens
 //!   stripes and manifest (fsync) at every Flush and Complete before acknowledging them.
 //! - `restore` streams the stripes back, checking each record before the engine sees it.
-//! - `verify` checks a backup without an engine.
+//! - `verify` checks a backup without an engine; only a complete one verifies as good.
+//! - `info` and `list` describe backups from their manifests.
 //! - `demo` runs backup, restore and verify of a pseudo-database through the reference engine.
+//! - `completions` and `man` print a shell completion script and the manual page.
 //!
 //! The stripe format and the manifest are in the `vdi_agent` library.
 
@@ -20,19 +22,20 @@ mod demo;
 #[cfg(target_os = "linux")]
 mod engine;
 mod failure;
+mod info;
 #[cfg(target_os = "linux")]
+mod interrupt;
 mod output;
-#[cfg(target_os = "linux")]
 mod progress;
 #[cfg(target_os = "linux")]
 mod restore;
+mod store;
 mod units;
-#[cfg(target_os = "linux")]
 mod verify;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::{
     cli::{Cli, Command},
@@ -47,7 +50,13 @@ fn main() -> ExitCode {
     {
         return run_engine();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,36 +89,99 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Runs a command. Ctrl-C and SIGTERM abort a backup or restore through the engine (the
+/// operation says what is left); any other command just stops.
 #[cfg(target_os = "linux")]
 async fn run(cli: Cli) -> Outcome {
     use std::io::IsTerminal;
     let progress = !cli.no_progress && std::io::stderr().is_terminal();
-    match cli.command {
-        Command::Backup(args) => {
-            let report = backup::run(&args, progress).await?;
-            backup::print_report(&report, &args.target);
+    let json = cli.json;
+    let interrupt = interrupt::Interrupt::listen();
+    let work = async {
+        match &cli.command {
+            Command::Backup(args) => {
+                if json && args.target.as_os_str() == "-" {
+                    return Err(Failure::usage(
+                        "--json prints on stdout, where `backup -` writes the stripe: use one",
+                    ));
+                }
+                let report = backup::run(args, progress, &interrupt).await?;
+                backup::print_report(&report, &args.target, json);
+                Ok(())
+            }
+            Command::Restore(args) => {
+                let report = restore::run(args, progress, &interrupt).await?;
+                restore::print_report(&report, json);
+                Ok(())
+            }
+            Command::Demo(args) => demo::run(args, progress, &interrupt).await,
+            other => run_local(other, progress, json).await,
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        signal = interrupt.wait(), if !aborts_itself(&cli.command) => Err(Failure::new(
+            failure::Exit::Interrupted,
+            format!("interrupted by {signal}"),
+        )),
+    }
+}
+
+/// Whether a command handles Ctrl-C itself (it has an engine to abort and files to mark).
+#[cfg(target_os = "linux")]
+fn aborts_itself(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Backup(_) | Command::Restore(_) | Command::Demo(_)
+    )
+}
+
+/// The commands that need no engine, on every platform.
+async fn run_local(command: &Command, progress: bool, json: bool) -> Outcome {
+    match command {
+        Command::Verify(args) => verify::run(args, progress, json).await,
+        Command::Info(args) => info::info(&args.dir, json),
+        Command::List(args) => info::list(&args.parent, json),
+        Command::Completions(args) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "vdi-agent", &mut std::io::stdout());
             Ok(())
         }
-        Command::Restore(args) => {
-            let report = restore::run(&args, progress).await?;
-            restore::print_report(&report);
-            Ok(())
-        }
-        Command::Verify(args) => {
-            tokio::task::spawn_blocking(move || verify::verify_dir(&args.source, true))
-                .await
-                .map_err(|e| Failure::other(format!("verify failed: {e}")))?
-                .map(|_| ())
-        }
-        Command::Demo(args) => demo::run(&args, progress).await,
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| Failure::io("writing the manual page", &e)),
+        Command::Backup(_) | Command::Restore(_) | Command::Demo(_) => Err(Failure::other(
+            "this platform is not supported yet: the shared-memory transport runs on Linux",
+        )),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn run(_cli: Cli) -> Outcome {
-    Err(Failure::other(
-        "this platform is not supported yet: the shared-memory transport runs on Linux",
-    ))
+async fn run(cli: Cli) -> Outcome {
+    let progress = !cli.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    run_local(&cli.command, progress, cli.json).await
+}
+
+/// Prints `value` as one pretty JSON document on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("vdi-agent: cannot print JSON: {e}"),
+    }
+}
+
+/// The client's serverTimeOut in milliseconds (0: none), as the command line gives it.
+#[cfg(target_os = "linux")]
+pub(crate) fn server_timeout_ms(args: &cli::EngineArgs) -> Outcome<u32> {
+    match args.server_timeout.get() {
+        None => Ok(0),
+        Some(d) => u32::try_from(d.as_millis().max(1)).map_err(|_| {
+            Failure::usage(format!(
+                "--server-timeout {} is longer than serverTimeOut can say (about 49 days)",
+                args.server_timeout
+            ))
+        }),
+    }
 }
 
 /// The reference engine, when this binary was started as one (`vdi-agent __engine ...`).

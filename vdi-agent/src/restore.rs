@@ -2,9 +2,7 @@
 //! every record's checksum before the engine sees a byte of it.
 
 use std::{
-    fs,
-    io::{self, ErrorKind},
-    path::{Path, PathBuf},
+    io::{self, IsTerminal},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -18,7 +16,7 @@ use tokio::{
     sync::mpsc,
 };
 use vdi_agent::{
-    manifest::{Manifest, ManifestState},
+    manifest::ManifestState,
     stripe::{Checkpoint, StripeReader},
 };
 use vdi_async::{AsyncSet, restore_from};
@@ -27,12 +25,14 @@ use vdi_shm::ClientSet;
 
 use crate::{
     backup::{device_failure, on_every_device, open_failure},
-    cli::RestoreArgs,
+    cli::{EngineArgs, RestoreArgs},
     engine::Engine,
     failure::{Failure, Outcome},
+    interrupt::Interrupt,
     output::Input,
     progress::{Counters, Progress},
     set_name, shm_client,
+    store::{self, plural, stripe_of},
     units::{bytes, rate},
     verify,
 };
@@ -57,40 +57,60 @@ struct Source {
 }
 
 /// Runs `vdi-agent restore`.
-pub(crate) async fn run(args: &RestoreArgs, progress: bool) -> Outcome<RestoreReport> {
-    let (sources, block_size) = if args.source.as_os_str() == "-" {
+pub(crate) async fn run(
+    args: &RestoreArgs,
+    progress: bool,
+    interrupt: &Interrupt,
+) -> Outcome<RestoreReport> {
+    let (sources, block_size, max_transfer_size) = if args.source.as_os_str() == "-" {
+        if io::stdin().is_terminal() {
+            return Err(Failure::usage(
+                "refusing to read a backup from a terminal: redirect stdin from a stripe file \
+                 or a pipe (vdi-agent restore - ... < db.vdis)",
+            ));
+        }
         let reader = StripeReader::new(Input::Stdin(io::stdin()))
             .map_err(|e| Failure::data(format!("stdin: {e}")))?;
-        let block = reader.header().block_size;
+        let h = *reader.header();
+        if h.count != 1 {
+            return Err(Failure::data(format!(
+                "stdin holds {} of a striped backup: restore the backup's directory instead",
+                stripe_of(&h)
+            )));
+        }
         (
             vec![Source {
                 label: "stdin".to_owned(),
                 reader,
                 expected_bytes: None,
             }],
-            block,
+            h.block_size,
+            h.max_transfer_size,
         )
     } else {
-        open_dir(&args.source, args.verify_first)?
+        open_dir(args, progress).await?
     };
+    let engine_args = engine_args_for(&args.engine, block_size, max_transfer_size)?;
     let devices = sources.len() as u32;
     let name = set_name(args.engine.set.as_deref())?;
     let client_config = ClientConfig {
         device_count: devices,
         features: Features::LIKE_PIPE,
-        server_timeout: args.engine.server_timeout,
+        server_timeout: crate::server_timeout_ms(&args.engine)?,
         ..ClientConfig::default()
     };
     let set = AsyncSet::create(&shm_client(&args.engine), None, &name, &client_config)
         .await
         .map_err(|e| Failure::other(format!("cannot create the device set '{name}': {e}")))?;
-    let mut engine = Engine::start("restore", &name, devices, &args.engine, &[])?;
+    let mut engine = Engine::start("restore", &name, devices, &engine_args, &[])?;
     if args.engine.external {
         eprintln!(
-            "vdi-agent: set '{name}' is ready; run RESTORE DATABASE ... FROM {}",
+            "vdi-agent: set '{name}' is ready; run RESTORE DATABASE ... FROM {} WITH BLOCKSIZE = \
+             {block_size}",
             crate::backup::device_clause(&name, devices)
         );
     }
+    let guard = interrupt.abort_on_signal(&set);
     let result = serve(
         &set,
         &mut engine,
@@ -105,8 +125,9 @@ pub(crate) async fn run(args: &RestoreArgs, progress: bool) -> Outcome<RestoreRe
         let _ = set.signal_abort();
     }
     let _ = set.close().await;
+    drop(guard);
     let end = engine.finish(Duration::from_secs(60)).await;
-    match (result, end) {
+    let outcome = match (result, end) {
         (Err(f), Some(end)) if f.exit == crate::failure::Exit::Engine && !end.success => {
             Err(Failure::engine(format!("{f}: {}", end.reason())))
         }
@@ -119,67 +140,84 @@ pub(crate) async fn run(args: &RestoreArgs, progress: bool) -> Outcome<RestoreRe
             report.engine_line = end.map(|e| e.stdout.trim().to_owned());
             Ok(report)
         }
+    };
+    match (outcome, interrupt.fired()) {
+        (Err(_), Some(signal)) => Err(Interrupt::failure(
+            signal,
+            "restore",
+            "the database being restored is incomplete: run the restore again",
+        )),
+        (o, _) => o,
     }
 }
 
+/// The engine's arguments for a restore of a backup taken with `block_size` and
+/// `max_transfer_size`: the backup's values, which a value the user gave must not contradict.
+fn engine_args_for(
+    args: &EngineArgs,
+    block_size: u32,
+    max_transfer_size: u32,
+) -> Outcome<EngineArgs> {
+    if let Some(given) = args.block_size
+        && given != block_size
+    {
+        return Err(Failure::usage(format!(
+            "--block-size {given} contradicts the backup, which was taken with BLOCKSIZE \
+             {block_size}: a restore uses the backup's block size (leave the flag out)"
+        )));
+    }
+    let mut out = args.clone();
+    out.block_size = Some(block_size);
+    // MAXTRANSFERSIZE may differ between backup and restore (the engine reads in any sizes);
+    // without one given, the backup's is the natural choice.
+    out.max_transfer_size = Some(args.max_transfer_size.unwrap_or(max_transfer_size));
+    Ok(out)
+}
+
 /// Opens every stripe of a backup directory, checking what can be checked before the engine
-/// starts: the manifest, that each file exists with the length and header the manifest says.
-fn open_dir(dir: &Path, verify_first: bool) -> Outcome<(Vec<Source>, u32)> {
-    let manifest = Manifest::load(dir).map_err(|e| Failure::data(e.to_string()))?;
-    match manifest.state {
-        ManifestState::Complete => {}
-        ManifestState::Flushed => eprintln!(
-            "vdi-agent: warning: the backup in {} did not complete (the engine never confirmed it); restoring what its last Flush hardened",
-            dir.display()
-        ),
-        ManifestState::InProgress => {
-            return Err(Failure::data(format!(
-                "the backup in {} never reached its first Flush: there is nothing durable to restore",
-                dir.display()
+/// starts: the manifest (a backup the engine never confirmed is refused unless the user allows
+/// it), no stray stripe files, each file's length and header against the manifest; with
+/// `--verify-first`, every record.
+async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u32, u32)> {
+    let dir = &args.source;
+    let manifest = match store::Source::open(dir)? {
+        store::Source::Dir(_, m) => *m,
+        store::Source::File(p) => {
+            return Err(Failure::usage(format!(
+                "{} is a file: restore takes a backup directory, or - for one stripe on stdin",
+                p.display()
             )));
         }
+    };
+    if let Some(why) = manifest.incomplete_reason() {
+        if !args.allow_incomplete || manifest.state == ManifestState::InProgress {
+            return Err(Failure::incomplete(format!(
+                "refusing to restore {}: {why}. Restoring it would start a RESTORE that must \
+                 fail partway{}",
+                dir.display(),
+                if manifest.state == ManifestState::InProgress {
+                    ""
+                } else {
+                    " (--allow-incomplete restores what was acknowledged anyway, to salvage data)"
+                }
+            )));
+        }
+        eprintln!("vdi-agent: warning: restoring an incomplete backup (--allow-incomplete): {why}");
     }
-    if verify_first {
-        verify::verify_dir(dir, false)?;
+    store::check_no_strays(dir, &manifest)?;
+    if args.verify_first {
+        verify::verify_manifest_dir(dir, &manifest, progress, false).await?;
     }
     let mut sources = Vec::new();
     for entry in &manifest.stripes {
-        let path: PathBuf = dir.join(&entry.file);
-        let label = format!("stripe {} ({})", entry.index, path.display());
-        let file = fs::File::open(&path).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Failure::data(format!("{label} is missing: the backup set is incomplete"))
-            } else {
-                Failure::io(format!("opening {label}"), &e)
-            }
-        })?;
-        let len = file
-            .metadata()
-            .map_err(|e| Failure::io(format!("reading {label}"), &e))?
-            .len();
-        if len < entry.stored_bytes {
-            return Err(Failure::data(format!(
-                "{label} is truncated: {len} bytes, the manifest says {}",
-                entry.stored_bytes
-            )));
-        }
-        let reader = StripeReader::with_expected(Input::File(file), entry.expected())
-            .map_err(|e| Failure::data(format!("{label}: {e}")))?;
-        let h = reader.header();
-        if h.backup_id != manifest.backup_id || h.index != entry.index {
-            return Err(Failure::data(format!(
-                "{label} belongs to another backup or stripe (id {:032x}, stripe {}; the \
-                 manifest says {:032x}, stripe {})",
-                h.backup_id, h.index, manifest.backup_id, entry.index
-            )));
-        }
+        let open = store::open_stripe(dir, &manifest, entry.index)?;
         sources.push(Source {
-            label,
-            reader,
-            expected_bytes: Some(entry.raw_bytes),
+            label: open.label,
+            reader: open.reader,
+            expected_bytes: Some(open.raw_bytes),
         });
     }
-    Ok((sources, manifest.block_size))
+    Ok((sources, manifest.block_size, manifest.max_transfer_size))
 }
 
 async fn serve(
@@ -192,7 +230,7 @@ async fn serve(
     progress: bool,
 ) -> Outcome<RestoreReport> {
     let config = engine
-        .configuration(set, args.engine.connect_timeout, "restore")
+        .configuration(set, &args.engine.connect_timeout, "restore")
         .await?;
     check_config(&config, sources.len() as u32, block_size)?;
     let counters = Counters::new(config.device_count);
@@ -210,7 +248,7 @@ async fn serve(
             StripeSource::start(i, source, Arc::clone(&counters))?,
         ));
     }
-    let bars = Progress::start("restore", &counters, expected, progress);
+    let bars = Progress::start("restore", &counters, expected, progress, false);
     let start = Instant::now();
     let results = on_every_device(devices, |(device, mut source)| async move {
         let r = restore_from(&device, &mut source.reader).await;
@@ -368,7 +406,7 @@ impl AsyncRead for ChannelReader {
                 let n = self.current.len().min(buf.remaining());
                 buf.put_slice(&self.current[..n]);
                 self.current.advance(n);
-                self.counters.add(self.index, n as u64);
+                self.counters.add(self.index, n as u64, 0);
                 return Poll::Ready(Ok(()));
             }
             if self.done {
@@ -390,21 +428,41 @@ impl AsyncRead for ChannelReader {
     }
 }
 
-/// Prints the summary of a restore.
-pub(crate) fn print_report(r: &RestoreReport) {
+/// Prints the summary of a restore: lines on stderr, or with `json` one JSON document on
+/// stdout.
+pub(crate) fn print_report(r: &RestoreReport, json: bool) {
+    if json {
+        crate::print_json(&serde_json::json!({
+            "operation": "restore",
+            "devices": r.devices,
+            "raw_bytes": r.bytes,
+            "seconds": r.elapsed.as_secs_f64(),
+            "bytes_per_second": r.bytes as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            "ended_early": r.ended_early,
+            "engine_line": r.engine_line,
+        }));
+        return;
+    }
     eprintln!(
         "restore: {} through {} device{} in {:.2} s ({}); every record's checksum verified",
         bytes(r.bytes),
         r.devices,
-        if r.devices == 1 { "" } else { "s" },
+        plural(r.devices.into()),
         r.elapsed.as_secs_f64(),
         rate(r.bytes, r.elapsed),
     );
     if !r.ended_early.is_empty() {
+        let list: Vec<String> = r.ended_early.iter().map(u32::to_string).collect();
         eprintln!(
-            "restore: the engine stopped reading device(s) {:?} before the end (as RESTORE \
-             FILELISTONLY or HEADERONLY do); the rest of those stripes was not read",
-            r.ended_early
+            "restore: the engine stopped reading device{} {} before the end (as RESTORE \
+             FILELISTONLY or HEADERONLY do); the rest of {} was not read",
+            plural(r.ended_early.len() as u64),
+            list.join(", "),
+            if r.ended_early.len() == 1 {
+                "that stripe"
+            } else {
+                "those stripes"
+            }
         );
     }
     if let Some(line) = &r.engine_line

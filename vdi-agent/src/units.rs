@@ -18,10 +18,11 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
-/// A rate in decimal gigabytes per second, as storage people quote them.
+/// A rate in MiB/s: the one unit of the agent's progress bars and summaries (the engine's
+/// SQL Server-style line says "MB/sec" for the same 2^20 bytes).
 pub(crate) fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
-    format!("{:.2} GB/s", bytes as f64 / secs / 1e9)
+    format!("{:.1} MiB/s", bytes as f64 / secs / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]
@@ -32,6 +33,6 @@ mod tests {
     fn display() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 29), "1.50 GiB");
-        assert_eq!(rate(2_000_000_000, Duration::from_secs(1)), "2.00 GB/s");
+        assert_eq!(rate(3 << 29, Duration::from_secs(2)), "768.0 MiB/s");
     }
 }

@@ -1,91 +1,181 @@
 //! `vdi-agent verify`: reads every stripe of a backup and checks it against itself (record
-//! checksums, checkpoints, the stream hash) and against the manifest, without an engine.
+//! checksums, checkpoints, the stream hash) and against the manifest (every field a stripe
+//! header also carries, no stray stripe files), without an engine. Only a complete backup
+//! verifies as good: an incomplete one is checked as far as it goes, then reported as
+//! incomplete (exit 7).
 
 use std::{
     fs,
-    io::{self, ErrorKind},
-    path::Path,
+    io::{self, IsTerminal},
+    path::{Path, PathBuf},
+    sync::Arc,
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use vdi_agent::{manifest::Manifest, stripe::StripeReader};
 
 use crate::{
+    cli::VerifyArgs,
     failure::{Failure, Outcome},
     output::Input,
+    progress::{Counters, Progress},
+    store::{self, plural, stripe_of},
     units::{bytes, rate},
 };
 
-/// Verifies the backup in `dir` (or one stripe on stdin for `-`); prints a line per stripe when
-/// `print` is set.
-pub(crate) fn verify_dir(dir: &Path, print: bool) -> Outcome<u64> {
+/// What a verify found, for the summary.
+#[derive(Debug)]
+struct Verified {
+    what: String,
+    raw_bytes: u64,
+    stripes: u32,
+    state: String,
+    elapsed: Duration,
+}
+
+/// Runs `vdi-agent verify`.
+pub(crate) async fn run(args: &VerifyArgs, progress: bool, json: bool) -> Outcome {
+    let source = args.source.clone();
     let start = Instant::now();
-    if dir.as_os_str() == "-" {
-        let reader = StripeReader::new(Input::Stdin(io::stdin()))
-            .map_err(|e| Failure::data(format!("stdin: {e}")))?;
-        let totals = reader
-            .finish()
-            .map_err(|e| Failure::data(format!("stdin: {e}")))?;
-        if print {
-            eprintln!(
-                "verify: stdin: {} in {} records, ok",
-                bytes(totals.raw_bytes),
-                totals.data_records
-            );
+    if source.as_os_str() == "-" {
+        if io::stdin().is_terminal() {
+            return Err(Failure::usage(
+                "refusing to read a stripe from a terminal: redirect stdin from a stripe file",
+            ));
         }
-        return Ok(totals.raw_bytes);
+        let (label, raw) = blocking(move || verify_one(Input::Stdin(io::stdin()), "stdin")).await?;
+        return summary(
+            &Verified {
+                what: label,
+                raw_bytes: raw,
+                stripes: 1,
+                state: "stripe".to_owned(),
+                elapsed: start.elapsed(),
+            },
+            json,
+        );
     }
-    let manifest = Manifest::load(dir).map_err(|e| Failure::data(e.to_string()))?;
-    let results: Vec<Result<String, Failure>> = thread::scope(|s| {
-        let handles: Vec<_> = manifest
-            .stripes
-            .iter()
-            .map(|entry| {
-                let manifest = &manifest;
-                s.spawn(move || {
-                    let path = dir.join(&entry.file);
-                    let label = format!("stripe {} ({})", entry.index, path.display());
-                    let file = fs::File::open(&path).map_err(|e| {
-                        if e.kind() == ErrorKind::NotFound {
-                            Failure::data(format!("{label} is missing"))
-                        } else {
-                            Failure::io(format!("opening {label}"), &e)
-                        }
-                    })?;
-                    let reader = StripeReader::with_expected(Input::File(file), entry.expected())
-                        .map_err(|e| Failure::data(format!("{label}: {e}")))?;
-                    let h = reader.header();
-                    if h.backup_id != manifest.backup_id || h.index != entry.index {
-                        return Err(Failure::data(format!(
-                            "{label} belongs to another backup or stripe"
-                        )));
-                    }
-                    let totals = reader
-                        .finish()
-                        .map_err(|e| Failure::data(format!("{label}: {e}")))?;
-                    Ok(format!(
-                        "{label}: {} in {} records, ok",
-                        bytes(totals.raw_bytes),
-                        totals.data_records
-                    ))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Failure::other("a verify thread panicked")))
-            })
-            .collect()
-    });
+    match store::Source::open(&source)? {
+        store::Source::File(path) => {
+            let file = fs::File::open(&path)
+                .map_err(|e| Failure::io(format!("opening {}", path.display()), &e))?;
+            let name = path.display().to_string();
+            let (label, raw) = blocking(move || verify_one(Input::File(file), &name)).await?;
+            summary(
+                &Verified {
+                    what: label,
+                    raw_bytes: raw,
+                    stripes: 1,
+                    state: "stripe".to_owned(),
+                    elapsed: start.elapsed(),
+                },
+                json,
+            )
+        }
+        store::Source::Dir(dir, manifest) => {
+            store::check_no_strays(&dir, &manifest)?;
+            let raw = verify_manifest_dir(&dir, &manifest, progress, !json).await?;
+            if let Some(why) = manifest.incomplete_reason() {
+                return Err(Failure::incomplete(format!(
+                    "incomplete: {} is not a good backup: {why}. Every stripe checks out up to \
+                     that checkpoint",
+                    dir.display()
+                )));
+            }
+            summary(
+                &Verified {
+                    what: dir.display().to_string(),
+                    raw_bytes: raw,
+                    stripes: manifest.device_count,
+                    state: manifest.state.to_string(),
+                    elapsed: start.elapsed(),
+                },
+                json,
+            )
+        }
+    }
+}
+
+/// Prints a good verify's summary.
+fn summary(v: &Verified, json: bool) -> Outcome {
+    if json {
+        crate::print_json(&serde_json::json!({
+            "operation": "verify",
+            "source": v.what,
+            "state": v.state,
+            "stripes": v.stripes,
+            "raw_bytes": v.raw_bytes,
+            "seconds": v.elapsed.as_secs_f64(),
+            "bytes_per_second": v.raw_bytes as f64 / v.elapsed.as_secs_f64().max(1e-9),
+        }));
+    } else {
+        eprintln!(
+            "verify: {}: ok, {} in {} stripe{} ({} backup, {:.2} s, {})",
+            v.what,
+            bytes(v.raw_bytes),
+            v.stripes,
+            plural(v.stripes.into()),
+            v.state,
+            v.elapsed.as_secs_f64(),
+            rate(v.raw_bytes, v.elapsed)
+        );
+    }
+    Ok(())
+}
+
+/// Runs blocking work off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Outcome<T> + Send + 'static,
+) -> Outcome<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::other(format!("verify failed: {e}")))?
+}
+
+/// Verifies one stripe read without its manifest; returns "stripe i of n (name)" and its
+/// raw bytes.
+fn verify_one(input: Input, name: &str) -> Outcome<(String, u64)> {
+    let reader = StripeReader::new(input).map_err(|e| Failure::data(format!("{name}: {e}")))?;
+    let label = format!("{} ({name})", stripe_of(reader.header()));
+    let totals = reader
+        .finish()
+        .map_err(|e| Failure::data(format!("{label}: {e}")))?;
+    Ok((label, totals.raw_bytes))
+}
+
+/// Verifies every stripe of the backup in `dir` against `manifest`, up to the checkpoint the
+/// manifest records, with a progress bar when `progress`; prints a line per stripe when
+/// `print`. Returns the raw bytes verified.
+///
+/// # Errors
+///
+/// The first stripe's failure (a data error for damage, an I/O error naming the file); every
+/// stripe's failure is printed when `print`.
+pub(crate) async fn verify_manifest_dir(
+    dir: &Path,
+    manifest: &Manifest,
+    progress: bool,
+    print: bool,
+) -> Outcome<u64> {
+    let counters = Counters::new(manifest.device_count);
+    let expected = manifest.stripes.iter().map(|s| s.raw_bytes).collect();
+    let bars = Progress::start("verify", &counters, Some(expected), progress, false);
+    let dir: PathBuf = dir.to_owned();
+    let m = manifest.clone();
+    let c = Arc::clone(&counters);
+    let results = tokio::task::spawn_blocking(move || check_stripes(&dir, &m, &c))
+        .await
+        .map_err(|e| Failure::other(format!("verify failed: {e}")))?;
+    bars.finish();
     let mut first_error = None;
+    let mut total = 0;
     for r in results {
         match r {
-            Ok(line) => {
+            Ok((label, raw)) => {
+                total += raw;
                 if print {
-                    eprintln!("verify: {line}");
+                    eprintln!("verify: {label}: {} ok", bytes(raw));
                 }
             }
             Err(f) => {
@@ -96,20 +186,46 @@ pub(crate) fn verify_dir(dir: &Path, print: bool) -> Outcome<u64> {
             }
         }
     }
-    if let Some(f) = first_error {
-        return Err(f);
+    match first_error {
+        Some(f) => Err(f),
+        None => Ok(total),
     }
-    let total: u64 = manifest.stripes.iter().map(|s| s.raw_bytes).sum();
-    if print {
-        let elapsed = start.elapsed();
-        eprintln!(
-            "verify: {} in {} stripes ok ({:?} backup, {:.2} s, {})",
-            bytes(total),
-            manifest.stripes.len(),
-            manifest.state,
-            elapsed.as_secs_f64(),
-            rate(total, elapsed)
-        );
-    }
-    Ok(total)
+}
+
+/// Reads every stripe, one thread each.
+fn check_stripes(
+    dir: &Path,
+    manifest: &Manifest,
+    counters: &Counters,
+) -> Vec<Outcome<(String, u64)>> {
+    thread::scope(|s| {
+        let handles: Vec<_> = manifest
+            .stripes
+            .iter()
+            .map(|entry| {
+                s.spawn(move || {
+                    let mut open = store::open_stripe(dir, manifest, entry.index)?;
+                    loop {
+                        match open.reader.read_chunk() {
+                            Ok(Some(chunk)) => counters.add(entry.index, chunk.len() as u64, 0),
+                            Ok(None) => break,
+                            Err(e) => return Err(Failure::data(format!("{}: {e}", open.label))),
+                        }
+                    }
+                    let totals = open
+                        .reader
+                        .finish()
+                        .map_err(|e| Failure::data(format!("{}: {e}", open.label)))?;
+                    Ok((open.label, totals.raw_bytes))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Failure::other("a verify thread panicked")))
+            })
+            .collect()
+    })
 }

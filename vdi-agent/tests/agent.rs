@@ -4,72 +4,14 @@
 
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
-const AGENT: &str = env!("CARGO_BIN_EXE_vdi-agent");
-
-/// Small transfers so that a few MiB make many commands.
-const ENGINE: [&str; 4] = ["--block-size", "4KiB", "--max-transfer-size", "256KiB"];
-
-struct Run {
-    code: i32,
-    stderr: String,
-}
-
-fn agent(args: &[&str]) -> Run {
-    let out: Output = Command::new(AGENT)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("start vdi-agent");
-    finish(args, &out)
-}
-
-fn finish(args: &[&str], out: &Output) -> Run {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out.status.code().unwrap_or(-1);
-    eprintln!("$ vdi-agent {}\n[exit {code}]\n{stderr}", args.join(" "));
-    Run { code, stderr }
-}
-
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("vdi-agent-test-")
-        .tempdir()
-        .expect("temp dir")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// `backup` of `size` through `devices` into `dir` with extra arguments.
-fn backup(dir: &Path, devices: u32, size: &str, extra: &[&str]) -> Run {
-    let devices = devices.to_string();
-    let mut args = vec!["backup", s(dir), "--devices", &devices, "--size", size];
-    args.extend(ENGINE);
-    args.extend(extra);
-    agent(&args)
-}
-
-fn restore(dir: &Path, extra: &[&str]) -> Run {
-    let mut args = vec!["restore", s(dir)];
-    args.extend(ENGINE);
-    args.extend(extra);
-    agent(&args)
-}
-
-fn verify(dir: &Path) -> Run {
-    agent(&["verify", s(dir)])
-}
-
-fn stripe(dir: &Path, i: u32) -> PathBuf {
-    dir.join(format!("stripe-{i:02}.vdis"))
-}
+use common::*;
 
 fn round_trip(devices: u32, compress: bool) {
     let t = scratch();
@@ -211,17 +153,21 @@ fn missing_stripe_is_detected() {
 }
 
 #[test]
-fn a_backup_that_never_flushed_is_not_restored() {
+fn a_backup_that_never_flushed_is_removed() {
     let t = scratch();
     let dir = t.path().join("b");
-    // The engine aborts before any Flush: the manifest stays "in-progress".
-    assert_eq!(
-        backup(&dir, 2, "2MiB", &["--engine-arg=--abort-at=3"]).code,
-        3
+    // The engine aborts before any Flush: nothing was acknowledged, so nothing is left.
+    let b = backup(&dir, 2, "2MiB", &["--engine-arg=--abort-at=3"]);
+    assert_eq!(b.code, 3);
+    assert!(
+        b.stderr.contains("nothing was acknowledged"),
+        "{}",
+        b.stderr
     );
+    assert!(!dir.exists(), "the directory the agent created stays");
     let r = restore(&dir, &[]);
-    assert_eq!(r.code, 5);
-    assert!(r.stderr.contains("never reached its first Flush"));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no such directory"));
 }
 
 #[test]
@@ -239,6 +185,10 @@ fn refuses_a_directory_that_is_not_empty() {
     let b = backup(t.path(), 1, "1MiB", &[]);
     assert_eq!(b.code, 1);
     assert!(b.stderr.contains("not empty"));
+    // Not even --force touches a directory the agent did not write.
+    let b = backup(t.path(), 1, "1MiB", &["--force"]);
+    assert_eq!(b.code, 1);
+    assert_eq!(fs::read(t.path().join("precious")).expect("read"), b"x");
 }
 
 #[test]
@@ -313,7 +263,7 @@ fn a_client_that_never_answers_is_timed_out_by_the_engine() {
         &t.path().join("b"),
         1,
         "4MiB",
-        &["--server-timeout", "200", "--stall-after", "3"],
+        &["--server-timeout", "200ms", "--stall-after", "3"],
     );
     assert_eq!(b.code, 3);
     assert!(
