@@ -625,6 +625,25 @@ fn progress_rows(text: &str) -> Vec<String> {
     rows
 }
 
+/// The "done/total" of a bar's row, in bytes: `... ]   4.77 MiB/64.03 MiB ...`.
+fn bar_counts(row: &str) -> Option<(f64, f64)> {
+    let after = row.split_once(']')?.1;
+    let mut t = after.split_whitespace();
+    let (n, mid, unit) = (t.next()?, t.next()?, t.next()?);
+    let (unit_a, m) = mid.split_once('/')?;
+    let scale = |u: &str| match u {
+        "B" => Some(1.0),
+        "KiB" => Some(1024.0),
+        "MiB" => Some(1024.0 * 1024.0),
+        "GiB" => Some(1024.0 * 1024.0 * 1024.0),
+        _ => None,
+    };
+    Some((
+        n.parse::<f64>().ok()? * scale(unit_a)?,
+        m.parse::<f64>().ok()? * scale(unit)?,
+    ))
+}
+
 /// Checks that every progress row begins with its label: a line longer than 80 columns would
 /// leave its tail at the start of a row of its own.
 fn assert_rows_fit(shown: &str) -> Vec<String> {
