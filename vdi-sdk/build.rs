@@ -45,7 +45,10 @@ fn main() {
         .filter_map(|rest| rest.split('(').next())
         .filter(|name| name.starts_with("vdi_sdk_"))
         .collect();
-    assert!(!rust_fns.is_empty(), "no vdi_sdk_* functions found in src/ffi.rs");
+    assert!(
+        !rust_fns.is_empty(),
+        "no vdi_sdk_* functions found in src/ffi.rs"
+    );
     let map = fs::read_to_string(manifest.join("sqlvdi.map")).expect("sqlvdi.map");
     let hidden: String = rust_fns.iter().map(|n| format!("    {n};\n")).collect();
     let map = map.replacen("  local:\n", &format!("  local:\n{hidden}"), 1);

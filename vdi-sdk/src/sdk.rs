@@ -18,7 +18,7 @@ use std::{
 
 use vdi_core::{
     AbortReason, BufferHandle, Call, ClientBackend, ClientCommand, ClientDevice as _,
-    ClientDeviceSet as _, ClientSetMachine, ClientSetState, CompletionCode, Config, Completion,
+    ClientDeviceSet as _, ClientSetMachine, ClientSetState, Completion, CompletionCode, Config,
     Error, InvalidReason, MappedBuffer as _, NameError, ProtocolReason, Timeout, VdConfig,
     VdcCommand,
 };
@@ -45,7 +45,8 @@ pub fn parse_name(raw: RawName<'_>) -> Result<&str, Error> {
             bytes.len(),
         ))));
     }
-    let name = std::str::from_utf8(bytes).map_err(|_| Error::Invalid(InvalidReason::Unspecified))?;
+    let name =
+        std::str::from_utf8(bytes).map_err(|_| Error::Invalid(InvalidReason::Unspecified))?;
     vdi_core::validate_name(name)?;
     Ok(name)
 }
@@ -74,6 +75,10 @@ struct SetInner {
     lifecycle: ClientSetMachine,
     /// The devices ever opened through this object; they live as long as it does, since the
     /// client holds pointers to them.
+    #[allow(
+        clippy::vec_box,
+        reason = "each device stays at its address while the list grows: C++ points into it"
+    )]
     devices: Vec<Box<DeviceSlot>>,
     /// The set created or joined last; kept after `Close`, so later calls get its answer.
     current: Option<Arc<ClientSet>>,
@@ -256,7 +261,11 @@ impl Set {
         }
         for slot in inner.devices_of(set) {
             let commands = slot.device.lock();
-            if let Some(o) = commands.outstanding.iter().find(|o| ptr::eq(o.buffer, buffer)) {
+            if let Some(o) = commands
+                .outstanding
+                .iter()
+                .find(|o| ptr::eq(o.buffer, buffer))
+            {
                 return Ok(set.buffer_handle(&o.command)?.0);
             }
         }
@@ -354,6 +363,10 @@ struct Commands {
     /// Handed out and not yet completed.
     outstanding: Vec<Outstanding>,
     /// Completed since the device's last `GetCommand`: still readable by the client.
+    #[allow(
+        clippy::vec_box,
+        reason = "each command stays at the address the client was given"
+    )]
     retired: Vec<Box<UnsafeCell<VdcCommand>>>,
 }
 
@@ -461,7 +474,9 @@ mod tests {
     #[test]
     fn names_are_checked_before_use() {
         assert_eq!(parse_name(Some((b"set-1", true))), Ok("set-1"));
-        let invalid = |r: RawName<'_>| parse_name(r).map_err(|e| e.hresult());
+        fn invalid(r: RawName<'_>) -> Result<&str, vdi_core::HResult> {
+            parse_name(r).map_err(|e| e.hresult())
+        }
         assert_eq!(invalid(None), Err(vdi_core::HResult::VD_E_INVALID));
         assert_eq!(
             invalid(Some((&[0xff, 0xfe], true))),
@@ -476,8 +491,14 @@ mod tests {
             invalid(Some((&long[..vdi_core::MAX_NAME_LEN], true))).map(str::len),
             Ok(vdi_core::MAX_NAME_LEN)
         );
-        assert_eq!(invalid(Some((b"a/b", true))), Err(vdi_core::HResult::VD_E_INVALID));
-        assert_eq!(invalid(Some((b"", true))), Err(vdi_core::HResult::VD_E_INVALID));
+        assert_eq!(
+            invalid(Some((b"a/b", true))),
+            Err(vdi_core::HResult::VD_E_INVALID)
+        );
+        assert_eq!(
+            invalid(Some((b"", true))),
+            Err(vdi_core::HResult::VD_E_INVALID)
+        );
     }
 
     #[test]
@@ -493,7 +514,12 @@ mod tests {
     fn a_set_object_without_a_set_answers_protocol() {
         let set = Set::new();
         let protocol = Err(vdi_core::HResult::VD_E_PROTOCOL);
-        assert_eq!(set.configuration(0, true).map(|_| ()).map_err(|e| e.hresult()), protocol);
+        assert_eq!(
+            set.configuration(0, true)
+                .map(|_| ())
+                .map_err(|e| e.hresult()),
+            protocol
+        );
         assert_eq!(
             set.open_device(Some((b"x", true)), true)
                 .map(|_| ())
@@ -503,16 +529,22 @@ mod tests {
         assert_eq!(set.close().map_err(|e| e.hresult()), protocol);
         assert_eq!(set.signal_abort().map_err(|e| e.hresult()), protocol);
         assert_eq!(
-            set.buffer_handle(ptr::null(), true).map(|_| ()).map_err(|e| e.hresult()),
+            set.buffer_handle(ptr::null(), true)
+                .map(|_| ())
+                .map_err(|e| e.hresult()),
             protocol
         );
         assert_eq!(
-            set.map_buffer_handle(1, true).map(|_| ()).map_err(|e| e.hresult()),
+            set.map_buffer_handle(1, true)
+                .map(|_| ())
+                .map_err(|e| e.hresult()),
             protocol
         );
         // NULL out-pointers are VD_E_INVALID in any state.
         assert_eq!(
-            set.configuration(0, false).map(|_| ()).map_err(|e| e.hresult()),
+            set.configuration(0, false)
+                .map(|_| ())
+                .map_err(|e| e.hresult()),
             Err(vdi_core::HResult::VD_E_INVALID)
         );
     }

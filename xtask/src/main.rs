@@ -102,9 +102,7 @@ fn print_help() {
     println!(
         "  portable-test       vdi-shm's portable Unix backend: FreeBSD/macOS clippy, tests here"
     );
-    println!(
-        "  sdk-test            third-party VDI clients against libsqlvdi.so and vdi-engine"
-    );
+    println!("  sdk-test            third-party VDI clients against libsqlvdi.so and vdi-engine");
     println!("  bench [--quick] [--no-iceoryx2] [--save]");
     println!("                      benchmarks against the alternatives, into target/bench/");
     println!("                      (--save: copy them to vdi-bench/results/ for BENCHMARKS.md)");

@@ -82,7 +82,10 @@ pub(crate) fn run() -> Result<Outcome, String> {
     let debug = root.join("target/debug");
     let mut build = cargo();
     build.args(["build", "-p", "vdi-sdk", "-p", "vdi-engine", "--locked"]);
-    stage("sdk-test: build libsqlvdi.so, vdi-engine, vdi-sqlcmd", build)?;
+    stage(
+        "sdk-test: build libsqlvdi.so, vdi-engine, vdi-sqlcmd",
+        build,
+    )?;
     check_exports(&debug.join("libsqlvdi.so"))?;
 
     let work = root.join("target/sdk-test");
@@ -237,14 +240,21 @@ impl Env {
         let dir = self.work.join("own");
         mkdir(&dir)?;
         let mut gxx = Command::new("g++");
-        gxx.args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-            .arg(dir.join("sdk_client"))
-            .arg("-I")
-            .arg(self.root.join("vdi-sdk/include"))
-            .arg(self.root.join("vdi-sdk/tests/cpp/sdk_client.cpp"))
-            .arg("-L")
-            .arg(&self.lib)
-            .arg("-lsqlvdi");
+        gxx.args([
+            "-std=c++11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pthread",
+            "-o",
+        ])
+        .arg(dir.join("sdk_client"))
+        .arg("-I")
+        .arg(self.root.join("vdi-sdk/include"))
+        .arg(self.root.join("vdi-sdk/tests/cpp/sdk_client.cpp"))
+        .arg("-L")
+        .arg(&self.lib)
+        .arg("-lsqlvdi");
         stage("sdk-test: build sdk_client.cpp (ours)", gxx)
     }
 
@@ -275,7 +285,13 @@ struct Ran {
 }
 
 impl Ran {
-    fn expect(&self, what: &str, code: i32, out_has: &[&str], err_has: &[&str]) -> Result<(), String> {
+    fn expect(
+        &self,
+        what: &str,
+        code: i32,
+        out_has: &[&str],
+        err_has: &[&str],
+    ) -> Result<(), String> {
         let missing: Vec<&&str> = out_has
             .iter()
             .filter(|s| !self.out.contains(**s))
@@ -326,7 +342,10 @@ fn finish(mut child: Child, dir: &Path, tag: &str) -> Result<Ran, String> {
         if start.elapsed() > RUN_LIMIT {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("{tag}: still running after {}s", RUN_LIMIT.as_secs()));
+            return Err(format!(
+                "{tag}: still running after {}s",
+                RUN_LIMIT.as_secs()
+            ));
         }
         thread::sleep(Duration::from_millis(20));
     };
@@ -378,17 +397,25 @@ fn vdipipe(env: &Env) -> Result<(), String> {
     run("backup", "B", &bak, "")?.expect(
         "vdipipesample backup",
         0,
-        &["Successfully completed data transfer.", "BACKUP DATABASE successfully processed"],
+        &[
+            "Successfully completed data transfer.",
+            "BACKUP DATABASE successfully processed",
+        ],
         &[],
     )?;
     let size = fs::metadata(&bak).map(|m| m.len()).unwrap_or(0);
     if size <= 24 << 20 {
-        return Err(format!("vdipipesample wrote {size} bytes, expected over 24 MiB"));
+        return Err(format!(
+            "vdipipesample wrote {size} bytes, expected over 24 MiB"
+        ));
     }
     run("restore", "R", &bak, "")?.expect(
         "vdipipesample restore of its backup (every byte checked by the engine)",
         0,
-        &["Successfully completed data transfer.", "RESTORE DATABASE successfully processed"],
+        &[
+            "Successfully completed data transfer.",
+            "RESTORE DATABASE successfully processed",
+        ],
         &[],
     )?;
 
@@ -406,7 +433,13 @@ fn vdipipe(env: &Env) -> Result<(), String> {
     )?;
 
     // The sample's GetCommand waits 90 ms: a longer silence ends its transfer.
-    run("silent", "B", &dir.join("silent.bak"), "--silent-at 2 --silent-for 1s")?.expect(
+    run(
+        "silent",
+        "B",
+        &dir.join("silent.bak"),
+        "--silent-at 2 --silent-for 1s",
+    )?
+    .expect(
         "vdipipesample fails on a pause over its 90 ms GetCommand timeout (its known bug)",
         0,
         &["Unexpected termination: x80770003", "BACKUP failed"],
@@ -441,7 +474,11 @@ fn backupx(env: &Env) -> Result<(), String> {
 
     let (c, e) = pair(
         client("backup", "backup", "bx-backup", &art)?,
-        env.engine(&dir, "backup-engine", &["backup", "--set", "bx-backup", "--size", "12MiB"])?,
+        env.engine(
+            &dir,
+            "backup-engine",
+            &["backup", "--set", "bx-backup", "--size", "12MiB"],
+        )?,
         &dir,
         "backup",
     )?;
@@ -451,7 +488,12 @@ fn backupx(env: &Env) -> Result<(), String> {
         &["BACKUP DATABASE successfully processed"],
         &["VDF_CompleteEnabled", "1 completes"],
     )?;
-    c.expect("BackupX backup with VDC_Complete", 0, &["BACKUPX_SQLVDI_READY"], &[])?;
+    c.expect(
+        "BackupX backup with VDC_Complete",
+        0,
+        &["BACKUPX_SQLVDI_READY"],
+        &[],
+    )?;
     let device_bytes = e
         .err
         .lines()
@@ -480,7 +522,12 @@ fn backupx(env: &Env) -> Result<(), String> {
     c.expect("BackupX restore", 0, &["BACKUPX_SQLVDI_READY"], &[])?;
 
     // Cancel: stdin reaches EOF while the worker waits for the configuration.
-    let mut cancel = spawn(client("cancel", "backup", "bx-cancel", &dir.join("cancel.bak"))?)?;
+    let mut cancel = spawn(client(
+        "cancel",
+        "backup",
+        "bx-cancel",
+        &dir.join("cancel.bak"),
+    )?)?;
     wait_ready(&dir.join("cancel.out"))?;
     drop(cancel.stdin.take());
     finish(cancel, &dir, "cancel")?.expect(
@@ -496,7 +543,15 @@ fn backupx(env: &Env) -> Result<(), String> {
         env.engine(
             &dir,
             "abort-engine",
-            &["backup", "--set", "bx-abort", "--size", "4MiB", "--abort-at", "3"],
+            &[
+                "backup",
+                "--set",
+                "bx-abort",
+                "--size",
+                "4MiB",
+                "--abort-at",
+                "3",
+            ],
         )?,
         &dir,
         "abort",
@@ -533,12 +588,21 @@ fn own_client(env: &Env) -> Result<(), String> {
     c.args(["bad-input", "sdk-bad"]).arg(dir.join("bad.bak"));
     let (c, e) = pair(
         c,
-        env.engine(&dir, "bad-input-engine", &["backup", "--set", "sdk-bad", "--size", "2MiB"])?,
+        env.engine(
+            &dir,
+            "bad-input-engine",
+            &["backup", "--set", "sdk-bad", "--size", "2MiB"],
+        )?,
         &dir,
         "bad-input",
     )?;
     e.expect("engine: bad-input client", 0, &[], &[])?;
-    c.expect("sdk_client bad input", 0, &["bad-input: every check passed"], &[])?;
+    c.expect(
+        "sdk_client bad input",
+        0,
+        &["bad-input: every check passed"],
+        &[],
+    )?;
 
     let streams = dir.join("streams");
     mkdir(&streams)?;
@@ -546,17 +610,34 @@ fn own_client(env: &Env) -> Result<(), String> {
         let mut c = env.client(&program, &dir, op)?;
         c.args(["primary", op, set]).arg(&streams);
         let second = format!("{set}-2");
-        let mut args = vec![op, "--set", set, "--device-name", set, "--device-name", &second];
+        let mut args = vec![
+            op,
+            "--set",
+            set,
+            "--device-name",
+            set,
+            "--device-name",
+            &second,
+        ];
         args.extend(["--devices", "2", "--max-transfer-size", "128KiB"]);
         if op == "backup" {
             args.extend(["--size", "6MiB"]);
         }
-        let (c, e) = pair(c, env.engine(&dir, &format!("{op}-engine"), &args)?, &dir, op)?;
+        let (c, e) = pair(
+            c,
+            env.engine(&dir, &format!("{op}-engine"), &args)?,
+            &dir,
+            op,
+        )?;
         e.expect(
             &format!("engine: two devices, a secondary and mapped buffers ({op})"),
             0,
             &[],
-            &[if op == "backup" { "2 devices" } else { "verified: true" }],
+            &[if op == "backup" {
+                "2 devices"
+            } else {
+                "verified: true"
+            }],
         )?;
         c.expect(
             &format!("sdk_client OpenInSecondary + MapBufferHandle across processes ({op})"),
