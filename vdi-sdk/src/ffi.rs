@@ -102,7 +102,7 @@ pub unsafe extern "C" fn vdi_sdk_set_free(set: *mut Set) {
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `name` as for [`name`]; `cfg` NULL or readable for a `VDConfig`.
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `name` NULL or a NUL-terminated string (or [`NAME_SCAN_LIMIT`] readable bytes); `cfg` NULL or readable for a `VDConfig`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_create(
     set: *const Set,
@@ -123,7 +123,7 @@ pub unsafe extern "C" fn vdi_sdk_create(
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `cfg` NULL or writable for a `VDConfig`.
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `cfg` NULL or writable for a `VDConfig`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_get_configuration(
     set: *const Set,
@@ -146,7 +146,7 @@ pub unsafe extern "C" fn vdi_sdk_get_configuration(
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `name` as for [`name`]; `out` NULL or writable for a pointer;
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `name` NULL or a NUL-terminated string (or [`NAME_SCAN_LIMIT`] readable bytes); `out` NULL or writable for a pointer;
 /// `storage` and `device` writable for a pointer (the C++ side's locals).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_open_device(
@@ -175,7 +175,7 @@ pub unsafe extern "C" fn vdi_sdk_open_device(
 ///
 /// # Safety
 ///
-/// `set` as for [`set`].
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_close(set: *const Set) -> c_int {
     // SAFETY: the caller's guarantee, passed on.
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn vdi_sdk_close(set: *const Set) -> c_int {
 ///
 /// # Safety
 ///
-/// `set` as for [`set`].
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_signal_abort(set: *const Set) -> c_int {
     // SAFETY: the caller's guarantee, passed on.
@@ -197,7 +197,7 @@ pub unsafe extern "C" fn vdi_sdk_signal_abort(set: *const Set) -> c_int {
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `name` as for [`name`].
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `name` NULL or a NUL-terminated string (or [`NAME_SCAN_LIMIT`] readable bytes).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_open_in_secondary(set: *const Set, name: *const c_char) -> c_int {
     guard(|| {
@@ -212,7 +212,7 @@ pub unsafe extern "C" fn vdi_sdk_open_in_secondary(set: *const Set, name: *const
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `handle` NULL or writable for an `unsigned int`.
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `handle` NULL or writable for an `unsigned int`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_get_buffer_handle(
     set: *const Set,
@@ -233,7 +233,7 @@ pub unsafe extern "C" fn vdi_sdk_get_buffer_handle(
 ///
 /// # Safety
 ///
-/// `set` as for [`set`]; `buffer` NULL or writable for a pointer.
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed; `buffer` NULL or writable for a pointer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_map_buffer_handle(
     set: *const Set,
@@ -254,7 +254,7 @@ pub unsafe extern "C" fn vdi_sdk_map_buffer_handle(
 ///
 /// # Safety
 ///
-/// `set` as for [`set`].
+/// `set` NULL or from [`vdi_sdk_set_new`] and not freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vdi_sdk_register_device_closed(set: *const Set) {
     let _ = guard(|| {
