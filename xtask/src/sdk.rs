@@ -561,7 +561,8 @@ fn backupx(env: &Env) -> Result<(), String> {
         "BackupX after an engine abort",
         1,
         &[],
-        &["GetCommand failed (VDI 0x80770004)"],
+        // VD_E_ABORT reaches GetCommand or CompleteCommand, whichever the worker is in.
+        &["failed (VDI 0x80770004)"],
     )
 }
 
