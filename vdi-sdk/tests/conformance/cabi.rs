@@ -148,6 +148,29 @@ unsafe impl Send for CDevice {}
 // SAFETY: as for Send.
 unsafe impl Sync for CDevice {}
 
+impl CDevice {
+    /// `CompleteCommand` with any pointer at all, as a careless client might pass.
+    pub(crate) fn complete_ptr(&self, cmd: *mut VdcCommand, code: i32, bytes: u64) -> i32 {
+        // SAFETY: a live device; the library only compares the command pointer.
+        unsafe { ffi::vdi_sdk_complete_command(self.raw, cmd, code, bytes, 0) }
+    }
+}
+
+impl CCommand {
+    /// The `VDC_Command` the library handed out.
+    pub(crate) fn raw(&self) -> *mut VdcCommand {
+        self.cmd
+    }
+}
+
+/// The command code in a `VDC_Command` the library handed out and the device has not yet
+/// reused (a completed command stays readable until the device's next GetCommand).
+pub(crate) fn code_of(cmd: *mut VdcCommand) -> u32 {
+    // SAFETY: the caller passes a pointer the library handed out, before the device's next
+    // GetCommand, so the library still holds it alive.
+    unsafe { cmd.read().command_code }
+}
+
 impl ClientDevice for CDevice {
     type Command = CCommand;
 

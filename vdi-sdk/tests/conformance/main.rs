@@ -159,6 +159,59 @@ fn abort_ends_waits<B: ClientBackend>(b: &B, backend: &str) {
     set.close().unwrap();
 }
 
+/// The C ABI alone: command pointers that are not active commands of the device (foreign,
+/// NULL, completed already) get `VD_E_INVALID`; a completed command stays readable until the
+/// device's next GetCommand; a byte count above the size is refused and leaves the command
+/// active.
+#[test]
+fn c_abi_command_pointers_are_checked() {
+    let b = cabi::CAbi;
+    let name = unique("c_abi", "pointers");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone());
+    let engine =
+        thread::spawn(move || vdi_engine::run_backup_shm(&options, &BackupJob::new(256 << 10)));
+    set.configuration(WAIT).unwrap();
+    let dev = set.open_device(&name).unwrap();
+    let invalid = HResult::VD_E_INVALID.0;
+    let mut probed = false;
+    loop {
+        match dev.command(WAIT) {
+            Ok(cmd) if !probed && cmd.code() == CommandCode::WRITE => {
+                probed = true;
+                let raw = cmd.raw();
+                let size = u64::from(cmd.size());
+                let mut foreign = vdi_core::VdcCommand {
+                    command_code: 2,
+                    size: cmd.size(),
+                    position: 0,
+                    buffer: std::ptr::null_mut(),
+                };
+                assert_eq!(dev.complete_ptr(&mut foreign, 0, size), invalid);
+                assert_eq!(dev.complete_ptr(std::ptr::null_mut(), 0, size), invalid);
+                assert_eq!(dev.complete_ptr(raw, 0, size + 1), invalid);
+                assert_eq!(dev.complete_ptr(raw, 0, size), 0);
+                assert_eq!(cabi::code_of(raw), 2);
+                assert_eq!(dev.complete_ptr(raw, 0, size), invalid);
+                std::mem::forget(cmd); // completed through the raw pointer
+            }
+            Ok(cmd) => {
+                let n = if cmd.code() == CommandCode::WRITE {
+                    cmd.size()
+                } else {
+                    0
+                };
+                dev.complete(cmd, Completion::success(n)).unwrap();
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("GetCommand: {e}"),
+        }
+    }
+    assert!(probed);
+    set.close().unwrap();
+    engine.join().unwrap().unwrap();
+}
+
 macro_rules! suite {
     ($module:ident, $backend:expr) => {
         mod $module {
