@@ -58,9 +58,8 @@ unsafe fn name<'a>(p: *const c_char) -> RawName<'a> {
 unsafe fn set<'a>(p: *const Set) -> Result<&'a Set, Error> {
     // SAFETY: by the caller's guarantee, a non-NULL `p` points to a live Set; the set is used
     // from many threads only through `&Set`, whose state sits behind mutexes.
-    unsafe { p.as_ref() }.ok_or(Error::Protocol(vdi_core::ProtocolReason::WrongState(
-        Call::Close,
-    )))
+    // A NULL set: the constructor could not make one, or the destructor ran; no set is open.
+    unsafe { p.as_ref() }.ok_or(Error::Protocol(vdi_core::ProtocolReason::Unspecified))
 }
 
 /// Writes `value` through an output pointer the client passed (checked non-NULL before).
