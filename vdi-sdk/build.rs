@@ -31,7 +31,6 @@ fn main() {
         .flag("-fno-rtti")
         .flag_if_supported("-Wall")
         .flag_if_supported("-Wextra")
-        .warnings_into_errors(true)
         .cpp_link_stdlib(None)
         .cargo_metadata(false)
         .compile("sqlvdi_cpp");

@@ -271,6 +271,10 @@ const CI_FUZZ_SECONDS: u64 = 20;
 fn ci() -> Result<(), String> {
     let start = Instant::now();
     tidy::run(&project_root())?;
+    // vdi-sdk's build compiles C++: install the compilers before the first build needs them.
+    if let Err(reason) = sdk::ensure_tools() {
+        println!("=== xtask: note: {reason}");
+    }
 
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
