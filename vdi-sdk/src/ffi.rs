@@ -33,7 +33,7 @@ fn guard(f: impl FnOnce() -> Result<(), Error>) -> c_int {
 ///
 /// `p` is NULL or points to a NUL-terminated string, or to at least [`NAME_SCAN_LIMIT`]
 /// readable bytes; they stay unchanged for `'a`.
-unsafe fn name<'a>(p: *const c_char) -> RawName<'a> {
+unsafe fn name<'a>(p: *const c_char) -> Option<RawName<'a>> {
     if p.is_null() {
         return None;
     }
@@ -47,7 +47,10 @@ unsafe fn name<'a>(p: *const c_char) -> RawName<'a> {
     // SAFETY: the `len` bytes just read are readable and unchanged for 'a (the caller's
     // guarantee).
     let bytes = unsafe { std::slice::from_raw_parts(p, len) };
-    Some((bytes, len < NAME_SCAN_LIMIT))
+    Some(RawName {
+        bytes,
+        terminated: len < NAME_SCAN_LIMIT,
+    })
 }
 
 /// The set behind a `CVDS*`.

@@ -28,9 +28,14 @@ use vdi_shm::{ClientSet, Command, ShmClient};
 /// accepted, so a longer name is refused without reading further.
 pub const NAME_SCAN_LIMIT: usize = vdi_core::MAX_NAME_LEN + 1;
 
-/// A name as [`crate::ffi`] read it: `None` for a NULL pointer, else the bytes before the NUL
-/// and whether the NUL was found within [`NAME_SCAN_LIMIT`] bytes.
-pub type RawName<'a> = Option<(&'a [u8], bool)>;
+/// A name as [`crate::ffi`] read it (a NULL pointer is `None` where one is taken).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawName<'a> {
+    /// The bytes before the NUL, at most [`NAME_SCAN_LIMIT`].
+    pub bytes: &'a [u8],
+    /// Whether the NUL was found within [`NAME_SCAN_LIMIT`] bytes.
+    pub terminated: bool,
+}
 
 /// Checks a name from a client: `VD_E_INVALID` for NULL, too long, not UTF-8, or against the
 /// naming rules.
@@ -38,8 +43,8 @@ pub type RawName<'a> = Option<(&'a [u8], bool)>;
 /// # Errors
 ///
 /// `VD_E_INVALID`, with the broken rule.
-pub fn parse_name(raw: RawName<'_>) -> Result<&str, Error> {
-    let (bytes, terminated) = raw.ok_or(Error::Invalid(InvalidReason::Unspecified))?;
+pub fn parse_name(raw: Option<RawName<'_>>) -> Result<&str, Error> {
+    let RawName { bytes, terminated } = raw.ok_or(Error::Invalid(InvalidReason::Unspecified))?;
     if !terminated || bytes.len() > vdi_core::MAX_NAME_LEN {
         return Err(Error::Invalid(InvalidReason::Name(NameError::TooLong(
             bytes.len(),
@@ -137,7 +142,7 @@ impl Set {
     /// `VD_E_INVALID` for a NULL or bad name or a NULL configuration, `VD_E_NOTSUPPORTED` for
     /// a configuration that breaks a rule, `VD_E_PROTOCOL` when this object has a set open or
     /// a set of that name exists.
-    pub fn create(&self, name: RawName<'_>, cfg: Option<VdConfig>) -> Result<(), Error> {
+    pub fn create(&self, name: Option<RawName<'_>>, cfg: Option<VdConfig>) -> Result<(), Error> {
         let name = parse_name(name)?;
         let raw = cfg.ok_or_else(null_argument)?;
         let config = Config::from_raw(&raw).client();
@@ -162,7 +167,7 @@ impl Set {
     ///
     /// `VD_E_INVALID` for a NULL or bad name, `VD_E_PROTOCOL` when this object has a set open
     /// or no such set is ready for secondaries, `VD_E_ABORT`.
-    pub fn open_in_secondary(&self, name: RawName<'_>) -> Result<(), Error> {
+    pub fn open_in_secondary(&self, name: Option<RawName<'_>>) -> Result<(), Error> {
         let name = parse_name(name)?;
         let mut inner = self.lock();
         inner.sync_lifecycle();
@@ -199,7 +204,7 @@ impl Set {
     /// `VD_E_OPEN`, `VD_E_PROTOCOL`, `VD_E_ABORT` as the set's state says.
     pub fn open_device(
         &self,
-        name: RawName<'_>,
+        name: Option<RawName<'_>>,
         out: bool,
     ) -> Result<(*mut c_void, *const Device), Error> {
         if !out {
@@ -471,32 +476,36 @@ pub const fn device_not_open(call: Call) -> Error {
 mod tests {
     use super::*;
 
+    fn raw(bytes: &[u8], terminated: bool) -> Option<RawName<'_>> {
+        Some(RawName { bytes, terminated })
+    }
+
     #[test]
     fn names_are_checked_before_use() {
-        assert_eq!(parse_name(Some((b"set-1", true))), Ok("set-1"));
-        fn invalid(r: RawName<'_>) -> Result<&str, vdi_core::HResult> {
+        assert_eq!(parse_name(raw(b"set-1", true)), Ok("set-1"));
+        fn invalid(r: Option<RawName<'_>>) -> Result<&str, vdi_core::HResult> {
             parse_name(r).map_err(|e| e.hresult())
         }
         assert_eq!(invalid(None), Err(vdi_core::HResult::VD_E_INVALID));
         assert_eq!(
-            invalid(Some((&[0xff, 0xfe], true))),
+            invalid(raw(&[0xff, 0xfe], true)),
             Err(vdi_core::HResult::VD_E_INVALID)
         );
         let long = [b'a'; NAME_SCAN_LIMIT];
         assert_eq!(
-            invalid(Some((&long, false))),
+            invalid(raw(&long, false)),
             Err(vdi_core::HResult::VD_E_INVALID)
         );
         assert_eq!(
-            invalid(Some((&long[..vdi_core::MAX_NAME_LEN], true))).map(str::len),
+            invalid(raw(&long[..vdi_core::MAX_NAME_LEN], true)).map(str::len),
             Ok(vdi_core::MAX_NAME_LEN)
         );
         assert_eq!(
-            invalid(Some((b"a/b", true))),
+            invalid(raw(b"a/b", true)),
             Err(vdi_core::HResult::VD_E_INVALID)
         );
         assert_eq!(
-            invalid(Some((b"", true))),
+            invalid(raw(b"", true)),
             Err(vdi_core::HResult::VD_E_INVALID)
         );
     }
@@ -521,7 +530,7 @@ mod tests {
             protocol
         );
         assert_eq!(
-            set.open_device(Some((b"x", true)), true)
+            set.open_device(raw(b"x", true), true)
                 .map(|_| ())
                 .map_err(|e| e.hresult()),
             protocol
