@@ -109,6 +109,7 @@ mod options;
 mod report;
 mod restore;
 mod run;
+pub mod statement;
 pub mod units;
 
 pub use backup::run_backup;

@@ -1,8 +1,8 @@
 //! Project tooling, run as `cargo xtask <command>` (the cargo-xtask pattern).
 //!
 //! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs, then the loom models,
-//!   Miri, 20 seconds of fuzzing, the portable Unix backend and the Windows tests under Wine
-//!   (see [`loom`], [`miri`], [`fuzz`], [`portable`], [`wine`]).
+//!   Miri, 20 seconds of fuzzing, the portable Unix backend, the SDK corpus and the Windows
+//!   tests under Wine (see [`loom`], [`miri`], [`fuzz`], [`portable`], [`sdk`], [`wine`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
 //! - `loom`: the loom models of vdi-shm's lock-free code and of vdi-async's device protocol,
 //!   alone.
@@ -11,6 +11,9 @@
 //!   nightly; see [`fuzz`]).
 //! - `wine-test`: vdi-win and vdi-shm built for `x86_64-pc-windows-gnu` and tested under Wine,
 //!   installing Wine and MinGW-w64 when missing (see [`wine`]).
+//! - `sdk-test`: third-party VDI clients (Microsoft's Linux sample, BackupX's worker) and our
+//!   own C++ client, built unchanged against vdi-sdk's `libsqlvdi.so` and run against the
+//!   reference engine, installing the compilers when missing (see [`sdk`]).
 //! - `portable-test`: vdi-shm's portable Unix backend: clippy for FreeBSD and macOS, and the
 //!   whole vdi-shm test suite on it here (see [`portable`]).
 //! - `bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the alternatives
@@ -36,6 +39,7 @@ mod fuzz;
 mod loom;
 mod miri;
 mod portable;
+mod sdk;
 mod tidy;
 mod wine;
 
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             .map(report_skip),
         Some("wine-test") => wine::run().map(report_skip),
         Some("portable-test") => portable::run().map(report_skip),
+        Some("sdk-test") => sdk::run().map(report_skip),
         Some("bench") => bench::parse(&args[1..]).and_then(|o| bench::run(&root, &o)),
         Some("help" | "--help" | "-h") | None => {
             print_help();
@@ -97,6 +102,7 @@ fn print_help() {
     println!(
         "  portable-test       vdi-shm's portable Unix backend: FreeBSD/macOS clippy, tests here"
     );
+    println!("  sdk-test            third-party VDI clients against libsqlvdi.so and vdi-engine");
     println!("  bench [--quick] [--no-iceoryx2] [--save]");
     println!("                      benchmarks against the alternatives, into target/bench/");
     println!("                      (--save: copy them to vdi-bench/results/ for BENCHMARKS.md)");
@@ -265,6 +271,10 @@ const CI_FUZZ_SECONDS: u64 = 20;
 fn ci() -> Result<(), String> {
     let start = Instant::now();
     tidy::run(&project_root())?;
+    // vdi-sdk's build compiles C++: install the compilers before the first build needs them.
+    if let Err(reason) = sdk::ensure_tools() {
+        println!("=== xtask: note: {reason}");
+    }
 
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -297,6 +307,7 @@ fn ci() -> Result<(), String> {
         miri::run()?,
         fuzz::run(CI_FUZZ_SECONDS)?,
         portable::run()?,
+        sdk::run()?,
         wine::run()?,
     ] {
         if let Outcome::Skipped(reason) = outcome {

@@ -1,0 +1,242 @@
+//! One client-side conformance suite, generic over `vdi_core::ClientBackend`, run against
+//! vdi-shm's client (`ShmClient`) and against this library's C ABI (`cabi::CAbi`), with the
+//! reference engine in a thread as the server: both backends must answer every call alike.
+
+#![cfg(target_os = "linux")]
+
+mod cabi;
+
+use std::thread;
+
+use vdi_core::{
+    ClientBackend, ClientCommand, ClientConfig, ClientDevice, ClientDeviceSet, CommandCode,
+    Completion, Error, HResult, Timeout,
+};
+use vdi_engine::{BackupJob, Options, RestoreJob};
+
+const WAIT: Timeout = Timeout::from_millis(30_000);
+
+fn unique(backend: &str, tag: &str) -> String {
+    format!("vdi-sdk-conf-{}-{backend}-{tag}", std::process::id())
+}
+
+fn hr<T>(r: Result<T, Error>) -> Option<HResult> {
+    r.err().map(|e| e.hresult())
+}
+
+/// A backup of 1 MiB into memory, then a restore of it that the engine checks byte by byte.
+fn backup_then_restore<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "backup");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone()).max_transfer_size(128 << 10);
+    let engine =
+        thread::spawn(move || vdi_engine::run_backup_shm(&options, &BackupJob::new(1 << 20)));
+    assert!(set.configuration(WAIT).unwrap().is_backup());
+    let dev = set.open_device(&name).unwrap();
+    let mut stream = Vec::new();
+    loop {
+        match dev.command(WAIT) {
+            Ok(cmd) => {
+                let c = match cmd.code() {
+                    CommandCode::WRITE => {
+                        stream.extend_from_slice(cmd.data());
+                        Completion::success(cmd.size())
+                    }
+                    CommandCode::FLUSH | CommandCode::CLEAR_ERROR | CommandCode::COMPLETE => {
+                        Completion::success(0)
+                    }
+                    _ => Completion::not_supported(),
+                };
+                dev.complete(cmd, c).unwrap();
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("GetCommand: {e}"),
+        }
+    }
+    assert_eq!(hr(dev.command(Timeout::POLL)), Some(HResult::VD_E_CLOSE));
+    set.close().unwrap();
+    engine.join().unwrap().unwrap();
+    assert!(stream.len() > 1 << 20);
+
+    let name = unique(backend, "restore");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone()).max_transfer_size(128 << 10);
+    let engine = thread::spawn(move || vdi_engine::run_restore_shm(&options, &RestoreJob::new()));
+    assert!(!set.configuration(WAIT).unwrap().is_backup());
+    let dev = set.open_device(&name).unwrap();
+    let mut at = 0;
+    loop {
+        match dev.command(WAIT) {
+            Ok(mut cmd) => {
+                let c = if cmd.code() == CommandCode::READ {
+                    let buf = cmd.data_mut();
+                    let n = buf.len().min(stream.len() - at);
+                    buf[..n].copy_from_slice(&stream[at..at + n]);
+                    at += n;
+                    if n < buf.len() {
+                        Completion::eof(n as u32)
+                    } else {
+                        Completion::success(n as u32)
+                    }
+                } else {
+                    Completion::success(0)
+                };
+                dev.complete(cmd, c).unwrap();
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("GetCommand: {e}"),
+        }
+    }
+    set.close().unwrap();
+    let report = engine.join().unwrap().unwrap();
+    assert!(report.verified);
+}
+
+/// Calls out of state get `VD_E_PROTOCOL`, before configuration and after Close.
+fn wrong_states<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "states");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    assert_eq!(hr(set.open_device(&name)), Some(HResult::VD_E_PROTOCOL));
+    assert_eq!(
+        hr(set.configuration(Timeout::POLL)),
+        Some(HResult::VD_E_TIMEOUT)
+    );
+    set.close().unwrap();
+    assert_eq!(hr(set.close()), Some(HResult::VD_E_PROTOCOL));
+    assert_eq!(
+        hr(set.configuration(Timeout::POLL)),
+        Some(HResult::VD_E_PROTOCOL)
+    );
+    assert_eq!(hr(set.signal_abort()), Some(HResult::VD_E_PROTOCOL));
+    assert_eq!(hr(set.open_device(&name)), Some(HResult::VD_E_PROTOCOL));
+    assert_eq!(
+        hr(set.map_buffer_handle(vdi_core::BufferHandle(1), 1)),
+        Some(HResult::VD_E_PROTOCOL)
+    );
+}
+
+/// A name in use, bad names and bad configurations.
+fn bad_create<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "taken");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    assert_eq!(
+        hr(b.create(None, &name, &ClientConfig::default())),
+        Some(HResult::VD_E_PROTOCOL)
+    );
+    for bad in ["", "a/b", &"x".repeat(200)] {
+        assert_eq!(
+            hr(b.create(None, bad, &ClientConfig::default())),
+            Some(HResult::VD_E_INVALID),
+            "{bad:?}"
+        );
+    }
+    let too_many = ClientConfig {
+        device_count: 65,
+        ..ClientConfig::default()
+    };
+    assert_eq!(
+        hr(b.create(None, &unique(backend, "65"), &too_many)),
+        Some(HResult::VD_E_NOTSUPPORTED)
+    );
+    assert_eq!(
+        hr(b.open_secondary(None, &unique(backend, "nobody"))),
+        Some(HResult::VD_E_PROTOCOL)
+    );
+    set.close().unwrap();
+}
+
+/// SignalAbort ends every wait with `VD_E_ABORT`; Close still works.
+fn abort_ends_waits<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "abort");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    set.signal_abort().unwrap();
+    set.signal_abort().unwrap();
+    assert_eq!(
+        hr(set.configuration(Timeout::POLL)),
+        Some(HResult::VD_E_ABORT)
+    );
+    assert_eq!(hr(set.open_device(&name)), Some(HResult::VD_E_ABORT));
+    set.close().unwrap();
+}
+
+/// The C ABI alone: command pointers that are not active commands of the device (foreign,
+/// NULL, completed already) get `VD_E_INVALID`; a completed command stays readable until the
+/// device's next GetCommand; a byte count above the size is refused and leaves the command
+/// active.
+#[test]
+fn c_abi_command_pointers_are_checked() {
+    let b = cabi::CAbi;
+    let name = unique("c_abi", "pointers");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone());
+    let engine =
+        thread::spawn(move || vdi_engine::run_backup_shm(&options, &BackupJob::new(256 << 10)));
+    set.configuration(WAIT).unwrap();
+    let dev = set.open_device(&name).unwrap();
+    let invalid = HResult::VD_E_INVALID.0;
+    let mut probed = false;
+    loop {
+        match dev.command(WAIT) {
+            Ok(cmd) if !probed && cmd.code() == CommandCode::WRITE => {
+                probed = true;
+                let raw = cmd.raw();
+                let size = u64::from(cmd.size());
+                let mut foreign = vdi_core::VdcCommand {
+                    command_code: 2,
+                    size: cmd.size(),
+                    position: 0,
+                    buffer: std::ptr::null_mut(),
+                };
+                assert_eq!(dev.complete_ptr(&mut foreign, 0, size), invalid);
+                assert_eq!(dev.complete_ptr(std::ptr::null_mut(), 0, size), invalid);
+                assert_eq!(dev.complete_ptr(raw, 0, size + 1), invalid);
+                assert_eq!(dev.complete_ptr(raw, 0, size), 0);
+                assert_eq!(cabi::code_of(raw), 2);
+                assert_eq!(dev.complete_ptr(raw, 0, size), invalid);
+                std::mem::forget(cmd); // completed through the raw pointer
+            }
+            Ok(cmd) => {
+                let n = if cmd.code() == CommandCode::WRITE {
+                    cmd.size()
+                } else {
+                    0
+                };
+                dev.complete(cmd, Completion::success(n)).unwrap();
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("GetCommand: {e}"),
+        }
+    }
+    assert!(probed);
+    set.close().unwrap();
+    engine.join().unwrap().unwrap();
+}
+
+macro_rules! suite {
+    ($module:ident, $backend:expr) => {
+        mod $module {
+            #[test]
+            fn backup_then_restore() {
+                super::backup_then_restore(&$backend, stringify!($module));
+            }
+
+            #[test]
+            fn wrong_states() {
+                super::wrong_states(&$backend, stringify!($module));
+            }
+
+            #[test]
+            fn bad_create() {
+                super::bad_create(&$backend, stringify!($module));
+            }
+
+            #[test]
+            fn abort_ends_waits() {
+                super::abort_ends_waits(&$backend, stringify!($module));
+            }
+        }
+    };
+}
+
+suite!(shm, vdi_shm::ShmClient::new());
+suite!(c_abi, crate::cabi::CAbi);
