@@ -719,3 +719,43 @@ fn a_terminal_is_never_a_backup() {
     );
     let _ = t;
 }
+
+/// Runs the agent as a user that file modes apply to: this user, or `nobody` through
+/// util-linux's `setpriv` when the tests run as root (whom modes do not stop).
+fn agent_unprivileged(args: &[&str]) -> Run {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", AGENT]);
+        c
+    } else {
+        Command::new(AGENT)
+    };
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start vdi-agent");
+    finish(args, &out)
+}
+
+#[test]
+fn a_permission_error_names_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = scratch();
+    let dir = t.path().join("b");
+    assert_eq!(backup(&dir, 2, "1MiB", &[]).code, 0);
+    for p in [t.path(), dir.as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for e in fs::read_dir(&dir).expect("read") {
+        let p = e.expect("entry").path();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    fs::set_permissions(stripe(&dir, 1), fs::Permissions::from_mode(0o000)).expect("chmod");
+    let v = agent_unprivileged(&["verify", s(&dir)]);
+    assert_eq!(v.code, 6, "{}", v.stderr);
+    assert!(v.stderr.contains(s(&stripe(&dir, 1))), "{}", v.stderr);
+    assert!(v.stderr.contains("permission denied"), "{}", v.stderr);
+}
