@@ -53,13 +53,17 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Back up: serve the engine's devices into one stripe file each (or stdout).
+    #[command(after_help = EXIT_CODES)]
     Backup(BackupArgs),
     /// Restore: serve stripe files back to the engine, checking every checksum on the way.
+    #[command(after_help = EXIT_CODES)]
     Restore(RestoreArgs),
     /// Verify a backup directory, a single stripe file, or one stripe on stdin, without an
     /// engine; only a complete backup verifies as good.
+    #[command(after_help = EXIT_CODES)]
     Verify(VerifyArgs),
     /// Describe a backup: its state, sizes, configuration and times.
+    #[command(after_help = EXIT_CODES)]
     Info(InfoArgs),
     /// List the backups in a directory, one line each.
     List(ListArgs),
