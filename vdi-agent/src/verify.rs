@@ -44,34 +44,13 @@ pub(crate) async fn run(args: &VerifyArgs, progress: bool, json: bool) -> Outcom
                 "refusing to read a stripe from a terminal: redirect stdin from a stripe file",
             ));
         }
-        let (label, raw) = blocking(move || verify_one(Input::Stdin(io::stdin()), "stdin")).await?;
-        return summary(
-            &Verified {
-                what: label,
-                raw_bytes: raw,
-                stripes: 1,
-                state: "stripe".to_owned(),
-                elapsed: start.elapsed(),
-            },
-            json,
-        );
+        return verify_one(Input::Stdin(io::stdin()), "stdin".to_owned(), start, json).await;
     }
     match store::Source::open(&source)? {
         store::Source::File(path) => {
             let file = fs::File::open(&path)
                 .map_err(|e| Failure::io(format!("opening {}", path.display()), &e))?;
-            let name = path.display().to_string();
-            let (label, raw) = blocking(move || verify_one(Input::File(file), &name)).await?;
-            summary(
-                &Verified {
-                    what: label,
-                    raw_bytes: raw,
-                    stripes: 1,
-                    state: "stripe".to_owned(),
-                    elapsed: start.elapsed(),
-                },
-                json,
-            )
+            verify_one(Input::File(file), path.display().to_string(), start, json).await
         }
         store::Source::Dir(dir, manifest) => {
             store::check_no_strays(&dir, &manifest)?;
@@ -124,24 +103,29 @@ fn summary(v: &Verified, json: bool) -> Outcome {
     Ok(())
 }
 
-/// Runs blocking work off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Outcome<T> + Send + 'static,
-) -> Outcome<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Failure::other(format!("verify failed: {e}")))?
-}
-
-/// Verifies one stripe read without its manifest; returns "stripe i of n (name)" and its
-/// raw bytes.
-fn verify_one(input: Input, name: &str) -> Outcome<(String, u64)> {
-    let reader = StripeReader::new(input).map_err(|e| Failure::data(format!("{name}: {e}")))?;
-    let label = format!("{} ({name})", stripe_of(reader.header()));
-    let totals = reader
-        .finish()
-        .map_err(|e| Failure::data(format!("{label}: {e}")))?;
-    Ok((label, totals.raw_bytes))
+/// Verifies one stripe read without its manifest, off the runtime's threads, and prints its
+/// summary ("stripe i of n (name)").
+async fn verify_one(input: Input, name: String, start: Instant, json: bool) -> Outcome {
+    let (what, raw_bytes) = tokio::task::spawn_blocking(move || {
+        let reader = StripeReader::new(input).map_err(|e| Failure::data(format!("{name}: {e}")))?;
+        let label = format!("{} ({name})", stripe_of(reader.header()));
+        let totals = reader
+            .finish()
+            .map_err(|e| Failure::data(format!("{label}: {e}")))?;
+        Ok::<_, Failure>((label, totals.raw_bytes))
+    })
+    .await
+    .map_err(|e| Failure::other(format!("verify failed: {e}")))??;
+    summary(
+        &Verified {
+            what,
+            raw_bytes,
+            stripes: 1,
+            state: "stripe".to_owned(),
+            elapsed: start.elapsed(),
+        },
+        json,
+    )
 }
 
 /// Verifies every stripe of the backup in `dir` against `manifest`, up to the checkpoint the
