@@ -18,8 +18,10 @@ use vdi_agent::{
     stripe::{Checkpoint, Codec, StripeHeader, StripeWriter},
 };
 use vdi_async::{AsyncSet, BackupSink, backup_to};
-use vdi_core::{AbortReason, ClientConfig, ClientSetState, Config, Features, stripe_device_name};
-use vdi_shm::ClientSet;
+use vdi_core::{
+    AbortReason, ClientBackend, ClientConfig, ClientDeviceSet, Config, Features, Timeout,
+    stripe_device_name,
+};
 
 use crate::{
     cli::BackupArgs,
@@ -28,7 +30,7 @@ use crate::{
     interrupt::Interrupt,
     output::Output,
     progress::{Counters, Progress},
-    set_name, shm_client,
+    set_name,
     store::{BackupDir, free_space, plural},
     units::{bytes, rate},
 };
@@ -46,12 +48,17 @@ pub(crate) struct BackupReport {
     pub(crate) engine_line: Option<String>,
 }
 
-/// Runs `vdi-agent backup`.
-pub(crate) async fn run(
+/// Runs `vdi-agent backup` over the client backend `backend`.
+pub(crate) async fn run<B>(
+    backend: &B,
     args: &BackupArgs,
     progress: bool,
     interrupt: &Interrupt,
-) -> Outcome<BackupReport> {
+) -> Outcome<BackupReport>
+where
+    B: ClientBackend + Clone + 'static,
+    B::Set: ClientDeviceSet + 'static,
+{
     let to_stdout = args.target.as_os_str() == "-";
     if to_stdout && args.devices != 1 {
         return Err(Failure::usage(
@@ -91,7 +98,7 @@ pub(crate) async fn run(
         server_timeout: crate::server_timeout_ms(&args.engine)?,
         ..ClientConfig::default()
     };
-    let set = AsyncSet::create(&shm_client(&args.engine), None, &name, &client_config)
+    let set = AsyncSet::create(backend, None, &name, &client_config)
         .await
         .map_err(|e| {
             discard(Failure::other(format!(
@@ -330,8 +337,8 @@ pub(crate) fn engine_stream_len(size: u64, config: &Config, index: u32) -> u64 {
     .stream_len()
 }
 
-async fn serve(
-    set: &AsyncSet<ClientSet>,
+async fn serve<S: ClientDeviceSet + 'static>(
+    set: &AsyncSet<S>,
     engine: &mut Engine,
     args: &BackupArgs,
     manifest: &Arc<SharedManifest>,
@@ -589,27 +596,27 @@ struct WriterEnd {
 /// thread, which frees them once written; a Flush or Complete waits for the thread to harden
 /// the stripe and the manifest.
 #[derive(Debug)]
-struct StripeSink {
+struct StripeSink<S: ClientDeviceSet + 'static> {
     index: u32,
     label: String,
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<thread::JoinHandle<Result<WriterEnd, io::Error>>>,
     error: Arc<Mutex<Option<(ErrorKind, String)>>>,
-    stall: Option<Stall>,
+    stall: Option<Stall<S>>,
     commands: u64,
 }
 
 /// Testing aid: stop answering after `after` commands, until the set is aborted.
 #[derive(Debug)]
-struct Stall {
+struct Stall<S: ClientDeviceSet + 'static> {
     after: u64,
-    set: AsyncSet<ClientSet>,
+    set: AsyncSet<S>,
 }
 
 /// How many Writes may wait for a stripe's writer thread.
 const WRITER_QUEUE: usize = 8;
 
-impl StripeSink {
+impl<S: ClientDeviceSet + 'static> StripeSink<S> {
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site, all values distinct"
@@ -622,7 +629,7 @@ impl StripeSink {
         codec: Codec,
         manifest: Arc<SharedManifest>,
         counters: Arc<Counters>,
-        stall: Option<Stall>,
+        stall: Option<Stall<S>>,
     ) -> Outcome<Self> {
         let writer = StripeWriter::new(output, header, codec)
             .map_err(|e| Failure::io(format!("writing {label}"), &e))?;
@@ -667,7 +674,14 @@ impl StripeSink {
         {
             // Testing aid: a client that stops answering, until the engine gives up (its
             // serverTimeOut) and aborts the set.
-            while stall.set.inner().state() != ClientSetState::Aborted {
+            // GetConfiguration answers VD_E_ABORT once the set is aborted (spec section 6), on
+            // every backend; on a configured set it does not wait.
+            while !stall
+                .set
+                .inner()
+                .configuration(Timeout::from(Duration::ZERO))
+                .is_err_and(|e| e.is_abort())
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             return Err(io::Error::new(
@@ -715,7 +729,7 @@ impl StripeSink {
 }
 
 #[async_trait]
-impl BackupSink for StripeSink {
+impl<S: ClientDeviceSet + 'static> BackupSink for StripeSink<S> {
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
         self.send(Job::Data(data)).await
     }

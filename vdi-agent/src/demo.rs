@@ -47,29 +47,33 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
         args.zstd
             .map_or(String::new(), |l| format!(" with zstd level {l}"))
     );
+    let backup_args = BackupArgs {
+        target: dir.clone(),
+        devices: args.devices,
+        zstd: args.zstd,
+        no_request_complete: false,
+        force: false,
+        size: args.size,
+        engine: engine(&format!("vdi-demo-backup-{pid}"), Some(args.block_size)),
+        stall_after: None,
+    };
     let b = backup::run(
-        &BackupArgs {
-            target: dir.clone(),
-            devices: args.devices,
-            zstd: args.zstd,
-            no_request_complete: false,
-            force: false,
-            size: args.size,
-            engine: engine(&format!("vdi-demo-backup-{pid}"), Some(args.block_size)),
-            stall_after: None,
-        },
+        &crate::shm_client(&backup_args.engine),
+        &backup_args,
         progress,
         interrupt,
     )
     .await?;
     backup::print_report(&b, &dir, false);
+    let restore_args = RestoreArgs {
+        source: dir.clone(),
+        verify_first: false,
+        allow_incomplete: false,
+        engine: engine(&format!("vdi-demo-restore-{pid}"), None),
+    };
     let r = restore::run(
-        &RestoreArgs {
-            source: dir.clone(),
-            verify_first: false,
-            allow_incomplete: false,
-            engine: engine(&format!("vdi-demo-restore-{pid}"), None),
-        },
+        &crate::shm_client(&restore_args.engine),
+        &restore_args,
         progress,
         interrupt,
     )

@@ -105,12 +105,14 @@ async fn run(cli: Cli) -> Outcome {
                         "--json prints on stdout, where `backup -` writes the stripe: use one",
                     ));
                 }
-                let report = backup::run(args, progress, &interrupt).await?;
+                let report =
+                    backup::run(&shm_client(&args.engine), args, progress, &interrupt).await?;
                 backup::print_report(&report, &args.target, json);
                 Ok(())
             }
             Command::Restore(args) => {
-                let report = restore::run(args, progress, &interrupt).await?;
+                let report =
+                    restore::run(&shm_client(&args.engine), args, progress, &interrupt).await?;
                 restore::print_report(&report, json);
                 Ok(())
             }
@@ -215,7 +217,8 @@ pub(crate) fn set_name(given: Option<&str>) -> Outcome<String> {
     }
 }
 
-/// The shared-memory client, admitting the users the command line names.
+/// The shared-memory client, admitting the users the command line names: the one place the
+/// agent names its client backend (backup and restore are generic over it).
 #[cfg(target_os = "linux")]
 pub(crate) fn shm_client(args: &cli::EngineArgs) -> vdi_shm::ShmClient {
     let mut options = vdi_shm::Options::default();

@@ -20,8 +20,9 @@ use vdi_agent::{
     stripe::{Checkpoint, StripeReader},
 };
 use vdi_async::{AsyncSet, restore_from};
-use vdi_core::{ClientConfig, Config, Features, stripe_device_name};
-use vdi_shm::ClientSet;
+use vdi_core::{
+    ClientBackend, ClientConfig, ClientDeviceSet, Config, Features, stripe_device_name,
+};
 
 use crate::{
     backup::{device_failure, on_every_device, open_failure},
@@ -31,7 +32,7 @@ use crate::{
     interrupt::Interrupt,
     output::Input,
     progress::{Counters, Progress},
-    set_name, shm_client,
+    set_name,
     store::{self, plural, stripe_of},
     units::{bytes, rate},
     verify,
@@ -56,12 +57,17 @@ struct Source {
     expected_bytes: Option<u64>,
 }
 
-/// Runs `vdi-agent restore`.
-pub(crate) async fn run(
+/// Runs `vdi-agent restore` over the client backend `backend`.
+pub(crate) async fn run<B>(
+    backend: &B,
     args: &RestoreArgs,
     progress: bool,
     interrupt: &Interrupt,
-) -> Outcome<RestoreReport> {
+) -> Outcome<RestoreReport>
+where
+    B: ClientBackend + Clone + 'static,
+    B::Set: ClientDeviceSet + 'static,
+{
     let (sources, block_size, max_transfer_size) = if args.source.as_os_str() == "-" {
         if io::stdin().is_terminal() {
             return Err(Failure::usage(
@@ -99,7 +105,7 @@ pub(crate) async fn run(
         server_timeout: crate::server_timeout_ms(&args.engine)?,
         ..ClientConfig::default()
     };
-    let set = AsyncSet::create(&shm_client(&args.engine), None, &name, &client_config)
+    let set = AsyncSet::create(backend, None, &name, &client_config)
         .await
         .map_err(|e| Failure::other(format!("cannot create the device set '{name}': {e}")))?;
     let mut engine = Engine::start("restore", &name, devices, &engine_args, &[])?;
@@ -220,8 +226,8 @@ async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u
     Ok((sources, manifest.block_size, manifest.max_transfer_size))
 }
 
-async fn serve(
-    set: &AsyncSet<ClientSet>,
+async fn serve<S: ClientDeviceSet + 'static>(
+    set: &AsyncSet<S>,
     engine: &mut Engine,
     args: &RestoreArgs,
     sources: Vec<Source>,
