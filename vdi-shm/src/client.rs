@@ -18,7 +18,9 @@ use vdi_core::{
 
 use crate::{
     Options,
-    layout::{Control, DEV_CLOSED, Descriptor, STATE_CONFIGURED},
+    layout::{
+        BufferRef, CommandEntry, CompletionEntry, Control, DEV_CLOSED, Descriptor, STATE_CONFIGURED,
+    },
     monitor::{self, Monitor},
     pool,
     queue::{self, RingIndex},
@@ -545,7 +547,7 @@ struct DeviceState {
     sq: RingIndex,
     cq: RingIndex,
     machine: ClientDeviceMachine,
-    held: Option<[u64; 4]>,
+    held: Option<CommandEntry>,
     ended: bool,
 }
 
@@ -592,14 +594,9 @@ impl DeviceInner {
         tag: u64,
         c: Completion,
     ) -> Result<(), Error> {
-        let entry = [
-            tag,
-            u64::from(c.code.0) | (u64::from(c.bytes_transferred) << 32),
-            c.position,
-            0,
-        ];
+        let entry = CompletionEntry { tag, completion: c };
         let control = &self.set.control;
-        if queue::push(&control.cq(self.index), &mut st.cq, entry).is_err() {
+        if queue::push(&control.cq(self.index), &mut st.cq, entry.to_words()).is_err() {
             // The completion ring holds as many entries as commands can be outstanding; a
             // full or inconsistent ring means the server broke the protocol.
             return Err(self.set.peer_misbehaved());
@@ -622,7 +619,7 @@ impl DeviceInner {
 }
 
 /// Turns a command entry into a command, validating everything the server wrote.
-fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
+fn build(inner: &Arc<DeviceInner>, entry: CommandEntry) -> Result<Command, Error> {
     let set = &inner.set;
     let Ok(Some(cfg)) = set.load_config() else {
         return Err(set.peer_misbehaved());
@@ -674,28 +671,27 @@ impl Parsed {
     }
 }
 
-/// Validates a command entry the server wrote: the buffer flag matches the code, the
-/// descriptor is live with the expected generation, the data zone is aligned, at least `size`
-/// bytes long, and lies with its prefix zone inside a segment this process has mapped (waiting
-/// up to `segment_wait` for a segment still on its way). `None` means the peer broke the
-/// protocol.
+/// Validates the buffer of a command entry the server wrote (its structure was checked by
+/// [`CommandEntry::from_words`]): the descriptor is live with the expected generation, the data
+/// zone is aligned, at least `size` bytes long, and lies with its prefix zone inside a segment
+/// this process has mapped (waiting up to `segment_wait` for a segment still on its way).
+/// `None` means the peer broke the protocol.
 pub(crate) fn parse_command(
     control: &Control,
     cfg: &Config,
     segments: &Segments,
-    entry: [u64; 4],
+    entry: CommandEntry,
     segment_wait: Duration,
     stop: &dyn Fn() -> bool,
 ) -> Option<Parsed> {
-    let code = CommandCode(entry[0] as u32);
-    let size = (entry[0] >> 32) as u32;
-    let has_buffer = entry[3] & (1 << 48) != 0;
-    if has_buffer != code.has_buffer() {
-        return None;
-    }
-    let buffer = if has_buffer {
-        let index = entry[3] as u32;
-        let generation = (entry[3] >> 32) as u16;
+    let CommandEntry {
+        code,
+        size,
+        position,
+        tag,
+        buffer,
+    } = entry;
+    let buffer = if let Some(BufferRef { index, generation }) = buffer {
         let d = Descriptor::read(control.descriptor(index)?, generation)?;
         if size > d.size || d.offset % u64::from(cfg.alignment.max(1)) != 0 {
             return None;
@@ -723,8 +719,8 @@ pub(crate) fn parse_command(
     Some(Parsed {
         code,
         size,
-        position: entry[1],
-        tag: entry[2],
+        position,
+        tag,
         buffer,
     })
 }
@@ -779,8 +775,11 @@ impl vdi_core::ClientDevice for ClientDevice {
                 seen = st.sq;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
-                    Ok(Some(entry)) => {
-                        let code = CommandCode(entry[0] as u32);
+                    Ok(Some(words)) => {
+                        let Some(entry) = CommandEntry::from_words(words) else {
+                            break Err(set.peer_misbehaved());
+                        };
+                        let code = entry.code;
                         match st.machine.on_command(code) {
                             Delivery::Deliver => break build(inner, entry),
                             Delivery::FailIoDevice => {
@@ -867,9 +866,16 @@ impl vdi_core::ClientDevice for ClientDevice {
 }
 
 /// Completes a command the client never saw with `ERROR_IO_DEVICE` (IO-ERROR rules).
-fn fail_unseen(inner: &DeviceInner, st: &mut DeviceState, entry: [u64; 4]) -> Result<(), ()> {
-    let e = [entry[2], u64::from(CompletionCode::IO_DEVICE.0), 0, 0];
-    queue::push(&inner.set.control.cq(inner.index), &mut st.cq, e).map_err(|_| ())
+fn fail_unseen(inner: &DeviceInner, st: &mut DeviceState, entry: CommandEntry) -> Result<(), ()> {
+    let e = CompletionEntry {
+        tag: entry.tag,
+        completion: Completion {
+            code: CompletionCode::IO_DEVICE,
+            bytes_transferred: 0,
+            position: 0,
+        },
+    };
+    queue::push(&inner.set.control.cq(inner.index), &mut st.cq, e.to_words()).map_err(|_| ())
 }
 
 fn complete_raw(
