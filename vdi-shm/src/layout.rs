@@ -530,12 +530,16 @@ impl Descriptor {
         words[0].store(u64::from(next_generation), Ordering::Release);
     }
 
-    /// Reads a descriptor expected to be live with `generation`; `None` if it is not.
+    /// Reads a descriptor expected to be live with `generation`; `None` if it is not, or if it
+    /// names a buffer of no bytes (the server allocates none: see `pool`).
     pub(crate) fn read(words: &[AtomicU64], generation: u16) -> Option<Self> {
         let w0 = words[0].load(Ordering::Acquire);
         let w1 = words[1].load(Ordering::Relaxed);
         let live = w0 & (1 << 16) != 0;
         if !live || w0 as u16 != generation || (w1 >> 48) as u16 != generation {
+            return None;
+        }
+        if (w0 >> 32) == 0 {
             return None;
         }
         Some(Self {

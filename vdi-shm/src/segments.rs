@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vdi_core::{Claim, LeaseTable};
+
 use crate::{layout::MAX_SEGMENTS, sys::Mapping};
 
 /// Segments by id, filled by the monitor thread as the server's `Segment` messages arrive.
@@ -16,27 +18,23 @@ pub(crate) struct Segments {
     leases: Arc<Leases>,
 }
 
-/// The byte ranges of segments that writable views in this process are using.
-///
-/// Two views able to write the same bytes in one process would be two `&mut` to the same
-/// memory. The protocol gives each buffer to one holder at a time, but a caller can map a
-/// handle twice, or map the handle of a command it still holds, and a misbehaving server can
-/// name overlapping buffers; a lease makes each of those fail instead.
+/// The byte ranges of segments that writable views in this process are using: vdi-core's
+/// [`LeaseTable`], with the segment id as the address space.
 #[derive(Debug, Default)]
-pub(crate) struct Leases(Mutex<Vec<(u32, u64, u64)>>);
+pub(crate) struct Leases(Mutex<LeaseTable>);
 
 /// A leased range; dropping it returns the range.
 #[derive(Debug)]
 pub(crate) struct Lease {
     leases: Arc<Leases>,
-    range: (u32, u64, u64),
+    claim: Option<Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = v.iter().position(|r| *r == self.range) {
-            v.swap_remove(i);
+        if let Some(claim) = self.claim.take() {
+            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+            t.release(claim);
         }
     }
 }
@@ -100,19 +98,34 @@ impl Segments {
     }
 
     /// Leases bytes `start..end` of segment `id` for a writable view; `None` if any part is
-    /// already leased in this process (or the range is empty or reversed).
+    /// already leased in this process, or the range is reversed (the rule of [`LeaseTable`]).
     pub(crate) fn lease(&self, id: u32, start: u64, end: u64) -> Option<Lease> {
-        if start >= end {
-            return None;
-        }
-        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if v.iter().any(|&(s, a, b)| s == id && start < b && a < end) {
-            return None;
-        }
-        v.push((id, start, end));
+        let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = t.claim(u64::from(id), start, end)?;
         Some(Lease {
             leases: Arc::clone(&self.leases),
-            range: (id, start, end),
+            claim: Some(claim),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Segments;
+
+    #[test]
+    fn leases_follow_the_core_rule_per_segment() {
+        let s = Segments::new();
+        let a = s.lease(0, 4096, 8192).unwrap();
+        assert!(s.lease(0, 8191, 8193).is_none());
+        // Another segment's bytes are other bytes.
+        let b = s.lease(1, 4096, 8192).unwrap();
+        // Adjacent ranges and empty ones alias nothing; a reversed one names nothing.
+        let c = s.lease(0, 8192, 12288).unwrap();
+        let e = s.lease(0, 6000, 6000).unwrap();
+        assert!(s.lease(0, 10, 5).is_none());
+        drop((a, b, c, e));
+        assert!(s.leases.0.lock().unwrap().is_empty());
+        drop(s.lease(0, 0, u64::MAX).unwrap());
     }
 }

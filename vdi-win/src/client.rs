@@ -10,8 +10,6 @@
 #![deny(unsafe_code)]
 
 use std::{
-    collections::BTreeMap,
-    ops::Bound,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -21,8 +19,9 @@ use std::{
 
 use tracing::{debug, trace, warn};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
-    Completion, Config, Error, InvalidReason, MAX_DEVICES, ProtocolReason, Timeout, VdConfig,
+    AbortReason, BufferHandle, Call, Claim, ClientConfig, ClientSetMachine, ClientSetState,
+    CommandCode, Completion, Config, Error, InvalidReason, LeaseTable, MAX_DEVICES, ProtocolReason,
+    Timeout, VdConfig,
 };
 
 use crate::{
@@ -853,36 +852,23 @@ pub struct SqlVdiMapped {
     _set: Arc<SetShared>,
 }
 
-/// The byte ranges of sqlvdi's buffers that this process has views of (start → end): the
-/// buffers of the commands it holds (prefix and data zone) and the mapped handles. sqlvdi
-/// hands out addresses only; this is what keeps two views of the same bytes from existing at
-/// once in one process.
+/// The byte ranges of sqlvdi's buffers that this process has views of: the buffers of the
+/// commands it holds (prefix and data zone) and the mapped handles, in vdi-core's
+/// [`LeaseTable`] with the process's address space as its one space (0). sqlvdi hands out
+/// addresses only; this is what keeps two views of the same bytes from existing at once in one
+/// process.
 #[derive(Debug, Default)]
-struct Leases(Mutex<BTreeMap<usize, usize>>);
+struct Leases(Mutex<LeaseTable>);
 
 impl Leases {
-    /// Claims `start..end`, unless it is empty or overlaps a range already claimed.
+    /// Claims `start..end`, unless it overlaps a range already claimed (an empty range aliases
+    /// nothing and is granted; see [`LeaseTable`]).
     fn take(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
-        if start >= end {
-            // Nothing to claim: an empty view aliases nothing.
-            return Some(Lease {
-                leases: Arc::clone(this),
-                start: None,
-            });
-        }
-        let mut map = this.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = map.range(..=start).next_back();
-        if before.is_some_and(|(_, &e)| e > start) {
-            return None;
-        }
-        let after = map.range((Bound::Excluded(start), Bound::Unbounded)).next();
-        if after.is_some_and(|(&s, _)| s < end) {
-            return None;
-        }
-        map.insert(start, end);
+        let mut t = this.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = t.claim(0, start as u64, end as u64)?;
         Some(Lease {
             leases: Arc::clone(this),
-            start: Some(start),
+            claim: Some(claim),
         })
     }
 }
@@ -891,17 +877,14 @@ impl Leases {
 #[derive(Debug)]
 struct Lease {
     leases: Arc<Leases>,
-    start: Option<usize>,
+    claim: Option<Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(start) = self.start {
-            self.leases
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&start);
+        if let Some(claim) = self.claim.take() {
+            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+            t.release(claim);
         }
     }
 }
