@@ -226,17 +226,25 @@ impl Shared {
         {
             return Ok(());
         }
-        let mut m = self.machine();
-        // Only an abort taken in from shared memory (then the check fails and nothing is
-        // remembered) changes the machine here; a guard that only answered leaves the other
-        // memos valid, so GetCommand's and CompleteCommand's do not undo each other.
-        m.may_change = self.control.abort_reason().is_some();
-        check(&m)?;
+        self.check(check)?;
         memo.store(
             self.machine_version.load(Ordering::Relaxed),
             Ordering::Release,
         );
         Ok(())
+    }
+
+    /// The set machine's answer to `check`, a call check that changes nothing.
+    fn check(
+        &self,
+        check: impl FnOnce(&ClientSetMachine) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut m = self.machine();
+        // Only an abort taken in from shared memory (then the check fails) changes the machine
+        // here; a guard that only answered leaves the memos of [`Shared::check_memo`] valid, so
+        // GetCommand's and CompleteCommand's do not undo each other.
+        m.may_change = self.control.abort_reason().is_some();
+        check(&m)
     }
 
     /// Whether the set was aborted, by anyone.
@@ -456,7 +464,6 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     cq: RingIndex::default(),
                     machine: ClientDeviceMachine::new(),
                     held: None,
-                    ended: false,
                 }),
                 kick: std::sync::atomic::AtomicBool::new(false),
                 get_ok: AtomicU64::new(0),
@@ -472,6 +479,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
         let Some(buf) = &command.buffer else {
             return Err(Error::Invalid(InvalidReason::Buffer));
         };
+        self.shared
+            .check(|m| m.check_buffer_handle(Call::GetBufferHandle))?;
         let h = pool::encode_handle(
             buf.index as u16,
             buf.generation,
@@ -481,11 +490,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
     }
 
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<MappedBuffer, Error> {
-        if self.shared.machine().state() == ClientSetState::DoesNotExist {
-            return Err(Error::Protocol(ProtocolReason::WrongState(
-                Call::MapBufferHandle,
-            )));
-        }
+        self.shared
+            .check(|m| m.check_buffer_handle(Call::MapBufferHandle))?;
         let (index, generation) = pool::decode_handle(handle.0, self.shared.control.handle_key());
         let (view, lease) = self.descriptor_view(u32::from(index), generation, len)?;
         Ok(MappedBuffer {
@@ -548,7 +554,6 @@ struct DeviceState {
     cq: RingIndex,
     machine: ClientDeviceMachine,
     held: Option<CommandEntry>,
-    ended: bool,
 }
 
 #[derive(Debug)]
@@ -751,12 +756,9 @@ impl vdi_core::ClientDevice for ClientDevice {
             }
             {
                 let mut st = inner.lock();
-                // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
-                // once the set as a whole has terminated. Checked under the device lock, which
-                // the thread that ends the device holds while it marks it ended.
-                if st.ended {
-                    break Err(Error::Closed);
-                }
+                // The set machine answers, VD_E_CLOSE too for a device that returned it (see
+                // `ClientSetMachine::check_get_command`). Checked under the device lock, which
+                // the thread that ends the device holds while it tells the machine.
                 if let Err(e) = set.check_memo(&inner.get_ok, |m| m.check_get_command(inner.index))
                 {
                     break Err(e);
@@ -808,7 +810,6 @@ impl vdi_core::ClientDevice for ClientDevice {
                         // VD_E_CLOSE only once every command handed out was completed, so no
                         // completion is stranded behind the end of the set.
                         if st.held.is_none() && st.machine.outstanding() == 0 {
-                            st.ended = true;
                             set.machine().device_closed(inner.index);
                             drop(st);
                             trace!(device = %inner.name, "VD_E_CLOSE");
@@ -1135,10 +1136,13 @@ mod tests {
             cdev.complete(second, Completion::success(0)).unwrap_err(),
             Error::Protocol(ProtocolReason::WrongState(Call::CompleteCommand))
         );
+        // GetCommand's answer is the machine's too: for a device that ended, VD_E_CLOSE (see
+        // `ClientSetMachine::check_get_command`).
         assert_eq!(
-            cdev.command(Timeout::POLL).unwrap_err(),
-            Error::Protocol(ProtocolReason::WrongState(Call::GetCommand))
+            set.shared.machine().check_get_command(cdev.inner.index),
+            Err(Error::Closed)
         );
+        assert_eq!(cdev.command(Timeout::POLL).unwrap_err(), Error::Closed);
         let _ = sdev.close();
         drop(sdev);
         let _ = server.close();

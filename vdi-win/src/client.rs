@@ -10,10 +10,7 @@
 #![deny(unsafe_code)]
 
 use std::{
-    sync::{
-        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Instant,
 };
 
@@ -300,15 +297,14 @@ impl SqlVdiSet {
         self.shared.local().machine.state()
     }
 
-    /// `VD_E_PROTOCOL` once the set is closed.
+    /// GetBufferHandle and MapBufferHandle: the set machine's answer (VD_E_PROTOCOL once the
+    /// set is not open).
     fn check_open(&self, op: Op, call: Call) -> Result<(), WinError> {
-        if self.state() == ClientSetState::DoesNotExist {
-            return Err(WinError::local(
-                op,
-                Error::Protocol(ProtocolReason::WrongState(call)),
-            ));
-        }
-        Ok(())
+        self.shared
+            .local()
+            .machine
+            .check_buffer_handle(call)
+            .map_err(|e| WinError::local(op, e))
     }
 
     fn configuration_inner(&self, timeout: Timeout) -> Result<Config, WinError> {
@@ -392,7 +388,6 @@ impl SqlVdiSet {
                 index,
                 name: name.to_owned(),
                 turn: Turn::default(),
-                ended: AtomicBool::new(false),
             }),
         })
     }
@@ -599,8 +594,6 @@ struct DeviceInner {
     index: u32,
     name: String,
     turn: Turn,
-    /// `GetCommand` returned `VD_E_CLOSE`.
-    ended: AtomicBool,
 }
 
 /// A device of a sqlvdi set (`IClientVirtualDevice`), as the client uses it.
@@ -625,23 +618,21 @@ impl SqlVdiDevice {
         let inner = &self.inner;
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-        let closed = || WinError::local(op, Error::Closed);
-        // A device that returned VD_E_CLOSE keeps returning it, even once the set as a whole
-        // has terminated.
-        if inner.ended.load(Ordering::Acquire) {
-            return Err(closed());
-        }
+        // The set machine answers, VD_E_CLOSE too for a device that returned it (see
+        // `ClientSetMachine::check_get_command`), without a call into sqlvdi.
+        let check = || {
+            set.local()
+                .machine
+                .check_get_command(inner.index)
+                .map_err(|e| WinError::local(op, e))
+        };
+        check()?;
         let _apartment = enter(op)?;
-        set.local()
-            .machine
-            .check_get_command(inner.index)
-            .map_err(|e| WinError::local(op, e))?;
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(WinError::local(op, Error::Timeout));
         };
-        if inner.ended.load(Ordering::Acquire) {
-            return Err(closed());
-        }
+        // Again with the turn: the thread that had it may have ended the device.
+        check()?;
         let remaining = deadline.map_or(Timeout::INFINITE, |d| {
             Timeout::from(d.saturating_duration_since(Instant::now()))
         });
@@ -680,7 +671,6 @@ impl SqlVdiDevice {
             Err(hr) => {
                 let e = WinError::from_hresult(op, hr);
                 if e.error() == Error::Closed {
-                    inner.ended.store(true, Ordering::Release);
                     set.local().machine.device_closed(inner.index);
                     trace!(device = %inner.name, "VD_E_CLOSE");
                 } else {
