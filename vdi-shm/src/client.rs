@@ -28,6 +28,7 @@ use crate::{
     segments::Segments,
     sys::{self, Socket},
     view::BufView,
+    wait,
     wire::Role,
 };
 
@@ -416,7 +417,7 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                 self.shared.machine().configured();
                 return Ok(cfg);
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            let Some(slice) = wait::next_slice(deadline) else {
                 return Err(Error::Timeout);
             };
             sys::futex_wait(self.shared.control.state(), state, slice);
@@ -608,7 +609,7 @@ impl DeviceInner {
         }
         st.machine.completed(code, c.code);
         if st.machine.outstanding() == 0
-            && (st.machine.has_held() || device_closed(control, self.index))
+            && (st.machine.has_held() || control.device_closed(self.index))
         {
             // A held ClearError may now be delivered, or a closed device may now end: wake
             // this process's waiters (the flag first, so a waiter that samples the wake word
@@ -740,7 +741,7 @@ impl vdi_core::ClientDevice for ClientDevice {
     fn command(&self, timeout: Timeout) -> Result<Command, Error> {
         let inner = &self.inner;
         let set = &inner.set;
-        let mut deadline = monitor::LazyDeadline::new(timeout);
+        let mut deadline = wait::LazyDeadline::new(timeout);
         // Whether this thread saw the device closed at its last look. Until it has, a wait
         // stops as soon as the flag appears: the server's wake-up after setting it reaches only
         // a registered sleeper, so a thread still spinning would otherwise sleep a whole slice.
@@ -770,7 +771,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                 }
                 // The server sets the flag after pushing its last command: an empty ring seen
                 // after the flag means no command will come.
-                let closed = device_closed(&set.control, inner.index);
+                let closed = set.control.device_closed(inner.index);
                 closed_seen = closed;
                 // Where this thread's wait starts; another thread may pop before it waits,
                 // which makes the wait return at once (a stale head is Ready).
@@ -832,7 +833,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                 &|| {
                     set.aborted()
                         || inner.kick.load(Ordering::SeqCst)
-                        || (!closed_seen && device_closed(&set.control, inner.index))
+                        || (!closed_seen && set.control.device_closed(inner.index))
                 },
             );
             #[cfg(test)]
@@ -987,18 +988,6 @@ impl vdi_core::MappedBuffer for MappedBuffer {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.view.as_mut_slice()
     }
-}
-
-/// Whether the server closed device `index` (CloseDevice). The server sets the flag after
-/// pushing its last command to the device.
-fn device_closed(control: &Control, index: u32) -> bool {
-    control.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
-}
-
-/// Whether every device of the set was closed by the server: the set ended normally, and a
-/// peer that goes away now leaves nothing waiting.
-pub(crate) fn ended_normally(control: &Control) -> bool {
-    (0..control.device_count()).all(|i| device_closed(control, i))
 }
 
 /// Per-thread hooks into GetCommand's wait loop, for tests that must steer an interleaving or

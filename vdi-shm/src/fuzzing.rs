@@ -11,10 +11,10 @@ use vdi_core::{ClientConfig, Config, ServerConfig};
 use crate::{
     client::parse_command,
     layout::{CommandEntry, CompletionEntry, Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH, Tag},
-    monitor::LazyDeadline,
     queue::{self, RingIndex},
     segments::Segments,
     sys::{Attachment, Mapping},
+    wait::LazyDeadline,
 };
 
 struct Fixture {

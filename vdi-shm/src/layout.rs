@@ -27,8 +27,8 @@ use vdi_core::{
 };
 
 use crate::{
-    ring::{ENTRY_WORDS, Entry, Ring, RingHeader},
-    sys::{self, Mapping},
+    ring::{ENTRY_WORDS, Entry, Ring, RingHeader, wake_all_sleepers},
+    sys::{self, FutexWake, Mapping},
 };
 
 /// "VDISHM" followed by the layout version, little-endian.
@@ -389,8 +389,8 @@ impl Control {
     pub(crate) fn wake_all(&self) {
         sys::futex_wake_all(self.state());
         for i in 0..self.layout.device_count {
-            crate::queue::wake(&self.sq(i));
-            crate::queue::wake(&self.cq(i));
+            wake_all_sleepers(&self.sq(i), &FutexWake);
+            wake_all_sleepers(&self.cq(i), &FutexWake);
         }
     }
 
@@ -403,6 +403,18 @@ impl Control {
     /// Device `index`'s flags ([`DEV_SERVER_OPEN`], [`DEV_CLOSED`]).
     pub(crate) fn device_flags(&self, index: u32) -> &AtomicU32 {
         self.u32_at(self.layout.device(index) + D_FLAGS)
+    }
+
+    /// Whether the server closed device `index` (CloseDevice). The server sets the flag after
+    /// pushing its last command to the device.
+    pub(crate) fn device_closed(&self, index: u32) -> bool {
+        self.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
+    }
+
+    /// Whether every device of the set was closed by the server: the set ended normally, and a
+    /// peer that goes away now leaves nothing waiting.
+    pub(crate) fn ended_normally(&self) -> bool {
+        (0..self.device_count()).all(|i| self.device_closed(i))
     }
 
     /// The pid of the client process that opened device `index` (0: none).

@@ -28,6 +28,7 @@ use crate::{
     ring::WaitOutcome,
     sys::{self, Mapping, Socket},
     view::BufView,
+    wait,
     wire::{Msg, Role},
 };
 
@@ -657,7 +658,7 @@ impl vdi_core::ServerDevice for ServerDevice {
     }
 
     fn completion(&self, timeout: Timeout) -> Result<ServerCompletion<Buffer>, Error> {
-        let mut deadline = monitor::LazyDeadline::new(timeout);
+        let mut deadline = wait::LazyDeadline::new(timeout);
         let control = &self.set.control;
         loop {
             let seen;
