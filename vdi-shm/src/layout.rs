@@ -269,6 +269,20 @@ impl Control {
         self.peer_gone.load(Ordering::Acquire)
     }
 
+    /// The peer `who` (pid `pid`) at the other end of a connection of set `set` went away:
+    /// unless the set had ended normally (or was aborted already), that aborts it.
+    pub(crate) fn peer_went_away(&self, set: &str, who: &str, pid: i32) {
+        if self.ended_normally() || self.abort_reason().is_some() {
+            tracing::debug!(set, pid, "{who} disconnected");
+            return;
+        }
+        tracing::warn!(
+            set,
+            pid, "the {who} went away before the set ended; aborting"
+        );
+        self.abort(AbortReason::PeerExited);
+    }
+
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
         self.map.get(offset)
     }

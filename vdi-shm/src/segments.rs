@@ -2,13 +2,16 @@
 //! the server announced but the monitor thread has not mapped yet.
 
 use std::{
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use vdi_core::{Claim, LeaseTable};
 
-use crate::{layout::MAX_SEGMENTS, sys::Mapping};
+use crate::{
+    layout::{Control, MAX_SEGMENTS},
+    sys::{Attachment, Mapping},
+};
 
 /// Segments by id, filled by the monitor thread as the server's `Segment` messages arrive.
 #[derive(Debug)]
@@ -108,6 +111,29 @@ impl Segments {
         })
     }
 }
+
+/// The largest buffer segment a client maps (1 TiB).
+const MAX_SEGMENT_LEN: u64 = 1 << 40;
+
+/// Maps a segment the server announced, after checking it against the segment table.
+pub(crate) fn map_announced(
+    control: &Control,
+    set: &str,
+    id: u32,
+    len: u64,
+    mut fds: Vec<Attachment>,
+) -> Result<Mapping, ()> {
+    if id >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_LEN || fds.len() != 1 {
+        return Err(());
+    }
+    if control.segment_len(id).load(Ordering::Acquire) != len {
+        return Err(());
+    }
+    let len = usize::try_from(len).map_err(|_| ())?;
+    let tag = format!("vdi-shm:{set}:segment{id}");
+    Mapping::open(fds.remove(0), &tag, len, &[]).map_err(|_| ())
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -75,8 +75,18 @@ impl vdi_core::ServerBackend for ShmServer {
         control.publish_state(STATE_CONNECTED);
         let control = Arc::new(control);
         let sock = Arc::new(sock);
-        let monitor =
-            monitor::spawn_server(Arc::clone(&control), name.to_owned(), Arc::clone(&sock))?;
+        // The server's monitor watches the primary client's connection. The client sends
+        // nothing after the handshake; anything it does is ignored.
+        let on_gone = {
+            let (control, set) = (Arc::clone(&control), name.to_owned());
+            move |pid| {
+                // Latched first: the server's own state (commands outstanding) decides whether
+                // a clean-looking end still strands it.
+                control.set_peer_gone();
+                control.peer_went_away(&set, "client", pid);
+            }
+        };
+        let monitor = monitor::watch(name, Arc::clone(&sock), false, |_, _| {}, on_gone)?;
         let mut machine = ServerSetMachine::new();
         machine.apply(ServerCall::Open)?;
         debug!(

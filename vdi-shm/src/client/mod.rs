@@ -25,12 +25,14 @@ use crate::{
     pool,
     queue::{self, RingIndex},
     ring::WaitOutcome,
-    segments::Segments,
+    segments::{self, Segments},
     sys::{self, Socket},
     view::BufView,
     wait,
-    wire::Role,
+    wire::{Msg, Role},
 };
+
+mod accept;
 
 /// How long a client waits for a buffer segment that a command names but the monitor has not
 /// mapped yet. The server sends the segment before any command that uses it, so this is only
@@ -99,7 +101,7 @@ impl vdi_core::ClientBackend for ShmClient {
             true,
             &self.options,
         ));
-        let monitor = monitor::spawn_primary(Arc::clone(&shared), listener, self.options.clone())?;
+        let monitor = accept::spawn_primary(Arc::clone(&shared), listener, self.options.clone())?;
         *shared
             .monitor
             .lock()
@@ -136,7 +138,29 @@ impl vdi_core::ClientBackend for ShmClient {
             false,
             &self.options,
         ));
-        let monitor = monitor::spawn_secondary(Arc::clone(&shared), sock)?;
+        // The secondary's monitor maps the segments the primary forwards and watches the
+        // primary.
+        let on_message = {
+            let shared = Arc::clone(&shared);
+            move |msg: &[u8], fds| {
+                if let Some(Msg::Segment { id, len }) = Msg::decode(msg) {
+                    let ok = segments::map_announced(&shared.control, &shared.name, id, len, fds)
+                        .is_ok_and(|map| shared.segments.insert(id, map));
+                    if !ok {
+                        shared.control.abort(AbortReason::PeerMisbehaved);
+                    }
+                }
+            }
+        };
+        let on_gone = {
+            let shared = Arc::clone(&shared);
+            move |pid| {
+                shared
+                    .control
+                    .peer_went_away(&shared.name, "primary client", pid);
+            }
+        };
+        let monitor = monitor::watch(name, Arc::new(sock), true, on_message, on_gone)?;
         *shared
             .monitor
             .lock()
@@ -373,7 +397,7 @@ impl ClientSet {
         index: u32,
         generation: u16,
         len: u32,
-    ) -> Result<(BufView, crate::segments::Lease), Error> {
+    ) -> Result<(BufView, segments::Lease), Error> {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
         let shared = &self.shared;
         let cfg = shared.load_config()?.ok_or(invalid)?;
@@ -901,7 +925,7 @@ struct CommandBuffer {
     generation: u16,
     data: BufView,
     prefix: BufView,
-    _lease: crate::segments::Lease,
+    _lease: segments::Lease,
 }
 
 /// A command taken with `GetCommand`: complete it with
@@ -972,7 +996,7 @@ impl Drop for Command {
 pub struct MappedBuffer {
     handle: BufferHandle,
     view: BufView,
-    _lease: crate::segments::Lease,
+    _lease: segments::Lease,
     _set: Arc<Shared>,
 }
 
