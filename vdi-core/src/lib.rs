@@ -6,7 +6,8 @@
 //! [`VdConfig`] and [`VdcCommand`]), the state machines of the set and its devices
 //! ([`ClientSetMachine`], [`ServerSetMachine`], [`ServerDeviceMachine`],
 //! [`ClientDeviceMachine`]), and the traits of the four roles ([`ClientDeviceSet`],
-//! [`ClientDevice`], [`ServerDeviceSet`], [`ServerDevice`]).
+//! [`ClientDevice`], [`ServerDeviceSet`], [`ServerDevice`]), and the rule that keeps two
+//! writable views of the same bytes apart ([`LeaseTable`]).
 //!
 //! It is not a backend: it opens no shared memory, starts no thread, never blocks and never reads
 //! the clock. `vdi-shm` implements the traits over shared memory, `vdi-win` over Microsoft's
@@ -38,6 +39,7 @@
 mod codes;
 mod config;
 mod error;
+mod lease;
 mod name;
 mod state;
 mod timeout;
@@ -51,6 +53,7 @@ pub use config::{
     validate_device_count, validate_max_transfer_size,
 };
 pub use error::{AbortReason, Error, InvalidReason, ProtocolReason, SystemError};
+pub use lease::{Claim, LeaseTable};
 pub use name::{MAX_NAME_LEN, NameError, stripe_device_name, validate_name};
 pub use state::{
     Call, ClientDeviceMachine, ClientSetMachine, ClientSetState, CloseAction, Delivery,

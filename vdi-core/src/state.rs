@@ -281,11 +281,43 @@ impl ClientSetMachine {
 
     /// Checks `GetCommand` on device `index`: only in Active, on a device this process opened.
     ///
+    /// A device that returned `VD_E_CLOSE` answers `VD_E_CLOSE` to every later `GetCommand`, in
+    /// Active, in NormallyTerminated and after an abort, until `Close`. This is how the table's
+    /// cells are read here: the specification says what GetCommand returns once the server
+    /// closed the device (§4, "the normal end of the stream") and that the set is then
+    /// NormallyTerminated (§6), not that a second thread waiting on the same device must learn
+    /// the end differently from the first; PROTOCOL in NormallyTerminated is what a device that
+    /// never ended gets (one this process did not open).
+    ///
     /// # Errors
     ///
-    /// `VD_E_PROTOCOL` or `VD_E_ABORT` as the table says.
+    /// `VD_E_CLOSE` for a device that ended; otherwise `VD_E_PROTOCOL` or `VD_E_ABORT` as the
+    /// table says.
     pub fn check_get_command(&self, index: u32) -> Result<(), Error> {
+        if self.has_ended(index) {
+            return Err(Error::Closed);
+        }
         self.check_device_call(index, Call::GetCommand)
+    }
+
+    /// Whether device `index` returned `VD_E_CLOSE` in this process (see
+    /// [`device_closed`](Self::device_closed)).
+    pub const fn has_ended(&self, index: u32) -> bool {
+        index < 64 && self.ended & (1 << index) != 0
+    }
+
+    /// Checks `GetBufferHandle` or `MapBufferHandle` (`call`): allowed while the set is open, in
+    /// any state but DoesNotExist (§4: "VD_E_PROTOCOL (set not open)"). Whether the command or
+    /// handle is valid is the backend's to check.
+    ///
+    /// # Errors
+    ///
+    /// `VD_E_PROTOCOL` in DoesNotExist.
+    pub fn check_buffer_handle(&self, call: Call) -> Result<(), Error> {
+        match self.state {
+            ClientSetState::DoesNotExist => Err(wrong_state(call)),
+            _ => Ok(()),
+        }
     }
 
     /// Checks `CompleteCommand` on device `index`.

@@ -9,6 +9,7 @@ use vdi_core::{
 
 const P: HResult = HResult::VD_E_PROTOCOL;
 const A: HResult = HResult::VD_E_ABORT;
+const CL: HResult = HResult::VD_E_CLOSE;
 
 /// A client machine driven into `state` through legal calls (one device).
 fn client_in(state: C) -> ClientSetMachine {
@@ -84,9 +85,12 @@ fn client_table_every_cell() {
             OpenDevice,
             [Err(P), Err(P), Ok(C::Active), Err(P), Err(P), Err(A)],
         ),
+        // NormallyTerminated: device 0 returned VD_E_CLOSE, and answers it again (the reading
+        // documented on `check_get_command`; a device that did not end gets PROTOCOL there,
+        // see `client_get_command_after_the_end`).
         (
             GetCommand,
-            [Err(P), Err(P), Err(P), Ok(C::Active), Err(P), Err(A)],
+            [Err(P), Err(P), Err(P), Ok(C::Active), Err(CL), Err(A)],
         ),
         (
             CompleteCommand,
@@ -153,6 +157,64 @@ fn client_get_command_close_ends_the_set_after_the_last_device() {
     assert_eq!(m.check_get_command(1), Ok(()));
     m.device_closed(1);
     assert_eq!(m.state(), C::NormallyTerminated);
+}
+
+/// After VD_E_CLOSE: the device that ended answers VD_E_CLOSE again, while the set is Active, once
+/// it is NormallyTerminated, and after an abort; a device this process did not open gets
+/// PROTOCOL once the set has terminated; Close forgets it all.
+#[test]
+fn client_get_command_after_the_end() {
+    let mut m = ClientSetMachine::new();
+    m.create(3).unwrap();
+    m.configured();
+    m.open_device(0, false, false).unwrap();
+    m.open_device(1, false, false).unwrap();
+    m.device_closed(0);
+    assert_eq!(m.state(), C::Active);
+    assert!(m.has_ended(0) && !m.has_ended(1));
+    assert_eq!(m.check_get_command(0), Err(Error::Closed));
+    assert_eq!(m.check_get_command(1), Ok(()));
+    m.device_closed(1);
+    assert_eq!(m.state(), C::NormallyTerminated);
+    for i in [0, 1] {
+        assert_eq!(m.check_get_command(i), Err(Error::Closed), "device {i}");
+    }
+    // Device 2 (opened by no one here) never ended.
+    assert_eq!(m.check_get_command(2).unwrap_err().hresult(), P);
+    // CompleteCommand follows the table: nothing is outstanding on an ended device.
+    assert_eq!(m.check_complete_command(0).unwrap_err().hresult(), P);
+    m.signal_abort(AbortReason::Signalled).unwrap();
+    assert_eq!(m.check_get_command(0), Err(Error::Closed));
+    assert_eq!(m.check_get_command(2).unwrap_err().hresult(), A);
+    assert!(m.close(false).result.is_ok());
+    assert!(!m.has_ended(0));
+    assert_eq!(m.check_get_command(0).unwrap_err().hresult(), P);
+}
+
+/// GetBufferHandle and MapBufferHandle: PROTOCOL once the set is not open (vdi-spec.md §4), in
+/// every other state allowed (the command or handle decides).
+#[test]
+fn client_buffer_handles_need_an_open_set() {
+    use vdi_core::Call;
+    for state in C::ALL {
+        let m = client_in(state);
+        for call in [Call::GetBufferHandle, Call::MapBufferHandle] {
+            let got = m.check_buffer_handle(call);
+            if state == C::DoesNotExist {
+                assert_eq!(got.unwrap_err().hresult(), P, "{call:?} in {state:?}");
+            } else {
+                assert_eq!(got, Ok(()), "{call:?} in {state:?}");
+            }
+        }
+    }
+    let mut m = client_in(C::Active);
+    assert!(m.close(true).abort_peer);
+    assert_eq!(
+        m.check_buffer_handle(Call::GetBufferHandle),
+        Err(Error::Protocol(vdi_core::ProtocolReason::WrongState(
+            Call::GetBufferHandle
+        )))
+    );
 }
 
 #[test]

@@ -10,11 +10,11 @@ use vdi_core::{ClientConfig, Config, ServerConfig};
 
 use crate::{
     client::parse_command,
-    layout::{Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH},
-    monitor::LazyDeadline,
+    layout::{CommandEntry, CompletionEntry, Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH, Tag},
     queue::{self, RingIndex},
     segments::Segments,
     sys::{Attachment, Mapping},
+    wait::LazyDeadline,
 };
 
 struct Fixture {
@@ -120,7 +120,10 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
         let _ = queue::wait(&control.sq(i), idx, 2, &mut deadline, &|| false);
         for _ in 0..=QUEUE_DEPTH + 1 {
             match queue::pop(&control.sq(i), &mut idx) {
-                Ok(Some(entry)) => {
+                Ok(Some(words)) => {
+                    let Some(entry) = CommandEntry::from_words(words) else {
+                        continue;
+                    };
                     if let Some(mut p) =
                         parse_command(&control, &cfg, &fx.segments, entry, Duration::ZERO, &|| {
                             false
@@ -136,8 +139,10 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
         for _ in 0..=QUEUE_DEPTH + 1 {
             match queue::pop(&control.cq(i), &mut idx) {
                 // The server matches a completion's tag against its own table of commands in
-                // flight, which a peer cannot write; nothing here trusts the entry.
-                Ok(Some(_)) => {}
+                // flight, which a peer cannot write; nothing else trusts the entry.
+                Ok(Some(words)) => {
+                    let _ = Tag::from_word(CompletionEntry::from_words(words).tag);
+                }
                 Ok(None) | Err(()) => break,
             }
         }
@@ -163,6 +168,25 @@ fn check(fd: Attachment, fx: &Fixture, devices: u32, data: &[u8]) {
     }
 }
 
+/// Treats `data` as the words of ring entries a misbehaving peer wrote, 32 bytes each, and
+/// decodes every one as both sides do ([`CommandEntry::from_words`],
+/// [`CompletionEntry::from_words`]): never a panic, and an entry accepted re-encodes to words
+/// that decode to the same entry.
+pub fn ring_entries(data: &[u8]) {
+    for chunk in data.chunks(32) {
+        let mut bytes = [0u8; 32];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let words: [u64; 4] = std::array::from_fn(|i| {
+            u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap_or([0; 8]))
+        });
+        if let Some(c) = CommandEntry::from_words(words) {
+            assert_eq!(CommandEntry::from_words(c.to_words()), Some(c));
+        }
+        let c = CompletionEntry::from_words(words);
+        assert_eq!(CompletionEntry::from_words(c.to_words()), c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -174,6 +198,7 @@ mod tests {
         #[test]
         fn shared_region_survives_garbage(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
             super::shared_region(&data);
+            super::ring_entries(&data);
         }
 
         /// Patches aimed at the rings and descriptors of a valid segment.

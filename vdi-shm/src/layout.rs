@@ -21,11 +21,14 @@ use std::sync::{
     atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
-use vdi_core::{AbortReason, ClientConfig, Error, Features, ProtocolReason, ServerConfig};
+use vdi_core::{
+    AbortReason, ClientConfig, CommandCode, Completion, CompletionCode, Error, Features,
+    ProtocolReason, ServerConfig,
+};
 
 use crate::{
-    ring::{Entry, Ring, RingHeader},
-    sys::{self, Mapping},
+    ring::{ENTRY_WORDS, Entry, Ring, RingHeader, wake_all_sleepers},
+    sys::{self, FutexWake, Mapping},
 };
 
 /// "VDISHM" followed by the layout version, little-endian.
@@ -266,6 +269,20 @@ impl Control {
         self.peer_gone.load(Ordering::Acquire)
     }
 
+    /// The peer `who` (pid `pid`) at the other end of a connection of set `set` went away:
+    /// unless the set had ended normally (or was aborted already), that aborts it.
+    pub(crate) fn peer_went_away(&self, set: &str, who: &str, pid: i32) {
+        if self.ended_normally() || self.abort_reason().is_some() {
+            tracing::debug!(set, pid, "{who} disconnected");
+            return;
+        }
+        tracing::warn!(
+            set,
+            pid, "the {who} went away before the set ended; aborting"
+        );
+        self.abort(AbortReason::PeerExited);
+    }
+
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
         self.map.get(offset)
     }
@@ -386,8 +403,8 @@ impl Control {
     pub(crate) fn wake_all(&self) {
         sys::futex_wake_all(self.state());
         for i in 0..self.layout.device_count {
-            crate::queue::wake(&self.sq(i));
-            crate::queue::wake(&self.cq(i));
+            wake_all_sleepers(&self.sq(i), &FutexWake);
+            wake_all_sleepers(&self.cq(i), &FutexWake);
         }
     }
 
@@ -400,6 +417,18 @@ impl Control {
     /// Device `index`'s flags ([`DEV_SERVER_OPEN`], [`DEV_CLOSED`]).
     pub(crate) fn device_flags(&self, index: u32) -> &AtomicU32 {
         self.u32_at(self.layout.device(index) + D_FLAGS)
+    }
+
+    /// Whether the server closed device `index` (CloseDevice). The server sets the flag after
+    /// pushing its last command to the device.
+    pub(crate) fn device_closed(&self, index: u32) -> bool {
+        self.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
+    }
+
+    /// Whether every device of the set was closed by the server: the set ended normally, and a
+    /// peer that goes away now leaves nothing waiting.
+    pub(crate) fn ended_normally(&self) -> bool {
+        (0..self.device_count()).all(|i| self.device_closed(i))
     }
 
     /// The pid of the client process that opened device `index` (0: none).
@@ -527,12 +556,16 @@ impl Descriptor {
         words[0].store(u64::from(next_generation), Ordering::Release);
     }
 
-    /// Reads a descriptor expected to be live with `generation`; `None` if it is not.
+    /// Reads a descriptor expected to be live with `generation`; `None` if it is not, or if it
+    /// names a buffer of no bytes (the server allocates none: see `pool`).
     pub(crate) fn read(words: &[AtomicU64], generation: u16) -> Option<Self> {
         let w0 = words[0].load(Ordering::Acquire);
         let w1 = words[1].load(Ordering::Relaxed);
         let live = w0 & (1 << 16) != 0;
         if !live || w0 as u16 != generation || (w1 >> 48) as u16 != generation {
+            return None;
+        }
+        if (w0 >> 32) == 0 {
             return None;
         }
         Some(Self {
@@ -541,5 +574,185 @@ impl Descriptor {
             size: (w0 >> 32) as u32,
             offset: w1 & ((1 << 48) - 1),
         })
+    }
+}
+
+/// A command's tag as the server makes it: the slot of its table of commands in flight and the
+/// slot's generation, so that a completion names exactly one command ever sent.
+///
+/// Word: slot (bits 0..32), generation (bits 32..64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+impl Tag {
+    /// The tag's word, as command and completion entries carry it.
+    pub(crate) fn to_word(self) -> u64 {
+        u64::from(self.slot) | (u64::from(self.generation) << 32)
+    }
+
+    /// The tag a word names (every word names one; the server checks it against its table).
+    pub(crate) fn from_word(word: u64) -> Self {
+        Self {
+            slot: word as u32,
+            generation: (word >> 32) as u32,
+        }
+    }
+}
+
+/// The buffer a command entry names: a descriptor and the generation it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufferRef {
+    pub(crate) index: u32,
+    pub(crate) generation: u16,
+}
+
+/// One entry of a command ring (server -> client).
+///
+/// Word 0: code (bits 0..32), size (bits 32..64). Word 1: position. Word 2: tag (opaque to the
+/// client, see [`Tag`]). Word 3: the buffer, for a command that has one: descriptor index
+/// (bits 0..32), its generation (bits 32..48), and bit 48 set; 0 otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommandEntry {
+    pub(crate) code: CommandCode,
+    pub(crate) size: u32,
+    pub(crate) position: u64,
+    pub(crate) tag: u64,
+    pub(crate) buffer: Option<BufferRef>,
+}
+
+/// Word 3's flag: the command names a buffer.
+const HAS_BUFFER: u64 = 1 << 48;
+
+impl CommandEntry {
+    /// The entry's words, as the server pushes them.
+    pub(crate) fn to_words(self) -> [u64; ENTRY_WORDS] {
+        let buffer = self.buffer.map_or(0, |b| {
+            u64::from(b.index) | (u64::from(b.generation) << 32) | HAS_BUFFER
+        });
+        [
+            u64::from(self.code.0) | (u64::from(self.size) << 32),
+            self.position,
+            self.tag,
+            buffer,
+        ]
+    }
+
+    /// The entry a peer's words describe; `None` when they cannot be one: the buffer flag
+    /// disagrees with the code (a command with a buffer names one, any other names none).
+    /// Whether the buffer it names is live, large enough and in bounds is checked where it is
+    /// mapped (`client::parse_command`).
+    pub(crate) fn from_words(w: [u64; ENTRY_WORDS]) -> Option<Self> {
+        let code = CommandCode(w[0] as u32);
+        let has_buffer = w[3] & HAS_BUFFER != 0;
+        if has_buffer != code.has_buffer() {
+            return None;
+        }
+        Some(Self {
+            code,
+            size: (w[0] >> 32) as u32,
+            position: w[1],
+            tag: w[2],
+            buffer: has_buffer.then(|| BufferRef {
+                index: w[3] as u32,
+                generation: (w[3] >> 32) as u16,
+            }),
+        })
+    }
+}
+
+/// One entry of a completion ring (client -> server).
+///
+/// Word 0: the command's tag. Word 1: completion code (bits 0..32), bytes transferred (bits
+/// 32..64). Word 2: position. Word 3: 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompletionEntry {
+    pub(crate) tag: u64,
+    pub(crate) completion: Completion,
+}
+
+impl CompletionEntry {
+    /// The entry's words, as the client pushes them.
+    pub(crate) fn to_words(self) -> [u64; ENTRY_WORDS] {
+        let c = &self.completion;
+        [
+            self.tag,
+            u64::from(c.code.0) | (u64::from(c.bytes_transferred) << 32),
+            c.position,
+            0,
+        ]
+    }
+
+    /// The entry a peer's words describe. Every four words are one: what a completion may say
+    /// depends on the command it completes, which the server checks against its own table of
+    /// commands in flight (the tag names a live one; no more bytes than the command's size).
+    pub(crate) fn from_words(w: [u64; ENTRY_WORDS]) -> Self {
+        Self {
+            tag: w[0],
+            completion: Completion {
+                code: CompletionCode(w[1] as u32),
+                bytes_transferred: (w[1] >> 32) as u32,
+                position: w[2],
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use proptest::prelude::*;
+    use vdi_core::{CommandCode, CompletionCode};
+
+    use super::{BufferRef, CommandEntry, CompletionEntry, Tag};
+
+    #[test]
+    fn command_entries_round_trip_and_the_flag_follows_the_code() {
+        let write = CommandEntry {
+            code: CommandCode::WRITE,
+            size: 65536,
+            position: 7,
+            tag: Tag {
+                slot: 3,
+                generation: 9,
+            }
+            .to_word(),
+            buffer: Some(BufferRef {
+                index: 16383,
+                generation: 0xFFFF,
+            }),
+        };
+        assert_eq!(CommandEntry::from_words(write.to_words()), Some(write));
+        let flush = CommandEntry {
+            code: CommandCode::FLUSH,
+            size: 0,
+            position: 0,
+            tag: 1,
+            buffer: None,
+        };
+        assert_eq!(CommandEntry::from_words(flush.to_words()), Some(flush));
+        // A buffer flag the code contradicts, either way.
+        let mut w = write.to_words();
+        w[3] = 0;
+        assert_eq!(CommandEntry::from_words(w), None);
+        let mut w = flush.to_words();
+        w[3] = 1 << 48;
+        assert_eq!(CommandEntry::from_words(w), None);
+    }
+
+    proptest! {
+        /// Whatever a peer writes, an accepted entry re-encodes to words that decode to it.
+        #[test]
+        fn decoded_entries_re_encode(w in any::<[u64; 4]>()) {
+            if let Some(e) = CommandEntry::from_words(w) {
+                prop_assert_eq!(CommandEntry::from_words(e.to_words()), Some(e));
+                prop_assert_eq!(e.code.has_buffer(), e.buffer.is_some());
+            }
+            let c = CompletionEntry::from_words(w);
+            prop_assert_eq!(CompletionEntry::from_words(c.to_words()), c);
+            prop_assert_eq!(Tag::from_word(w[0]).to_word(), w[0]);
+            prop_assert_eq!(c.completion.code, CompletionCode(w[1] as u32));
+        }
     }
 }

@@ -70,39 +70,37 @@ pub(crate) mod pool;
 pub(crate) mod ring;
 pub(crate) mod sync;
 
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod client;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod layout;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod monitor;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod queue;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod segments;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod server;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod sys;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod view;
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-mod wire;
+/// The items of the shared-memory backend itself, which exists on Unix and Windows and not under
+/// loom or Miri (which check `ring` and `pool` alone): one `cfg` for all of them.
+macro_rules! backend {
+    ($($item:item)*) => {
+        $(
+            #[cfg(all(any(unix, windows), not(any(loom, miri))))]
+            $item
+        )*
+    };
+}
 
-#[cfg(all(
-    any(unix, windows),
-    not(any(loom, miri)),
-    any(test, feature = "fuzzing")
-))]
-#[doc(hidden)]
-pub mod fuzzing;
+backend! {
+    mod client;
+    mod layout;
+    mod monitor;
+    mod queue;
+    mod segments;
+    mod server;
+    mod sys;
+    mod view;
+    mod wait;
+    mod wire;
 
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
-#[cfg(all(any(unix, windows), not(any(loom, miri))))]
-pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub mod fuzzing;
+
+    pub use client::{ClientDevice, ClientSet, Command, MappedBuffer, ShmClient};
+    pub use layout::{DESCRIPTORS, MAX_SEGMENTS, QUEUE_DEPTH};
+    pub use server::{Buffer, ServerDevice, ServerSet, ShmServer};
+}
 
 /// Support for vdi-bench's floors, not an API (the Linux backend's sealed memfds).
 #[cfg(all(

@@ -3,9 +3,9 @@
 //! the shared futex.
 
 use crate::{
-    monitor::LazyDeadline,
     ring::{Consumer, Producer, PushError, Ring, WaitOutcome, wake_all_sleepers},
     sys::FutexWake,
+    wait::LazyDeadline,
 };
 
 /// This process's authoritative position in one ring: the producer's tail, or the consumer's

@@ -2,11 +2,16 @@
 //! the server announced but the monitor thread has not mapped yet.
 
 use std::{
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use crate::{layout::MAX_SEGMENTS, sys::Mapping};
+use vdi_core::{Claim, LeaseTable};
+
+use crate::{
+    layout::{Control, MAX_SEGMENTS},
+    sys::{Attachment, Mapping},
+};
 
 /// Segments by id, filled by the monitor thread as the server's `Segment` messages arrive.
 #[derive(Debug)]
@@ -16,27 +21,23 @@ pub(crate) struct Segments {
     leases: Arc<Leases>,
 }
 
-/// The byte ranges of segments that writable views in this process are using.
-///
-/// Two views able to write the same bytes in one process would be two `&mut` to the same
-/// memory. The protocol gives each buffer to one holder at a time, but a caller can map a
-/// handle twice, or map the handle of a command it still holds, and a misbehaving server can
-/// name overlapping buffers; a lease makes each of those fail instead.
+/// The byte ranges of segments that writable views in this process are using: vdi-core's
+/// [`LeaseTable`], with the segment id as the address space.
 #[derive(Debug, Default)]
-pub(crate) struct Leases(Mutex<Vec<(u32, u64, u64)>>);
+pub(crate) struct Leases(Mutex<LeaseTable>);
 
 /// A leased range; dropping it returns the range.
 #[derive(Debug)]
 pub(crate) struct Lease {
     leases: Arc<Leases>,
-    range: (u32, u64, u64),
+    claim: Option<Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = v.iter().position(|r| *r == self.range) {
-            v.swap_remove(i);
+        if let Some(claim) = self.claim.take() {
+            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+            t.release(claim);
         }
     }
 }
@@ -100,19 +101,57 @@ impl Segments {
     }
 
     /// Leases bytes `start..end` of segment `id` for a writable view; `None` if any part is
-    /// already leased in this process (or the range is empty or reversed).
+    /// already leased in this process, or the range is reversed (the rule of [`LeaseTable`]).
     pub(crate) fn lease(&self, id: u32, start: u64, end: u64) -> Option<Lease> {
-        if start >= end {
-            return None;
-        }
-        let mut v = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if v.iter().any(|&(s, a, b)| s == id && start < b && a < end) {
-            return None;
-        }
-        v.push((id, start, end));
+        let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = t.claim(u64::from(id), start, end)?;
         Some(Lease {
             leases: Arc::clone(&self.leases),
-            range: (id, start, end),
+            claim: Some(claim),
         })
+    }
+}
+
+/// The largest buffer segment a client maps (1 TiB).
+const MAX_SEGMENT_LEN: u64 = 1 << 40;
+
+/// Maps a segment the server announced, after checking it against the segment table.
+pub(crate) fn map_announced(
+    control: &Control,
+    set: &str,
+    id: u32,
+    len: u64,
+    mut fds: Vec<Attachment>,
+) -> Result<Mapping, ()> {
+    if id >= MAX_SEGMENTS || len == 0 || len > MAX_SEGMENT_LEN || fds.len() != 1 {
+        return Err(());
+    }
+    if control.segment_len(id).load(Ordering::Acquire) != len {
+        return Err(());
+    }
+    let len = usize::try_from(len).map_err(|_| ())?;
+    let tag = format!("vdi-shm:{set}:segment{id}");
+    Mapping::open(fds.remove(0), &tag, len, &[]).map_err(|_| ())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::Segments;
+
+    #[test]
+    fn leases_follow_the_core_rule_per_segment() {
+        let s = Segments::new();
+        let a = s.lease(0, 4096, 8192).unwrap();
+        assert!(s.lease(0, 8191, 8193).is_none());
+        // Another segment's bytes are other bytes.
+        let b = s.lease(1, 4096, 8192).unwrap();
+        // Adjacent ranges and empty ones alias nothing; a reversed one names nothing.
+        let c = s.lease(0, 8192, 12288).unwrap();
+        let e = s.lease(0, 6000, 6000).unwrap();
+        assert!(s.lease(0, 10, 5).is_none());
+        drop((a, b, c, e));
+        assert!(s.leases.0.lock().unwrap().is_empty());
+        drop(s.lease(0, 0, u64::MAX).unwrap());
     }
 }

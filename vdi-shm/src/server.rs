@@ -19,8 +19,8 @@ use vdi_core::{
 use crate::{
     Options,
     layout::{
-        Control, DEV_CLOSED, DEV_SERVER_OPEN, Descriptor, QUEUE_DEPTH, STATE_CONFIGURED,
-        STATE_CONNECTED,
+        BufferRef, CommandEntry, CompletionEntry, Control, DEV_CLOSED, DEV_SERVER_OPEN, Descriptor,
+        QUEUE_DEPTH, STATE_CONFIGURED, STATE_CONNECTED, Tag,
     },
     monitor::{self, Monitor},
     pool::{self, AllocError, HandleTable, Placement, Pool},
@@ -28,6 +28,7 @@ use crate::{
     ring::WaitOutcome,
     sys::{self, Mapping, Socket},
     view::BufView,
+    wait,
     wire::{Msg, Role},
 };
 
@@ -74,8 +75,18 @@ impl vdi_core::ServerBackend for ShmServer {
         control.publish_state(STATE_CONNECTED);
         let control = Arc::new(control);
         let sock = Arc::new(sock);
-        let monitor =
-            monitor::spawn_server(Arc::clone(&control), name.to_owned(), Arc::clone(&sock))?;
+        // The server's monitor watches the primary client's connection. The client sends
+        // nothing after the handshake; anything it does is ignored.
+        let on_gone = {
+            let (control, set) = (Arc::clone(&control), name.to_owned());
+            move |pid| {
+                // Latched first: the server's own state (commands outstanding) decides whether
+                // a clean-looking end still strands it.
+                control.set_peer_gone();
+                control.peer_went_away(&set, "client", pid);
+            }
+        };
+        let monitor = monitor::watch(name, Arc::clone(&sock), false, |_, _| {}, on_gone)?;
         let mut machine = ServerSetMachine::new();
         machine.apply(ServerCall::Open)?;
         debug!(
@@ -562,7 +573,11 @@ impl ServerDevice {
     fn abort_one(&self, st: &mut DeviceState) -> Option<ServerCompletion<Buffer>> {
         let slot = st.inflight.iter().position(Option::is_some)?;
         let f = st.inflight[slot].take()?;
-        let tag = slot as u64 | (u64::from(st.generations[slot]) << 32);
+        let tag = Tag {
+            slot: slot as u32,
+            generation: st.generations[slot],
+        }
+        .to_word();
         st.generations[slot] = st.generations[slot].wrapping_add(1);
         st.machine
             .completed(f.code, CompletionCode::OPERATION_ABORTED);
@@ -618,17 +633,23 @@ impl vdi_core::ServerDevice for ServerDevice {
                 command,
             });
         };
-        let tag = slot as u64 | (u64::from(st.generations[slot]) << 32);
-        let buf_word = command.buffer.as_ref().map_or(0, |b| {
-            u64::from(b.index) | (u64::from(b.generation) << 32) | (1 << 48)
-        });
-        let entry = [
-            u64::from(command.code.0) | (u64::from(command.size) << 32),
-            command.position,
+        let tag = Tag {
+            slot: slot as u32,
+            generation: st.generations[slot],
+        }
+        .to_word();
+        let entry = CommandEntry {
+            code: command.code,
+            size: command.size,
+            position: command.position,
             tag,
-            buf_word,
-        ];
-        if queue::push(&self.set.control.sq(self.index), &mut st.sq, entry).is_err() {
+            buffer: command.buffer.as_ref().map(|b| BufferRef {
+                index: u32::from(b.index),
+                generation: b.generation,
+            }),
+        };
+        let sq = self.set.control.sq(self.index);
+        if queue::push(&sq, &mut st.sq, entry.to_words()).is_err() {
             // The ring has room for every command the machine allows: the client corrupted its
             // index. The set is aborted; the command comes back untouched.
             let error = self.set.misbehaved();
@@ -647,7 +668,7 @@ impl vdi_core::ServerDevice for ServerDevice {
     }
 
     fn completion(&self, timeout: Timeout) -> Result<ServerCompletion<Buffer>, Error> {
-        let mut deadline = monitor::LazyDeadline::new(timeout);
+        let mut deadline = wait::LazyDeadline::new(timeout);
         let control = &self.set.control;
         loop {
             let seen;
@@ -668,10 +689,11 @@ impl vdi_core::ServerDevice for ServerDevice {
                         drop(st);
                         return Err(self.set.misbehaved());
                     }
-                    Ok(Some(e)) => {
-                        let tag = e[0];
-                        let slot = (tag & 0xFFFF_FFFF) as usize;
-                        let generation = (tag >> 32) as u32;
+                    Ok(Some(words)) => {
+                        let CompletionEntry { tag, completion } =
+                            CompletionEntry::from_words(words);
+                        let Tag { slot, generation } = Tag::from_word(tag);
+                        let slot = slot as usize;
                         let valid = slot < st.inflight.len()
                             && st.generations[slot] == generation
                             && st.inflight[slot].is_some();
@@ -679,21 +701,15 @@ impl vdi_core::ServerDevice for ServerDevice {
                             drop(st);
                             return Err(self.set.misbehaved());
                         };
-                        let code = CompletionCode(e[1] as u32);
-                        let bytes = (e[1] >> 32) as u32;
+                        let bytes = completion.bytes_transferred;
                         if f.code.has_buffer() && bytes > f.size {
                             drop(st);
                             return Err(self.set.misbehaved());
                         }
                         st.generations[slot] = generation.wrapping_add(1);
-                        st.machine.completed(f.code, code);
+                        st.machine.completed(f.code, completion.code);
                         st.progressed = true;
-                        let completion = Completion {
-                            code,
-                            bytes_transferred: bytes,
-                            position: e[2],
-                        };
-                        trace!(device = %self.name, code = ?f.code, completion = ?code, bytes, "completion");
+                        trace!(device = %self.name, code = ?f.code, completion = ?completion.code, bytes, "completion");
                         return Ok(ServerCompletion {
                             tag,
                             code: f.code,

@@ -702,3 +702,57 @@ fn name_is_free_after_close_while_the_server_lingers() {
     again.close().unwrap();
     drop(server);
 }
+
+/// After the last device returned VD_E_CLOSE the set is NormallyTerminated, and GetCommand
+/// answers what vdi-core's machine answers there, on every thread: VD_E_CLOSE again for the
+/// device that ended (see `ClientSetMachine::check_get_command`).
+#[test]
+fn get_command_after_the_set_terminated_answers_the_machine() {
+    let p = backup_pair(1, 0);
+    p.sdevs[0].close().unwrap();
+    assert_eq!(p.cdevs[0].command(WAIT).unwrap_err(), Error::Closed);
+    assert_eq!(
+        p.client.state(),
+        vdi_core::ClientSetState::NormallyTerminated
+    );
+    let mut machine = vdi_core::ClientSetMachine::new();
+    machine.create(1).unwrap();
+    machine.configured();
+    machine.open_device(0, false, false).unwrap();
+    machine.device_closed(0);
+    let expected = machine.check_get_command(0);
+    assert_eq!(expected, Err(Error::Closed));
+    thread::scope(|sc| {
+        for _ in 0..2 {
+            sc.spawn(|| {
+                for timeout in [Timeout::POLL, WAIT] {
+                    assert_eq!(p.cdevs[0].command(timeout).map(|_| ()), expected);
+                }
+            });
+        }
+    });
+    assert_eq!(p.client.close(), Ok(()));
+}
+
+/// GetBufferHandle on a set that is no longer open: VD_E_PROTOCOL (vdi-spec.md §4), as
+/// MapBufferHandle.
+#[test]
+fn buffer_handle_of_a_closed_set_is_a_protocol_error() {
+    let p = backup_pair(1, 1);
+    let b = p.server.allocate_buffer(65536, 0).unwrap();
+    p.sdevs[0].send(ServerCommand::write(b, 65536)).unwrap();
+    let cmd = p.cdevs[0].command(WAIT).unwrap();
+    let handle = p.client.buffer_handle(&cmd).unwrap();
+    // Closed with the device still open: VD_E_OPEN, and the set is gone all the same.
+    assert_eq!(hr(p.client.close()), HResult::VD_E_OPEN);
+    let wrong = |call| Error::Protocol(vdi_core::ProtocolReason::WrongState(call));
+    assert_eq!(
+        p.client.buffer_handle(&cmd).unwrap_err(),
+        wrong(vdi_core::Call::GetBufferHandle)
+    );
+    assert_eq!(
+        p.client.map_buffer_handle(handle, 65536).unwrap_err(),
+        wrong(vdi_core::Call::MapBufferHandle)
+    );
+    drop(cmd);
+}

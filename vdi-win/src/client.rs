@@ -10,19 +10,15 @@
 #![deny(unsafe_code)]
 
 use std::{
-    collections::BTreeMap,
-    ops::Bound,
-    sync::{
-        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Instant,
 };
 
 use tracing::{debug, trace, warn};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
-    Completion, Config, Error, InvalidReason, MAX_DEVICES, ProtocolReason, Timeout, VdConfig,
+    AbortReason, BufferHandle, Call, Claim, ClientConfig, ClientSetMachine, ClientSetState,
+    CommandCode, Completion, Config, Error, InvalidReason, LeaseTable, MAX_DEVICES, ProtocolReason,
+    Timeout, VdConfig,
 };
 
 use crate::{
@@ -301,15 +297,14 @@ impl SqlVdiSet {
         self.shared.local().machine.state()
     }
 
-    /// `VD_E_PROTOCOL` once the set is closed.
+    /// GetBufferHandle and MapBufferHandle: the set machine's answer (VD_E_PROTOCOL once the
+    /// set is not open).
     fn check_open(&self, op: Op, call: Call) -> Result<(), WinError> {
-        if self.state() == ClientSetState::DoesNotExist {
-            return Err(WinError::local(
-                op,
-                Error::Protocol(ProtocolReason::WrongState(call)),
-            ));
-        }
-        Ok(())
+        self.shared
+            .local()
+            .machine
+            .check_buffer_handle(call)
+            .map_err(|e| WinError::local(op, e))
     }
 
     fn configuration_inner(&self, timeout: Timeout) -> Result<Config, WinError> {
@@ -393,7 +388,6 @@ impl SqlVdiSet {
                 index,
                 name: name.to_owned(),
                 turn: Turn::default(),
-                ended: AtomicBool::new(false),
             }),
         })
     }
@@ -600,8 +594,6 @@ struct DeviceInner {
     index: u32,
     name: String,
     turn: Turn,
-    /// `GetCommand` returned `VD_E_CLOSE`.
-    ended: AtomicBool,
 }
 
 /// A device of a sqlvdi set (`IClientVirtualDevice`), as the client uses it.
@@ -626,23 +618,21 @@ impl SqlVdiDevice {
         let inner = &self.inner;
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-        let closed = || WinError::local(op, Error::Closed);
-        // A device that returned VD_E_CLOSE keeps returning it, even once the set as a whole
-        // has terminated.
-        if inner.ended.load(Ordering::Acquire) {
-            return Err(closed());
-        }
+        // The set machine answers, VD_E_CLOSE too for a device that returned it (see
+        // `ClientSetMachine::check_get_command`), without a call into sqlvdi.
+        let check = || {
+            set.local()
+                .machine
+                .check_get_command(inner.index)
+                .map_err(|e| WinError::local(op, e))
+        };
+        check()?;
         let _apartment = enter(op)?;
-        set.local()
-            .machine
-            .check_get_command(inner.index)
-            .map_err(|e| WinError::local(op, e))?;
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(WinError::local(op, Error::Timeout));
         };
-        if inner.ended.load(Ordering::Acquire) {
-            return Err(closed());
-        }
+        // Again with the turn: the thread that had it may have ended the device.
+        check()?;
         let remaining = deadline.map_or(Timeout::INFINITE, |d| {
             Timeout::from(d.saturating_duration_since(Instant::now()))
         });
@@ -681,7 +671,6 @@ impl SqlVdiDevice {
             Err(hr) => {
                 let e = WinError::from_hresult(op, hr);
                 if e.error() == Error::Closed {
-                    inner.ended.store(true, Ordering::Release);
                     set.local().machine.device_closed(inner.index);
                     trace!(device = %inner.name, "VD_E_CLOSE");
                 } else {
@@ -853,36 +842,23 @@ pub struct SqlVdiMapped {
     _set: Arc<SetShared>,
 }
 
-/// The byte ranges of sqlvdi's buffers that this process has views of (start → end): the
-/// buffers of the commands it holds (prefix and data zone) and the mapped handles. sqlvdi
-/// hands out addresses only; this is what keeps two views of the same bytes from existing at
-/// once in one process.
+/// The byte ranges of sqlvdi's buffers that this process has views of: the buffers of the
+/// commands it holds (prefix and data zone) and the mapped handles, in vdi-core's
+/// [`LeaseTable`] with the process's address space as its one space (0). sqlvdi hands out
+/// addresses only; this is what keeps two views of the same bytes from existing at once in one
+/// process.
 #[derive(Debug, Default)]
-struct Leases(Mutex<BTreeMap<usize, usize>>);
+struct Leases(Mutex<LeaseTable>);
 
 impl Leases {
-    /// Claims `start..end`, unless it is empty or overlaps a range already claimed.
+    /// Claims `start..end`, unless it overlaps a range already claimed (an empty range aliases
+    /// nothing and is granted; see [`LeaseTable`]).
     fn take(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
-        if start >= end {
-            // Nothing to claim: an empty view aliases nothing.
-            return Some(Lease {
-                leases: Arc::clone(this),
-                start: None,
-            });
-        }
-        let mut map = this.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = map.range(..=start).next_back();
-        if before.is_some_and(|(_, &e)| e > start) {
-            return None;
-        }
-        let after = map.range((Bound::Excluded(start), Bound::Unbounded)).next();
-        if after.is_some_and(|(&s, _)| s < end) {
-            return None;
-        }
-        map.insert(start, end);
+        let mut t = this.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = t.claim(0, start as u64, end as u64)?;
         Some(Lease {
             leases: Arc::clone(this),
-            start: Some(start),
+            claim: Some(claim),
         })
     }
 }
@@ -891,17 +867,14 @@ impl Leases {
 #[derive(Debug)]
 struct Lease {
     leases: Arc<Leases>,
-    start: Option<usize>,
+    claim: Option<Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(start) = self.start {
-            self.leases
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&start);
+        if let Some(claim) = self.claim.take() {
+            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
+            t.release(claim);
         }
     }
 }

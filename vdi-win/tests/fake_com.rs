@@ -742,3 +742,54 @@ fn sqlvdi_itself_is_unsupported_off_windows() {
     );
     assert!(SqlVdi::new().open_secondary(None, "Set-1").is_err());
 }
+
+/// After the device returned VD_E_CLOSE and the set is NormallyTerminated, GetCommand answers
+/// what vdi-core's machine answers there (VD_E_CLOSE again for the device that ended), with no
+/// call into sqlvdi.
+#[test]
+fn get_command_after_the_end_answers_the_machine() {
+    let (fake, set, device) = active();
+    fake.fail_next("GetCommand", HResult::VD_E_CLOSE);
+    assert_eq!(device.command(Timeout::POLL).unwrap_err(), Error::Closed);
+    assert_eq!(set.state(), ClientSetState::NormallyTerminated);
+    let mut machine = vdi_core::ClientSetMachine::new();
+    machine.create(1).unwrap();
+    machine.configured();
+    machine.open_device(0, false, false).unwrap();
+    machine.device_closed(0);
+    assert_eq!(machine.state(), ClientSetState::NormallyTerminated);
+    fake.clear();
+    for timeout in [Timeout::POLL, Timeout::INFINITE] {
+        assert_eq!(
+            device.command(timeout).map(|_| ()),
+            machine.check_get_command(0)
+        );
+    }
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    set.close().unwrap();
+}
+
+/// GetBufferHandle on a set that is no longer open: VD_E_PROTOCOL (vdi-spec.md §4), as
+/// MapBufferHandle, without a call into sqlvdi.
+#[test]
+fn buffer_handle_of_a_closed_set_is_a_protocol_error() {
+    let (fake, set, device) = active();
+    fake.push_command(CommandCode::WRITE, 32, 0);
+    let cmd = device.command(Timeout::POLL).unwrap();
+    let handle = set.buffer_handle(&cmd).unwrap();
+    // Closed with the device still open (whatever sqlvdi says of that): the set is gone.
+    let _ = set.close();
+    assert_eq!(set.state(), ClientSetState::DoesNotExist);
+    fake.clear();
+    let wrong = |call| Error::Protocol(ProtocolReason::WrongState(call));
+    assert_eq!(
+        set.buffer_handle(&cmd).unwrap_err(),
+        wrong(vdi_core::Call::GetBufferHandle)
+    );
+    assert_eq!(
+        set.map_buffer_handle(handle, 32).unwrap_err(),
+        wrong(vdi_core::Call::MapBufferHandle)
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    drop(cmd);
+}

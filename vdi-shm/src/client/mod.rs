@@ -18,16 +18,21 @@ use vdi_core::{
 
 use crate::{
     Options,
-    layout::{Control, DEV_CLOSED, Descriptor, STATE_CONFIGURED},
+    layout::{
+        BufferRef, CommandEntry, CompletionEntry, Control, DEV_CLOSED, Descriptor, STATE_CONFIGURED,
+    },
     monitor::{self, Monitor},
     pool,
     queue::{self, RingIndex},
     ring::WaitOutcome,
-    segments::Segments,
+    segments::{self, Segments},
     sys::{self, Socket},
     view::BufView,
-    wire::Role,
+    wait,
+    wire::{Msg, Role},
 };
+
+mod accept;
 
 /// How long a client waits for a buffer segment that a command names but the monitor has not
 /// mapped yet. The server sends the segment before any command that uses it, so this is only
@@ -96,7 +101,7 @@ impl vdi_core::ClientBackend for ShmClient {
             true,
             &self.options,
         ));
-        let monitor = monitor::spawn_primary(Arc::clone(&shared), listener, self.options.clone())?;
+        let monitor = accept::spawn_primary(Arc::clone(&shared), listener, self.options.clone())?;
         *shared
             .monitor
             .lock()
@@ -133,7 +138,29 @@ impl vdi_core::ClientBackend for ShmClient {
             false,
             &self.options,
         ));
-        let monitor = monitor::spawn_secondary(Arc::clone(&shared), sock)?;
+        // The secondary's monitor maps the segments the primary forwards and watches the
+        // primary.
+        let on_message = {
+            let shared = Arc::clone(&shared);
+            move |msg: &[u8], fds| {
+                if let Some(Msg::Segment { id, len }) = Msg::decode(msg) {
+                    let ok = segments::map_announced(&shared.control, &shared.name, id, len, fds)
+                        .is_ok_and(|map| shared.segments.insert(id, map));
+                    if !ok {
+                        shared.control.abort(AbortReason::PeerMisbehaved);
+                    }
+                }
+            }
+        };
+        let on_gone = {
+            let shared = Arc::clone(&shared);
+            move |pid| {
+                shared
+                    .control
+                    .peer_went_away(&shared.name, "primary client", pid);
+            }
+        };
+        let monitor = monitor::watch(name, Arc::new(sock), true, on_message, on_gone)?;
         *shared
             .monitor
             .lock()
@@ -224,17 +251,25 @@ impl Shared {
         {
             return Ok(());
         }
-        let mut m = self.machine();
-        // Only an abort taken in from shared memory (then the check fails and nothing is
-        // remembered) changes the machine here; a guard that only answered leaves the other
-        // memos valid, so GetCommand's and CompleteCommand's do not undo each other.
-        m.may_change = self.control.abort_reason().is_some();
-        check(&m)?;
+        self.check(check)?;
         memo.store(
             self.machine_version.load(Ordering::Relaxed),
             Ordering::Release,
         );
         Ok(())
+    }
+
+    /// The set machine's answer to `check`, a call check that changes nothing.
+    fn check(
+        &self,
+        check: impl FnOnce(&ClientSetMachine) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut m = self.machine();
+        // Only an abort taken in from shared memory (then the check fails) changes the machine
+        // here; a guard that only answered leaves the memos of [`Shared::check_memo`] valid, so
+        // GetCommand's and CompleteCommand's do not undo each other.
+        m.may_change = self.control.abort_reason().is_some();
+        check(&m)
     }
 
     /// Whether the set was aborted, by anyone.
@@ -362,7 +397,7 @@ impl ClientSet {
         index: u32,
         generation: u16,
         len: u32,
-    ) -> Result<(BufView, crate::segments::Lease), Error> {
+    ) -> Result<(BufView, segments::Lease), Error> {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
         let shared = &self.shared;
         let cfg = shared.load_config()?.ok_or(invalid)?;
@@ -406,7 +441,7 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                 self.shared.machine().configured();
                 return Ok(cfg);
             }
-            let Some(slice) = monitor::next_slice(deadline) else {
+            let Some(slice) = wait::next_slice(deadline) else {
                 return Err(Error::Timeout);
             };
             sys::futex_wait(self.shared.control.state(), state, slice);
@@ -454,7 +489,6 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     cq: RingIndex::default(),
                     machine: ClientDeviceMachine::new(),
                     held: None,
-                    ended: false,
                 }),
                 kick: std::sync::atomic::AtomicBool::new(false),
                 get_ok: AtomicU64::new(0),
@@ -470,6 +504,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
         let Some(buf) = &command.buffer else {
             return Err(Error::Invalid(InvalidReason::Buffer));
         };
+        self.shared
+            .check(|m| m.check_buffer_handle(Call::GetBufferHandle))?;
         let h = pool::encode_handle(
             buf.index as u16,
             buf.generation,
@@ -479,11 +515,8 @@ impl vdi_core::ClientDeviceSet for ClientSet {
     }
 
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<MappedBuffer, Error> {
-        if self.shared.machine().state() == ClientSetState::DoesNotExist {
-            return Err(Error::Protocol(ProtocolReason::WrongState(
-                Call::MapBufferHandle,
-            )));
-        }
+        self.shared
+            .check(|m| m.check_buffer_handle(Call::MapBufferHandle))?;
         let (index, generation) = pool::decode_handle(handle.0, self.shared.control.handle_key());
         let (view, lease) = self.descriptor_view(u32::from(index), generation, len)?;
         Ok(MappedBuffer {
@@ -545,8 +578,7 @@ struct DeviceState {
     sq: RingIndex,
     cq: RingIndex,
     machine: ClientDeviceMachine,
-    held: Option<[u64; 4]>,
-    ended: bool,
+    held: Option<CommandEntry>,
 }
 
 #[derive(Debug)]
@@ -592,21 +624,16 @@ impl DeviceInner {
         tag: u64,
         c: Completion,
     ) -> Result<(), Error> {
-        let entry = [
-            tag,
-            u64::from(c.code.0) | (u64::from(c.bytes_transferred) << 32),
-            c.position,
-            0,
-        ];
+        let entry = CompletionEntry { tag, completion: c };
         let control = &self.set.control;
-        if queue::push(&control.cq(self.index), &mut st.cq, entry).is_err() {
+        if queue::push(&control.cq(self.index), &mut st.cq, entry.to_words()).is_err() {
             // The completion ring holds as many entries as commands can be outstanding; a
             // full or inconsistent ring means the server broke the protocol.
             return Err(self.set.peer_misbehaved());
         }
         st.machine.completed(code, c.code);
         if st.machine.outstanding() == 0
-            && (st.machine.has_held() || device_closed(control, self.index))
+            && (st.machine.has_held() || control.device_closed(self.index))
         {
             // A held ClearError may now be delivered, or a closed device may now end: wake
             // this process's waiters (the flag first, so a waiter that samples the wake word
@@ -622,7 +649,7 @@ impl DeviceInner {
 }
 
 /// Turns a command entry into a command, validating everything the server wrote.
-fn build(inner: &Arc<DeviceInner>, entry: [u64; 4]) -> Result<Command, Error> {
+fn build(inner: &Arc<DeviceInner>, entry: CommandEntry) -> Result<Command, Error> {
     let set = &inner.set;
     let Ok(Some(cfg)) = set.load_config() else {
         return Err(set.peer_misbehaved());
@@ -674,28 +701,27 @@ impl Parsed {
     }
 }
 
-/// Validates a command entry the server wrote: the buffer flag matches the code, the
-/// descriptor is live with the expected generation, the data zone is aligned, at least `size`
-/// bytes long, and lies with its prefix zone inside a segment this process has mapped (waiting
-/// up to `segment_wait` for a segment still on its way). `None` means the peer broke the
-/// protocol.
+/// Validates the buffer of a command entry the server wrote (its structure was checked by
+/// [`CommandEntry::from_words`]): the descriptor is live with the expected generation, the data
+/// zone is aligned, at least `size` bytes long, and lies with its prefix zone inside a segment
+/// this process has mapped (waiting up to `segment_wait` for a segment still on its way).
+/// `None` means the peer broke the protocol.
 pub(crate) fn parse_command(
     control: &Control,
     cfg: &Config,
     segments: &Segments,
-    entry: [u64; 4],
+    entry: CommandEntry,
     segment_wait: Duration,
     stop: &dyn Fn() -> bool,
 ) -> Option<Parsed> {
-    let code = CommandCode(entry[0] as u32);
-    let size = (entry[0] >> 32) as u32;
-    let has_buffer = entry[3] & (1 << 48) != 0;
-    if has_buffer != code.has_buffer() {
-        return None;
-    }
-    let buffer = if has_buffer {
-        let index = entry[3] as u32;
-        let generation = (entry[3] >> 32) as u16;
+    let CommandEntry {
+        code,
+        size,
+        position,
+        tag,
+        buffer,
+    } = entry;
+    let buffer = if let Some(BufferRef { index, generation }) = buffer {
         let d = Descriptor::read(control.descriptor(index)?, generation)?;
         if size > d.size || d.offset % u64::from(cfg.alignment.max(1)) != 0 {
             return None;
@@ -723,8 +749,8 @@ pub(crate) fn parse_command(
     Some(Parsed {
         code,
         size,
-        position: entry[1],
-        tag: entry[2],
+        position,
+        tag,
         buffer,
     })
 }
@@ -739,7 +765,7 @@ impl vdi_core::ClientDevice for ClientDevice {
     fn command(&self, timeout: Timeout) -> Result<Command, Error> {
         let inner = &self.inner;
         let set = &inner.set;
-        let mut deadline = monitor::LazyDeadline::new(timeout);
+        let mut deadline = wait::LazyDeadline::new(timeout);
         // Whether this thread saw the device closed at its last look. Until it has, a wait
         // stops as soon as the flag appears: the server's wake-up after setting it reaches only
         // a registered sleeper, so a thread still spinning would otherwise sleep a whole slice.
@@ -755,12 +781,9 @@ impl vdi_core::ClientDevice for ClientDevice {
             }
             {
                 let mut st = inner.lock();
-                // A device that returned VD_E_CLOSE keeps returning it, to every thread, even
-                // once the set as a whole has terminated. Checked under the device lock, which
-                // the thread that ends the device holds while it marks it ended.
-                if st.ended {
-                    break Err(Error::Closed);
-                }
+                // The set machine answers, VD_E_CLOSE too for a device that returned it (see
+                // `ClientSetMachine::check_get_command`). Checked under the device lock, which
+                // the thread that ends the device holds while it tells the machine.
                 if let Err(e) = set.check_memo(&inner.get_ok, |m| m.check_get_command(inner.index))
                 {
                     break Err(e);
@@ -772,15 +795,18 @@ impl vdi_core::ClientDevice for ClientDevice {
                 }
                 // The server sets the flag after pushing its last command: an empty ring seen
                 // after the flag means no command will come.
-                let closed = device_closed(&set.control, inner.index);
+                let closed = set.control.device_closed(inner.index);
                 closed_seen = closed;
                 // Where this thread's wait starts; another thread may pop before it waits,
                 // which makes the wait return at once (a stale head is Ready).
                 seen = st.sq;
                 match queue::pop(&set.control.sq(inner.index), &mut st.sq) {
                     Err(()) => break Err(set.peer_misbehaved()),
-                    Ok(Some(entry)) => {
-                        let code = CommandCode(entry[0] as u32);
+                    Ok(Some(words)) => {
+                        let Some(entry) = CommandEntry::from_words(words) else {
+                            break Err(set.peer_misbehaved());
+                        };
+                        let code = entry.code;
                         match st.machine.on_command(code) {
                             Delivery::Deliver => break build(inner, entry),
                             Delivery::FailIoDevice => {
@@ -809,7 +835,6 @@ impl vdi_core::ClientDevice for ClientDevice {
                         // VD_E_CLOSE only once every command handed out was completed, so no
                         // completion is stranded behind the end of the set.
                         if st.held.is_none() && st.machine.outstanding() == 0 {
-                            st.ended = true;
                             set.machine().device_closed(inner.index);
                             drop(st);
                             trace!(device = %inner.name, "VD_E_CLOSE");
@@ -832,7 +857,7 @@ impl vdi_core::ClientDevice for ClientDevice {
                 &|| {
                     set.aborted()
                         || inner.kick.load(Ordering::SeqCst)
-                        || (!closed_seen && device_closed(&set.control, inner.index))
+                        || (!closed_seen && set.control.device_closed(inner.index))
                 },
             );
             #[cfg(test)]
@@ -867,9 +892,16 @@ impl vdi_core::ClientDevice for ClientDevice {
 }
 
 /// Completes a command the client never saw with `ERROR_IO_DEVICE` (IO-ERROR rules).
-fn fail_unseen(inner: &DeviceInner, st: &mut DeviceState, entry: [u64; 4]) -> Result<(), ()> {
-    let e = [entry[2], u64::from(CompletionCode::IO_DEVICE.0), 0, 0];
-    queue::push(&inner.set.control.cq(inner.index), &mut st.cq, e).map_err(|_| ())
+fn fail_unseen(inner: &DeviceInner, st: &mut DeviceState, entry: CommandEntry) -> Result<(), ()> {
+    let e = CompletionEntry {
+        tag: entry.tag,
+        completion: Completion {
+            code: CompletionCode::IO_DEVICE,
+            bytes_transferred: 0,
+            position: 0,
+        },
+    };
+    queue::push(&inner.set.control.cq(inner.index), &mut st.cq, e.to_words()).map_err(|_| ())
 }
 
 fn complete_raw(
@@ -893,7 +925,7 @@ struct CommandBuffer {
     generation: u16,
     data: BufView,
     prefix: BufView,
-    _lease: crate::segments::Lease,
+    _lease: segments::Lease,
 }
 
 /// A command taken with `GetCommand`: complete it with
@@ -964,7 +996,7 @@ impl Drop for Command {
 pub struct MappedBuffer {
     handle: BufferHandle,
     view: BufView,
-    _lease: crate::segments::Lease,
+    _lease: segments::Lease,
     _set: Arc<Shared>,
 }
 
@@ -980,18 +1012,6 @@ impl vdi_core::MappedBuffer for MappedBuffer {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.view.as_mut_slice()
     }
-}
-
-/// Whether the server closed device `index` (CloseDevice). The server sets the flag after
-/// pushing its last command to the device.
-fn device_closed(control: &Control, index: u32) -> bool {
-    control.device_flags(index).load(Ordering::Acquire) & DEV_CLOSED != 0
-}
-
-/// Whether every device of the set was closed by the server: the set ended normally, and a
-/// peer that goes away now leaves nothing waiting.
-pub(crate) fn ended_normally(control: &Control) -> bool {
-    (0..control.device_count()).all(|i| device_closed(control, i))
 }
 
 /// Per-thread hooks into GetCommand's wait loop, for tests that must steer an interleaving or
@@ -1129,10 +1149,13 @@ mod tests {
             cdev.complete(second, Completion::success(0)).unwrap_err(),
             Error::Protocol(ProtocolReason::WrongState(Call::CompleteCommand))
         );
+        // GetCommand's answer is the machine's too: for a device that ended, VD_E_CLOSE (see
+        // `ClientSetMachine::check_get_command`).
         assert_eq!(
-            cdev.command(Timeout::POLL).unwrap_err(),
-            Error::Protocol(ProtocolReason::WrongState(Call::GetCommand))
+            set.shared.machine().check_get_command(cdev.inner.index),
+            Err(Error::Closed)
         );
+        assert_eq!(cdev.command(Timeout::POLL).unwrap_err(), Error::Closed);
         let _ = sdev.close();
         drop(sdev);
         let _ = server.close();
