@@ -175,9 +175,9 @@ static int bad_input(const std::string& set_name, const char* path)
     EXPECT(vds.GetConfiguration(0, &cfg), VD_E_PROTOCOL);
     ClientVirtualDevice* late = nullptr;
     EXPECT(vds.OpenDevice(str(set_name), &late), VD_E_PROTOCOL);
-    /* A device that returned VD_E_CLOSE keeps returning it, even after Close (vdi-shm's rule);
-     * a command completed before Close is still not completable. */
-    EXPECT(vd->GetCommand(0, &cmd), VD_E_CLOSE);
+    /* A device that returned VD_E_CLOSE, of a set that is now closed: the set machine's answer
+     * (spec section 6), VD_E_PROTOCOL. */
+    EXPECT(vd->GetCommand(0, &cmd), VD_E_PROTOCOL);
     EXPECT(unopened.GetCommand(0, &cmd), VD_E_PROTOCOL);
     EXPECT(vds.GetBufferHandle(reinterpret_cast<uint8_t*>(&cfg), &handle), VD_E_PROTOCOL);
     EXPECT(vds.MapBufferHandle(1, &mapped), VD_E_PROTOCOL);
