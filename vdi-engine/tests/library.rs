@@ -28,7 +28,7 @@ fn backup(
     let set = create(&name, devices, features, 0);
     let options = options(Options::new(name.as_str()));
     let engine = thread::spawn(move || run_backup_shm(&options, &job));
-    let (_, seen) = serve(&set, &name, b);
+    let (_, seen) = serve(&set, &name, devices, b);
     (engine.join().expect("engine thread"), seen)
 }
 
@@ -43,7 +43,7 @@ fn restore(
     let set = create(&name, b.streams.len() as u32, Features::LIKE_PIPE, 0);
     let options = options(Options::new(name.as_str()));
     let engine = thread::spawn(move || run_restore_shm(&options, &job));
-    let (_, seen) = serve(&set, &name, b);
+    let (_, seen) = serve(&set, &name, b.streams.len() as u32, b);
     (engine.join().expect("engine thread"), seen)
 }
 

@@ -44,6 +44,7 @@ fn backup_then_restore_one_device() {
         "{}",
         exit_b.stdout
     );
+    let cfg = cfg.expect("the engine configured the set");
     assert!(cfg.is_backup() && !cfg.complete_enabled());
     assert_eq!((cfg.block_size, cfg.max_transfer_size), (512, 128 << 10));
     let s = &seen[0];
@@ -327,6 +328,7 @@ fn complete_is_sent_only_when_requested() {
         let (exit, cfg, seen) =
             backup_process("complete", 2, features, &args, &Behaviour::default());
         assert_eq!(code(&exit), 0, "{exit:?}");
+        let cfg = cfg.expect("the engine configured the set");
         assert_eq!(cfg.complete_enabled(), complete, "{features:?} {extra:?}");
         for s in &seen {
             assert_eq!(s.count(CommandCode::COMPLETE), usize::from(complete));
@@ -416,7 +418,7 @@ fn a_missing_set_fails_at_once_unless_waited_for() {
     ]);
     std::thread::sleep(Duration::from_millis(300));
     let set = create(&name, 1, Features::LIKE_PIPE, 0);
-    let (_, seen) = serve(&set, &name, &Behaviour::default());
+    let (_, seen) = serve(&set, &name, 1, &Behaviour::default());
     let exit = engine.wait();
     assert_eq!(code(&exit), 0, "{exit:?}");
     assert_eq!(

@@ -80,6 +80,17 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// A device that saw nothing and ended as `end`.
+    fn ending(end: End) -> Self {
+        Self {
+            codes: Vec::new(),
+            read_sizes: Vec::new(),
+            stream: Vec::new(),
+            served: 0,
+            end,
+        }
+    }
+
     /// How many commands of `code` the device saw.
     pub(crate) fn count(&self, code: CommandCode) -> usize {
         self.codes.iter().filter(|&&c| c == code).count()
@@ -137,24 +148,45 @@ impl Behaviour {
 }
 
 /// Waits for the configuration, opens every device and serves them as `b` says; returns what
-/// each device saw, in device order, with the configuration.
-pub(crate) fn serve(set: &ClientSet, name: &str, b: &Behaviour) -> (Config, Vec<Seen>) {
-    let cfg = set
-        .configuration(Timeout::from(WAIT))
-        .expect("the engine configures the set");
+/// each device saw, in device order, with the configuration. `devices` is the count the set was
+/// created with: an engine that aborts before this (slow) client has read the configuration
+/// leaves no configuration (`None`) and every device `End::Aborted`, as the protocol allows.
+pub(crate) fn serve(
+    set: &ClientSet,
+    name: &str,
+    devices: u32,
+    b: &Behaviour,
+) -> (Option<Config>, Vec<Seen>) {
+    let cfg = match set.configuration(Timeout::from(WAIT)) {
+        Ok(cfg) => cfg,
+        Err(Error::Aborted(_)) => {
+            let _ = set.close();
+            let aborted = (0..devices).map(|_| Seen::ending(End::Aborted)).collect();
+            return (None, aborted);
+        }
+        Err(e) => panic!("the engine configures the set: {e:?}"),
+    };
+    // A device the engine aborted before it was opened ends `Aborted` without being served.
     let devices: Vec<_> = (0..cfg.device_count)
-        .map(|i| {
-            set.open_device(&vdi_core::stripe_device_name(name, i))
-                .expect("open the device")
-        })
+        .map(
+            |i| match set.open_device(&vdi_core::stripe_device_name(name, i)) {
+                Ok(d) => Ok(d),
+                Err(Error::Aborted(_)) => Err(Seen::ending(End::Aborted)),
+                Err(e) => panic!("open device {i}: {e:?}"),
+            },
+        )
         .collect();
+    let serve_one = |d: &Result<vdi_shm::ClientDevice, Seen>| match d {
+        Ok(d) => serve_device(set, d, b),
+        Err(aborted) => aborted.clone(),
+    };
     let seen = if b.in_turn {
-        devices.iter().map(|d| serve_device(set, d, b)).collect()
+        devices.iter().map(serve_one).collect()
     } else {
         thread::scope(|s| {
             let handles: Vec<_> = devices
                 .iter()
-                .map(|d| s.spawn(move || serve_device(set, d, b)))
+                .map(|d| s.spawn(move || serve_one(d)))
                 .collect();
             handles
                 .into_iter()
@@ -163,18 +195,12 @@ pub(crate) fn serve(set: &ClientSet, name: &str, b: &Behaviour) -> (Config, Vec<
         })
     };
     let _ = set.close();
-    (cfg, seen)
+    (Some(cfg), seen)
 }
 
 fn serve_device(set: &ClientSet, dev: &vdi_shm::ClientDevice, b: &Behaviour) -> Seen {
     let index = dev.index() as usize;
-    let mut seen = Seen {
-        codes: Vec::new(),
-        read_sizes: Vec::new(),
-        stream: Vec::new(),
-        served: 0,
-        end: End::GaveUp,
-    };
+    let mut seen = Seen::ending(End::GaveUp);
     let empty = Vec::new();
     let source = b.streams.get(index).unwrap_or(&empty);
     let mut pos = 0usize;
@@ -364,20 +390,20 @@ impl Drop for Engine {
 
 /// A backup through the `vdi-engine` process: creates the set, starts the engine with `args`
 /// (after `backup --set NAME`), serves the devices; returns the engine's exit, the
-/// configuration and what each device saw.
+/// configuration (`None` if the engine aborted before it was read) and what each device saw.
 pub(crate) fn backup_process(
     tag: &str,
     devices: u32,
     features: Features,
     args: &[&str],
     b: &Behaviour,
-) -> (Exit, Config, Vec<Seen>) {
+) -> (Exit, Option<Config>, Vec<Seen>) {
     let name = unique(tag);
     let set = create(&name, devices, features, 0);
     let mut all = vec!["backup", "--set", name.as_str()];
     all.extend_from_slice(args);
     let engine = Engine::start(&all);
-    let (cfg, seen) = serve(&set, &name, b);
+    let (cfg, seen) = serve(&set, &name, devices, b);
     (engine.wait(), cfg, seen)
 }
 
@@ -388,6 +414,6 @@ pub(crate) fn restore_process(tag: &str, args: &[&str], b: &Behaviour) -> (Exit,
     let mut all = vec!["restore", "--set", name.as_str()];
     all.extend_from_slice(args);
     let engine = Engine::start(&all);
-    let (_, seen) = serve(&set, &name, b);
+    let (_, seen) = serve(&set, &name, b.streams.len() as u32, b);
     (engine.wait(), seen)
 }
