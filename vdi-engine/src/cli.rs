@@ -365,22 +365,22 @@ fn describe(r: &Report, err: &mut dyn Write) {
     );
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 fn backup(options: &Options, job: &BackupJob) -> Result<Report, EngineError> {
     crate::run_backup_shm(options, job)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 fn restore(options: &Options, job: &RestoreJob) -> Result<Report, EngineError> {
     crate::run_restore_shm(options, job)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(unix, windows)))]
 fn backup(_: &Options, _: &BackupJob) -> Result<Report, EngineError> {
     Err(EngineError::Unsupported)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(unix, windows)))]
 fn restore(_: &Options, _: &RestoreJob) -> Result<Report, EngineError> {
     Err(EngineError::Unsupported)
 }

@@ -248,8 +248,8 @@ pub enum EngineError {
     },
     /// A thread of the engine failed unexpectedly (a bug in the engine or the backend).
     Internal(&'static str),
-    /// This platform has no server backend for the command line (only Linux does, through
-    /// vdi-shm).
+    /// This platform has no server backend for the command line (vdi-shm runs on Unix and
+    /// Windows).
     Unsupported,
 }
 
@@ -491,7 +491,7 @@ impl fmt::Display for EngineError {
             ),
             Self::Internal(what) => write!(f, "internal error: {what}"),
             Self::Unsupported => f.write_str(
-                "no VDI server backend on this platform (the engine's command line runs on Linux)",
+                "no VDI server backend on this platform (the engine's command line runs on Unix and Windows)",
             ),
         }
     }

@@ -54,7 +54,7 @@
 //! A backup between a client thread and the engine in another thread, over vdi-shm:
 //!
 //! ```
-//! # #[cfg(target_os = "linux")]
+//! # #[cfg(any(unix, windows))]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use vdi_core::{
 //!     ClientBackend, ClientCommand, ClientConfig, ClientDevice, ClientDeviceSet, CommandCode,
@@ -92,7 +92,7 @@
 //! println!("{}", report.message()); // BACKUP DATABASE successfully processed 32 pages in …
 //! # Ok(())
 //! # }
-//! # #[cfg(not(target_os = "linux"))]
+//! # #[cfg(not(any(unix, windows)))]
 //! # fn main() {}
 //! ```
 
@@ -127,7 +127,7 @@ pub use restore::run_restore;
 /// # Errors
 ///
 /// As [`run_backup`].
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 pub fn run_backup_shm(options: &Options, job: &BackupJob) -> Result<Report, EngineError> {
     run_backup(&vdi_shm::ShmServer::new(), options, job)
 }
@@ -137,7 +137,7 @@ pub fn run_backup_shm(options: &Options, job: &BackupJob) -> Result<Report, Engi
 /// # Errors
 ///
 /// As [`run_restore`].
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 pub fn run_restore_shm(options: &Options, job: &RestoreJob) -> Result<Report, EngineError> {
     run_restore(&vdi_shm::ShmServer::new(), options, job)
 }

@@ -1,6 +1,6 @@
 //! The engine as a library, in a thread next to the client: the finer cases.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(unix, windows))]
 
 mod common;
 

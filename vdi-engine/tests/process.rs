@@ -1,7 +1,7 @@
 //! The `vdi-engine` process against a client in the test process: the engine and its client in
 //! different processes, as with SQL Server.
 
-#![cfg(target_os = "linux")]
+#![cfg(any(unix, windows))]
 
 mod common;
 

@@ -1,8 +1,10 @@
 //! `vdi-sqlcmd`: a stand-in for `sqlcmd` that runs the reference engine in SQL Server's place.
 //!
 //! A VDI client built for SQL Server on Linux starts `sqlcmd ... -Q "BACKUP DATABASE db TO
-//! VIRTUAL_DEVICE='<set>' WITH ..."` once it has created its set. Installed on `PATH` as
-//! `sqlcmd`, this program reads the `-Q` (or `-q`) statement ([`vdi_engine::statement`]), runs
+//! VIRTUAL_DEVICE='<set>' WITH ..."` once it has created its set; one built for Windows runs
+//! `osql -E -b -S . -Q"BACKUP ..."`. Installed on `PATH` as `sqlcmd` (or beside the client as
+//! `osql.exe`), this program reads the `-Q` (or `-q`) statement, apart from its flag or joined
+//! to it ([`vdi_engine::statement`]), runs
 //! `vdi-engine backup` or `restore` with the set's name, every device name in order and the
 //! statement's `MAXTRANSFERSIZE`, `BLOCKSIZE` and `BUFFERCOUNT`, prints what the engine prints
 //! (SQL Server's message 3014 on success), and exits with the engine's exit code. Every other
@@ -31,13 +33,18 @@ use vdi_engine::{
     statement::Statement,
 };
 
+/// The statement: the argument after `-Q` (or `-q`), or the rest of an argument that starts
+/// with it (`-Q"BACKUP ..."`, as `osql` takes it and Microsoft's Windows samples pass it).
+fn query_of(args: &[String]) -> Option<&str> {
+    args.iter().enumerate().find_map(|(i, a)| match a.as_str() {
+        "-Q" | "-q" => args.get(i + 1).map(String::as_str),
+        _ => a.strip_prefix("-Q").or_else(|| a.strip_prefix("-q")),
+    })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
-    let Some(query) = args
-        .iter()
-        .position(|a| a == "-Q" || a == "-q")
-        .and_then(|i| args.get(i + 1))
-    else {
+    let Some(query) = query_of(&args) else {
         eprintln!("vdi-sqlcmd: no -Q \"statement\" given");
         return ExitCode::from(cli::exit::USAGE);
     };
