@@ -208,6 +208,8 @@ codes! {
     E_INVALIDARG = 0x8007_0057_u32 as i32, "E_INVALIDARG", "one or more arguments are invalid";
     REGDB_E_CLASSNOTREG = 0x8004_0154_u32 as i32, "REGDB_E_CLASSNOTREG", "class not registered";
     CLASS_E_CLASSNOTAVAILABLE = 0x8004_0111_u32 as i32, "CLASS_E_CLASSNOTAVAILABLE", "the class is not available";
+    CLASS_E_NOAGGREGATION = 0x8004_0110_u32 as i32, "CLASS_E_NOAGGREGATION", "the class does not support aggregation";
+    SELFREG_E_CLASS = 0x8004_0201_u32 as i32, "SELFREG_E_CLASS", "the class could not be registered or unregistered";
     CO_E_NOTINITIALIZED = 0x8004_01F0_u32 as i32, "CO_E_NOTINITIALIZED", "CoInitialize has not been called";
     E_POINTER = 0x8000_4003_u32 as i32, "E_POINTER", "an invalid pointer was passed";
     RPC_E_CHANGED_MODE = 0x8001_0106_u32 as i32, "RPC_E_CHANGED_MODE", "the thread is already in another COM apartment";

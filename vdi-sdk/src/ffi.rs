@@ -117,7 +117,7 @@ pub unsafe extern "C" fn vdi_sdk_create(
         // SAFETY: a non-NULL `cfg` is readable for a VDConfig (the caller's guarantee); read
         // unaligned, so the client's alignment does not matter.
         let cfg = (!cfg.is_null()).then(|| unsafe { cfg.read_unaligned() });
-        set.create(name, cfg)
+        set.create(None, name, cfg)
     })
 }
 
@@ -205,7 +205,7 @@ pub unsafe extern "C" fn vdi_sdk_open_in_secondary(set: *const Set, name: *const
     guard(|| {
         // SAFETY: the caller's guarantees, passed on.
         let (set, name) = unsafe { (self::set(set)?, self::name(name)) };
-        set.open_in_secondary(name)
+        set.open_in_secondary(None, name)
     })
 }
 

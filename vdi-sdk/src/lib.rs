@@ -38,7 +38,17 @@
 //! - `OpenDevice`'s devices belong to the set object and live until it is destroyed; a client
 //!   never deletes them.
 //!
-//! Linux only; elsewhere the crate is empty.
+//! # Windows: the COM server
+//!
+//! Built for Windows, the same crate is `sqlvdi.dll`, an in-process COM server registered
+//! under `CLSID_MSSQL_ClientVirtualDeviceSet` that implements `IClientVirtualDeviceSet2` and
+//! `IClientVirtualDevice` over the same [`sdk`] state and vdi-shm's Windows backend ([`com`],
+//! the crate's other `unsafe` module). Clients written against Microsoft's COM headers
+//! (`CoCreateInstance(CLSID_MSSQL_ClientVirtualDeviceSet, ...)`) run unchanged once
+//! `regsvr32 sqlvdi.dll` has registered it, which it refuses on a machine where another DLL
+//! (Microsoft's, with SQL Server) holds the class.
+//!
+//! Linux and Windows only; elsewhere the crate is empty.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(
@@ -47,7 +57,9 @@
     clippy::missing_safety_doc
 )]
 
+#[cfg(windows)]
+pub mod com;
 #[cfg(target_os = "linux")]
 pub mod ffi;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 pub mod sdk;

@@ -135,21 +135,28 @@ impl Set {
         Err(Error::Protocol(ProtocolReason::Unspecified))
     }
 
-    /// `Create(name, cfg)`.
+    /// `Create(name, cfg)`, or on Windows `CreateEx(instance, name, cfg)` (`None`: the
+    /// default instance).
     ///
     /// # Errors
     ///
     /// `VD_E_INVALID` for a NULL or bad name or a NULL configuration, `VD_E_NOTSUPPORTED` for
     /// a configuration that breaks a rule, `VD_E_PROTOCOL` when this object has a set open or
-    /// a set of that name exists.
-    pub fn create(&self, name: Option<RawName<'_>>, cfg: Option<VdConfig>) -> Result<(), Error> {
+    /// a set of that name exists, `VD_E_INSTANCE_NAME` for an instance the backend does not
+    /// know.
+    pub fn create(
+        &self,
+        instance: Option<&str>,
+        name: Option<RawName<'_>>,
+        cfg: Option<VdConfig>,
+    ) -> Result<(), Error> {
         let name = parse_name(name)?;
         let raw = cfg.ok_or_else(null_argument)?;
         let config = Config::from_raw(&raw).client();
         let mut inner = self.lock();
         inner.sync_lifecycle();
         inner.lifecycle.create(config.device_count)?;
-        match self.backend.create(None, name, &config) {
+        match self.backend.create(instance, name, &config) {
             Ok(set) => {
                 inner.current = Some(Arc::new(set));
                 Ok(())
@@ -161,13 +168,17 @@ impl Set {
         }
     }
 
-    /// `OpenInSecondary(name)`.
+    /// `OpenInSecondary(name)`, or on Windows `OpenInSecondaryEx(instance, name)`.
     ///
     /// # Errors
     ///
     /// `VD_E_INVALID` for a NULL or bad name, `VD_E_PROTOCOL` when this object has a set open
-    /// or no such set is ready for secondaries, `VD_E_ABORT`.
-    pub fn open_in_secondary(&self, name: Option<RawName<'_>>) -> Result<(), Error> {
+    /// or no such set is ready for secondaries, `VD_E_ABORT`, `VD_E_INSTANCE_NAME`.
+    pub fn open_in_secondary(
+        &self,
+        instance: Option<&str>,
+        name: Option<RawName<'_>>,
+    ) -> Result<(), Error> {
         let name = parse_name(name)?;
         let mut inner = self.lock();
         inner.sync_lifecycle();
@@ -176,7 +187,7 @@ impl Set {
                 Call::OpenInSecondary,
             )));
         }
-        let set = self.backend.open_secondary(None, name)?;
+        let set = self.backend.open_secondary(instance, name)?;
         inner.lifecycle = ClientSetMachine::secondary(1);
         inner.current = Some(Arc::new(set));
         Ok(())
