@@ -40,6 +40,7 @@ mod loom;
 mod miri;
 mod portable;
 mod sdk;
+mod sdk_windows;
 mod tidy;
 mod wine;
 

@@ -1,7 +1,8 @@
 //! `cargo xtask sdk-test`: third-party VDI clients, built unchanged with their own build files
-//! against vdi-sdk's `libsqlvdi.so`, run against the reference engine (Linux).
+//! against vdi-sdk's `libsqlvdi.so`, run against the reference engine (Linux); then the
+//! Windows clients against its `sqlvdi.dll` under Wine ([`crate::sdk_windows`]).
 //!
-//! Steps:
+//! Steps of the Linux half:
 //!
 //! 1. The tools: `g++`, `clang++` (the Linux sample's Makefile calls it), `cmake`, `make`, `nm`
 //!    and `uuid/uuid.h`; when one is missing, `apt-get update` and `apt-get install -y
@@ -95,13 +96,14 @@ pub(crate) fn run() -> Result<Outcome, String> {
 
     println!("\n=== xtask: sdk-test: runs");
     vdipipe(&env)?;
-    backupx(&env)?;
+    let dir = env.work.join("backupx");
+    backupx(&env, &dir, &dir.join("build/backupx-sqlvdi"))?;
     own_client(&env)?;
     println!(
-        "=== xtask: sdk-test: every client passed in {:.1}s",
+        "=== xtask: sdk-test: every Linux client passed in {:.1}s",
         start.elapsed().as_secs_f64()
     );
-    Ok(Outcome::Passed)
+    crate::sdk_windows::run()
 }
 
 /// Installs what is missing; `Err` is a reason to skip.
@@ -163,6 +165,14 @@ fn check_exports(lib: &Path) -> Result<(), String> {
         want.len()
     );
     Ok(())
+}
+
+/// How the runs start a client or the engine on one OS: natively, or under Wine.
+pub(crate) trait Host {
+    /// A client process run in `dir`, output to `<dir>/<tag>.out|err`.
+    fn client(&self, program: &Path, dir: &Path, tag: &str) -> Result<Command, String>;
+    /// `vdi-engine <args> --wait-for-set 30s -v`, output as for [`Host::client`].
+    fn engine(&self, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String>;
 }
 
 /// The build and run directories.
@@ -260,7 +270,9 @@ impl Env {
         .arg("-lsqlvdi");
         stage("sdk-test: build sdk_client.cpp (ours)", gxx)
     }
+}
 
+impl Host for Env {
     /// A client process with the library and `sqlcmd` found, output to `<dir>/<tag>.out|err`.
     fn client(&self, program: &Path, dir: &Path, tag: &str) -> Result<Command, String> {
         let mut cmd = Command::new(program);
@@ -281,14 +293,14 @@ impl Env {
 }
 
 /// What a process did.
-struct Ran {
-    code: Option<i32>,
-    out: String,
-    err: String,
+pub(crate) struct Ran {
+    pub(crate) code: Option<i32>,
+    pub(crate) out: String,
+    pub(crate) err: String,
 }
 
 impl Ran {
-    fn expect(
+    pub(crate) fn expect(
         &self,
         what: &str,
         code: i32,
@@ -318,25 +330,25 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-fn mkdir(d: &Path) -> Result<(), String> {
+pub(crate) fn mkdir(d: &Path) -> Result<(), String> {
     fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
+pub(crate) fn copy(from: &Path, to: &Path) -> Result<(), String> {
     let bytes = fs::read(from).map_err(|e| format!("{}: {e}", from.display()))?;
     fs::write(to, bytes).map_err(|e| format!("{}: {e}", to.display()))
 }
 
-fn file(p: &Path) -> Result<fs::File, String> {
+pub(crate) fn file(p: &Path) -> Result<fs::File, String> {
     fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-fn spawn(mut cmd: Command) -> Result<Child, String> {
+pub(crate) fn spawn(mut cmd: Command) -> Result<Child, String> {
     cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))
 }
 
 /// Waits for `child` (killing it past [`RUN_LIMIT`]) and reads its output files.
-fn finish(mut child: Child, dir: &Path, tag: &str) -> Result<Ran, String> {
+pub(crate) fn finish(mut child: Child, dir: &Path, tag: &str) -> Result<Ran, String> {
     let start = Instant::now();
     let code = loop {
         if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
@@ -360,12 +372,17 @@ fn finish(mut child: Child, dir: &Path, tag: &str) -> Result<Ran, String> {
     })
 }
 
-fn run_one(cmd: Command, dir: &Path, tag: &str) -> Result<Ran, String> {
+pub(crate) fn run_one(cmd: Command, dir: &Path, tag: &str) -> Result<Ran, String> {
     finish(spawn(cmd)?, dir, tag)
 }
 
 /// Runs a client and the engine side by side.
-fn pair(client: Command, engine: Command, dir: &Path, tag: &str) -> Result<(Ran, Ran), String> {
+pub(crate) fn pair(
+    client: Command,
+    engine: Command,
+    dir: &Path,
+    tag: &str,
+) -> Result<(Ran, Ran), String> {
     let c = spawn(client)?;
     let e = spawn(engine)?;
     let e = finish(e, dir, &format!("{tag}-engine"))?;
@@ -373,7 +390,7 @@ fn pair(client: Command, engine: Command, dir: &Path, tag: &str) -> Result<(Ran,
     Ok((c, e))
 }
 
-fn log_lines(p: &Path) -> Vec<String> {
+pub(crate) fn log_lines(p: &Path) -> Vec<String> {
     fs::read_to_string(p)
         .unwrap_or_default()
         .lines()
@@ -465,18 +482,20 @@ fn vdipipe(env: &Env) -> Result<(), String> {
     Ok(())
 }
 
-fn backupx(env: &Env) -> Result<(), String> {
-    let dir = env.work.join("backupx");
-    let worker = dir.join("build/backupx-sqlvdi");
-    let art = dir.join("artifact.bak");
+/// BackupX's worker `worker`, run in `dir`: a backup with `VDC_Complete`, a restore of it, a
+/// cancel through stdin EOF, an engine-injected abort. Files are named relative to `dir`, so
+/// the same runs work for a Windows build under Wine.
+pub(crate) fn backupx(env: &dyn Host, dir: &Path, worker: &Path) -> Result<(), String> {
+    let dir = dir.to_path_buf();
+    let art = Path::new("artifact.bak");
     let client = |tag: &str, op: &str, set: &str, path: &Path| -> Result<Command, String> {
-        let mut c = env.client(&worker, &dir, tag)?;
+        let mut c = env.client(worker, &dir, tag)?;
         c.args([op, set]).arg(path).arg("").stdin(Stdio::piped());
         Ok(c)
     };
 
     let (c, e) = pair(
-        client("backup", "backup", "bx-backup", &art)?,
+        client("backup", "backup", "bx-backup", art)?,
         env.engine(
             &dir,
             "backup-engine",
@@ -503,7 +522,7 @@ fn backupx(env: &Env) -> Result<(), String> {
         .find_map(|l| l.split("device 'bx-backup': ").nth(1))
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse::<u64>().ok());
-    let written = fs::metadata(&art).map(|m| m.len()).ok();
+    let written = fs::metadata(dir.join(art)).map(|m| m.len()).ok();
     if device_bytes.is_none() || device_bytes != written {
         return Err(format!(
             "BackupX wrote {written:?} bytes; the engine sent {device_bytes:?}"
@@ -511,7 +530,7 @@ fn backupx(env: &Env) -> Result<(), String> {
     }
 
     let (c, e) = pair(
-        client("restore", "restore", "bx-restore", &art)?,
+        client("restore", "restore", "bx-restore", art)?,
         env.engine(&dir, "restore-engine", &["restore", "--set", "bx-restore"])?,
         &dir,
         "restore",
@@ -529,7 +548,7 @@ fn backupx(env: &Env) -> Result<(), String> {
         "cancel",
         "backup",
         "bx-cancel",
-        &dir.join("cancel.bak"),
+        Path::new("cancel.bak"),
     )?)?;
     wait_ready(&dir.join("cancel.out"))?;
     drop(cancel.stdin.take());
@@ -542,7 +561,7 @@ fn backupx(env: &Env) -> Result<(), String> {
 
     // The engine aborts the backup: the worker's GetCommand gets VD_E_ABORT.
     let (c, e) = pair(
-        client("abort", "backup", "bx-abort", &dir.join("abort.bak"))?,
+        client("abort", "backup", "bx-abort", Path::new("abort.bak"))?,
         env.engine(
             &dir,
             "abort-engine",
@@ -570,7 +589,7 @@ fn backupx(env: &Env) -> Result<(), String> {
 }
 
 /// Waits until the client printed its readiness line.
-fn wait_ready(out: &Path) -> Result<(), String> {
+pub(crate) fn wait_ready(out: &Path) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < RUN_LIMIT {
         if let Ok(f) = fs::File::open(out)

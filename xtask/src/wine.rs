@@ -47,7 +47,10 @@ use crate::{Outcome, cargo, ensure_rust_target, probe, project_root, stage, stag
 /// The Rust target Wine runs.
 const TARGET: &str = "x86_64-pc-windows-gnu";
 /// The MinGW-w64 C compiler (Debian's `gcc-mingw-w64-x86-64`).
-const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
+pub(crate) const MINGW_GCC: &str = "x86_64-w64-mingw32-gcc";
+/// The MinGW-w64 C++ compiler (Debian's `g++-mingw-w64-x86-64`), for the Windows VDI clients
+/// of `sdk-test`.
+pub(crate) const MINGW_GXX: &str = "x86_64-w64-mingw32-g++";
 /// Longest wait for `apt-get update` plus `apt-get install`, each.
 const APT_LIMIT: Duration = Duration::from_secs(900);
 /// Longest wait for `wineboot --init`.
@@ -91,40 +94,30 @@ pub(crate) fn run() -> Result<Outcome, String> {
 
     let mut clippy = cargo();
     clippy
+        .args(["clippy", "--target", TARGET])
         .args([
-            "clippy",
-            "--target",
-            TARGET,
             "-p",
             "vdi-win",
             "-p",
             "vdi-shm",
-            "--all-targets",
+            "-p",
+            "vdi-sdk",
+            "-p",
+            "vdi-engine",
         ])
-        .args(["--locked", "--", "-D", "warnings"])
+        .args(["--all-targets", "--locked", "--", "-D", "warnings"])
         .env("CARGO_TARGET_DIR", &target_dir);
     stage("wine-test: clippy (x86_64-pc-windows-gnu)", clippy)?;
 
-    if let Err(reason) = ensure_packages() {
-        return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}")));
-    }
-
-    let prefix = target_dir.join("prefix");
-    ensure_prefix(&prefix)?;
-    ensure_process_prng(&target_dir, &prefix)?;
-
-    // One server for the whole run: see `PersistentServer`.
-    let _server = PersistentServer::start(&prefix)?;
+    let wine = match Wine::setup("prefix", "wine-test")? {
+        Ok(wine) => wine,
+        Err(reason) => return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}"))),
+    };
     for krate in ["vdi-win", "vdi-shm"] {
-        let mut test = cargo();
-        test.args(["test", "--target", TARGET, "-p", krate, "--locked"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", "wine")
-            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", MINGW_GCC)
-            // The prefix has no sqlvdi.dll: vdi-win's activation test then insists on the
-            // "not registered" diagnosis.
-            .env("VDI_WIN_EXPECT_NO_SQLVDI", "1");
-        wine_env(&mut test, &prefix);
+        let mut test = wine.cargo(&["test", "-p", krate]);
+        // The prefix has no sqlvdi.dll: vdi-win's activation test then insists on the
+        // "not registered" diagnosis.
+        test.env("VDI_WIN_EXPECT_NO_SQLVDI", "1");
         let name = format!("wine-test: cargo test -p {krate} under Wine");
         stage_bounded(&name, test, Some(TEST_LIMIT))?;
     }
@@ -134,6 +127,64 @@ pub(crate) fn run() -> Result<Outcome, String> {
         start.elapsed().as_secs_f64()
     );
     Ok(Outcome::Passed)
+}
+
+/// A Wine prefix of its own under `target/wine`, ready to run Windows programs, with one
+/// persistent `wineserver` until dropped.
+pub(crate) struct Wine {
+    prefix: PathBuf,
+    target_dir: PathBuf,
+    _server: PersistentServer,
+}
+
+impl Wine {
+    /// Installs what is missing (the Rust target, Wine, MinGW-w64's C and C++ compilers),
+    /// makes the prefix `target/wine/<name>` and starts its server. The inner `Err` is a
+    /// reason to skip: the tools cannot be installed here.
+    pub(crate) fn setup(name: &str, stage_name: &str) -> Result<Result<Self, String>, String> {
+        if let Err(reason) = ensure_rust_target(TARGET, stage_name) {
+            return Ok(Err(reason));
+        }
+        if let Err(reason) = ensure_packages(stage_name) {
+            return Ok(Err(reason));
+        }
+        let target_dir = project_root().join("target/wine");
+        let prefix = target_dir.join(name);
+        ensure_prefix(&prefix, stage_name)?;
+        ensure_process_prng(&target_dir, &prefix, stage_name)?;
+        let server = PersistentServer::start(&prefix, stage_name)?;
+        Ok(Ok(Self {
+            prefix,
+            target_dir,
+            _server: server,
+        }))
+    }
+
+    /// `cargo <args> --target x86_64-pc-windows-gnu --locked`, into `target/wine`, with the
+    /// MinGW linker and Wine as the runner of what it runs.
+    pub(crate) fn cargo(&self, args: &[&str]) -> Command {
+        let mut cmd = cargo();
+        cmd.args(args)
+            .args(["--target", TARGET, "--locked"])
+            .env("CARGO_TARGET_DIR", &self.target_dir)
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", "wine")
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", MINGW_GCC);
+        wine_env(&mut cmd, &self.prefix);
+        cmd
+    }
+
+    /// Where `cargo` puts the debug build for Windows.
+    pub(crate) fn debug_dir(&self) -> PathBuf {
+        self.target_dir.join(TARGET).join("debug")
+    }
+
+    /// `wine <program>` in this prefix.
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("wine");
+        cmd.arg(program);
+        wine_env(&mut cmd, &self.prefix);
+        cmd
+    }
 }
 
 /// The environment every Wine process gets: its own prefix, no display, no debug channels,
@@ -160,14 +211,14 @@ struct PersistentServer {
 
 impl PersistentServer {
     /// Starts the server (`wineserver -p` detaches and returns at once) or joins a running one.
-    fn start(prefix: &Path) -> Result<Self, String> {
+    fn start(prefix: &Path, stage_name: &str) -> Result<Self, String> {
         let mut cmd = Command::new("wineserver");
         // The detached server keeps the descriptors it is given: with this process's output it
         // would hold a CI log's pipe open after the run.
         cmd.arg("-p").stdout(Stdio::null()).stderr(Stdio::null());
         wine_env(&mut cmd, prefix);
         stage_bounded(
-            "wine-test: wineserver -p (one server for every test)",
+            &format!("{stage_name}: wineserver -p (one server for every program)"),
             cmd,
             Some(SERVER_LIMIT),
         )?;
@@ -184,7 +235,7 @@ impl Drop for PersistentServer {
         wine_env(&mut cmd, &self.prefix);
         // A server already gone is fine; anything else is reported and the stage's result
         // stands.
-        if let Err(e) = stage_bounded("wine-test: wineserver -k", cmd, Some(SERVER_LIMIT)) {
+        if let Err(e) = stage_bounded("wineserver -k", cmd, Some(SERVER_LIMIT)) {
             println!("=== xtask: {e}");
         }
     }
@@ -197,14 +248,18 @@ fn has(program: &str) -> bool {
     probe(cmd).is_ok()
 }
 
-/// Installs Wine and MinGW-w64 with apt-get when either is missing; `Err` is a reason to skip.
-fn ensure_packages() -> Result<(), String> {
+/// Installs Wine and MinGW-w64 (C and C++) with apt-get when one is missing; `Err` is a
+/// reason to skip.
+fn ensure_packages(stage_name: &str) -> Result<(), String> {
     let mut missing = Vec::new();
     if !has("wine") {
         missing.push("wine");
     }
     if !has(MINGW_GCC) {
         missing.push("gcc-mingw-w64-x86-64");
+    }
+    if !has(MINGW_GXX) {
+        missing.push("g++-mingw-w64-x86-64");
     }
     if missing.is_empty() {
         return Ok(());
@@ -218,7 +273,7 @@ fn ensure_packages() -> Result<(), String> {
     if !is_root() {
         return Err(format!(
             "{what} missing, and installing needs root (run `apt-get install wine \
-             gcc-mingw-w64-x86-64` as root)"
+             gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64` as root)"
         ));
     }
     let apt = |args: &[&str]| {
@@ -227,16 +282,20 @@ fn ensure_packages() -> Result<(), String> {
         cmd
     };
     stage_bounded(
-        "wine-test: apt-get update",
+        &format!("{stage_name}: apt-get update"),
         apt(&["update"]),
         Some(APT_LIMIT),
     )
     .map_err(|e| format!("{what} missing, and apt-get update failed ({e})"))?;
     let mut install = apt(&["install", "-y", "--no-install-recommends"]);
     install.args(&missing);
-    stage_bounded("wine-test: apt-get install", install, Some(APT_LIMIT))
-        .map_err(|e| format!("{what} missing, and apt-get install failed ({e})"))?;
-    if !has("wine") || !has(MINGW_GCC) {
+    stage_bounded(
+        &format!("{stage_name}: apt-get install"),
+        install,
+        Some(APT_LIMIT),
+    )
+    .map_err(|e| format!("{what} missing, and apt-get install failed ({e})"))?;
+    if !has("wine") || !has(MINGW_GCC) || !has(MINGW_GXX) {
         return Err(format!("{what} still missing after apt-get install"));
     }
     Ok(())
@@ -251,7 +310,7 @@ fn is_root() -> bool {
 }
 
 /// Creates the Wine prefix unless it is there already.
-fn ensure_prefix(prefix: &Path) -> Result<(), String> {
+fn ensure_prefix(prefix: &Path, stage_name: &str) -> Result<(), String> {
     if prefix.join("system.reg").is_file() && system32(prefix).is_dir() {
         return Ok(());
     }
@@ -259,13 +318,21 @@ fn ensure_prefix(prefix: &Path) -> Result<(), String> {
     let mut boot = Command::new("wine");
     boot.args(["wineboot", "--init"]);
     wine_env(&mut boot, prefix);
-    stage_bounded("wine-test: wineboot --init", boot, Some(WINEBOOT_LIMIT))?;
+    stage_bounded(
+        &format!("{stage_name}: wineboot --init"),
+        boot,
+        Some(WINEBOOT_LIMIT),
+    )?;
     // wineboot returns before the server has written the registry to disk; wait for it.
     if has("wineserver") {
         let mut wait = Command::new("wineserver");
         wait.arg("-w");
         wine_env(&mut wait, prefix);
-        stage_bounded("wine-test: wineserver -w", wait, Some(WINEBOOT_LIMIT))?;
+        stage_bounded(
+            &format!("{stage_name}: wineserver -w"),
+            wait,
+            Some(WINEBOOT_LIMIT),
+        )?;
     }
     if !system32(prefix).is_dir() {
         return Err(format!(
@@ -282,7 +349,7 @@ fn system32(prefix: &Path) -> PathBuf {
 }
 
 /// Puts a `bcryptprimitives.dll` exporting `ProcessPrng` into the prefix when Wine has none.
-fn ensure_process_prng(target_dir: &Path, prefix: &Path) -> Result<(), String> {
+fn ensure_process_prng(target_dir: &Path, prefix: &Path, stage_name: &str) -> Result<(), String> {
     let installed = system32(prefix).join("bcryptprimitives.dll");
     if installed.is_file() {
         return Ok(());
@@ -305,7 +372,10 @@ fn ensure_process_prng(target_dir: &Path, prefix: &Path) -> Result<(), String> {
         .arg(&dll)
         .arg(&source)
         .arg("-ladvapi32");
-    stage("wine-test: build bcryptprimitives.dll (ProcessPrng)", gcc)?;
+    stage(
+        &format!("{stage_name}: build bcryptprimitives.dll (ProcessPrng)"),
+        gcc,
+    )?;
     fs::copy(&dll, &installed).map_err(|e| {
         format!(
             "cannot copy {} to {}: {e}",
