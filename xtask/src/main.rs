@@ -13,7 +13,9 @@
 //!   installing Wine and MinGW-w64 when missing (see [`wine`]).
 //! - `sdk-test`: third-party VDI clients (Microsoft's Linux sample, BackupX's worker) and our
 //!   own C++ client, built unchanged against vdi-sdk's `libsqlvdi.so` and run against the
-//!   reference engine, installing the compilers when missing (see [`sdk`]).
+//!   reference engine; then Microsoft's Windows samples, BackupX's Windows worker, our COM
+//!   client and the conformance suite against vdi-sdk's `sqlvdi.dll` under Wine; installing
+//!   the compilers and Wine when missing (see [`sdk`], [`sdk_windows`]).
 //! - `portable-test`: vdi-shm's portable Unix backend: clippy for FreeBSD and macOS, and the
 //!   whole vdi-shm test suite on it here (see [`portable`]).
 //! - `bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the alternatives
@@ -103,7 +105,8 @@ fn print_help() {
     println!(
         "  portable-test       vdi-shm's portable Unix backend: FreeBSD/macOS clippy, tests here"
     );
-    println!("  sdk-test            third-party VDI clients against libsqlvdi.so and vdi-engine");
+    println!("  sdk-test            third-party VDI clients against libsqlvdi.so, and sqlvdi.dll");
+    println!("                      under Wine, with vdi-engine (installs compilers and Wine)");
     println!("  bench [--quick] [--no-iceoryx2] [--save]");
     println!("                      benchmarks against the alternatives, into target/bench/");
     println!("                      (--save: copy them to vdi-bench/results/ for BENCHMARKS.md)");

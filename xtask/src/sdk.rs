@@ -98,7 +98,8 @@ pub(crate) fn run() -> Result<Outcome, String> {
     vdipipe(&env)?;
     let dir = env.work.join("backupx");
     backupx(&env, &dir, &dir.join("build/backupx-sqlvdi"))?;
-    own_client(&env)?;
+    let dir = env.work.join("own");
+    own_client(&env, &dir, &dir.join("sdk_client"))?;
     println!(
         "=== xtask: sdk-test: every Linux client passed in {:.1}s",
         start.elapsed().as_secs_f64()
@@ -604,11 +605,13 @@ pub(crate) fn wait_ready(out: &Path) -> Result<(), String> {
     Err(format!("{}: no readiness line", out.display()))
 }
 
-fn own_client(env: &Env) -> Result<(), String> {
-    let dir = env.work.join("own");
-    let program = dir.join("sdk_client");
-    let mut c = env.client(&program, &dir, "bad-input")?;
-    c.args(["bad-input", "sdk-bad"]).arg(dir.join("bad.bak"));
+/// Our own C++ client `program` (`sdk_client` on Linux, `com_client.exe` on Windows), run in
+/// `dir`: bad input, then two devices with a secondary process and buffer handles mapped in
+/// it, backup then restore. Files are named relative to `dir` (see [`backupx`]).
+pub(crate) fn own_client(env: &dyn Host, dir: &Path, program: &Path) -> Result<(), String> {
+    let dir = dir.to_path_buf();
+    let mut c = env.client(program, &dir, "bad-input")?;
+    c.args(["bad-input", "sdk-bad", "bad.bak"]);
     let (c, e) = pair(
         c,
         env.engine(
@@ -621,17 +624,16 @@ fn own_client(env: &Env) -> Result<(), String> {
     )?;
     e.expect("engine: bad-input client", 0, &[], &[])?;
     c.expect(
-        "sdk_client bad input",
+        "our C++ client: bad input",
         0,
         &["bad-input: every check passed"],
         &[],
     )?;
 
-    let streams = dir.join("streams");
-    mkdir(&streams)?;
+    mkdir(&dir.join("streams"))?;
     for (op, set) in [("backup", "sdk-two"), ("restore", "sdk-two-r")] {
-        let mut c = env.client(&program, &dir, op)?;
-        c.args(["primary", op, set]).arg(&streams);
+        let mut c = env.client(program, &dir, op)?;
+        c.args(["primary", op, set, "streams"]);
         let second = format!("{set}-2");
         let mut args = vec![
             op,
@@ -663,7 +665,7 @@ fn own_client(env: &Env) -> Result<(), String> {
             }],
         )?;
         c.expect(
-            &format!("sdk_client OpenInSecondary + MapBufferHandle across processes ({op})"),
+            &format!("our C++ client: OpenInSecondary + MapBufferHandle across processes ({op})"),
             0,
             &["primary: ok"],
             &["buffers mapped"],

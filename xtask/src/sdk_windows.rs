@@ -19,13 +19,19 @@
 //!    the flags their project files set (Unicode) and `-lole32`, each with `osql.exe` (a copy
 //!    of `vdi-sqlcmd.exe`) beside it; BackupX's worker through its own CMakeLists, with the
 //!    corpus's Windows SDK headers (the hashes it pins) and the POSIX-thread MinGW compiler
-//!    (its `std::thread` needs it).
+//!    (its `std::thread` needs it); and this project's `vdi-sdk/tests/cpp/com_client.cpp`,
+//!    written against our own `vdi_com.h`.
 //! 5. The runs, each result asserted:
 //!    - simple: a backup, a restore of it with every byte checked by the engine, and a restore
 //!      of a copy with one byte changed, which must fail;
 //!    - mthread with 1, 3 and 8 devices: a backup, then a restore of it;
 //!    - mthread with 3 devices and an engine abort (`--abort-at`): the sample's failure path;
-//!    - BackupX: the same four runs as on Linux ([`crate::sdk::backupx`]).
+//!    - BackupX: the same four runs as on Linux ([`crate::sdk::backupx`]);
+//!    - our client: the same runs as on Linux ([`crate::sdk::own_client`]): bad input, and two
+//!      devices with `OpenInSecondaryEx` and buffer handles mapped in a second process.
+//! 6. vdi-sdk's conformance suite under Wine, against vdi-shm's Windows backend and against
+//!    vdi-win (the binding made for Microsoft's sqlvdi.dll) over our registered COM server:
+//!    the first time vdi-win talks to a real COM server.
 
 use std::{
     fs,
@@ -94,6 +100,18 @@ pub(crate) fn run() -> Result<Outcome, String> {
     mthread(&env)?;
     let dir = env.work.join("backupx");
     sdk::backupx(&env, &dir, &dir.join("build/backupx-sqlvdi.exe"))?;
+    let dir = env.work.join("own");
+    sdk::own_client(&env, &dir, &dir.join("com_client.exe"))?;
+
+    // The conformance suite: vdi-shm's Windows backend, and vdi-win over our COM server.
+    let mut conformance = env
+        .wine
+        .cargo(&["test", "-p", "vdi-sdk", "--test", "conformance"]);
+    conformance.env("VDI_SDK_COM_REGISTERED", "1");
+    stage(
+        "sdk-test (Windows): the conformance suite under Wine (vdi-shm; vdi-win over sqlvdi.dll)",
+        conformance,
+    )?;
     println!(
         "=== xtask: sdk-test (Windows): every client passed in {:.1}s",
         start.elapsed().as_secs_f64()
@@ -252,7 +270,27 @@ impl WinEnv {
         )?;
         let mut cmake = Command::new("cmake");
         cmake.arg("--build").arg(dir.join("build"));
-        stage("sdk-test (Windows): build BackupX", cmake)
+        stage("sdk-test (Windows): build BackupX", cmake)?;
+
+        // Our own COM client, written against our own declarations (`vdi_com.h`).
+        let dir = self.work.join("own");
+        mkdir(&dir)?;
+        let mut gxx = Command::new(MINGW_GXX_POSIX);
+        gxx.args([
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-DUNICODE",
+            "-D_UNICODE",
+            "-I",
+        ])
+        .arg(self.root.join("vdi-sdk/include"))
+        .arg("-o")
+        .arg(dir.join("com_client.exe"))
+        .arg(self.root.join("vdi-sdk/tests/cpp/com_client.cpp"))
+        .args(["-lole32", "-static"]);
+        stage("sdk-test (Windows): build com_client.cpp (ours)", gxx)
     }
 }
 

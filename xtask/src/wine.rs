@@ -5,11 +5,14 @@
 //!
 //! 1. The Rust target: `rustup target add x86_64-pc-windows-gnu`.
 //! 2. clippy for the Windows target: `cargo clippy --target x86_64-pc-windows-gnu -p vdi-win
-//!    -p vdi-shm --all-targets -- -D warnings` (the code under `cfg(windows)`, vdi-win's COM
-//!    layer and vdi-shm's Windows platform layer, is checked nowhere else).
-//! 3. Wine and the MinGW-w64 cross compiler: `apt-get update` and `apt-get install -y
-//!    --no-install-recommends wine gcc-mingw-w64-x86-64` when `wine` or `x86_64-w64-mingw32-gcc`
-//!    is missing (the recommends are fonts, sound and printing, which console tests never use).
+//!    -p vdi-shm -p vdi-sdk -p vdi-engine --all-targets -- -D warnings` (the code under
+//!    `cfg(windows)`, vdi-win's COM layer, vdi-shm's Windows platform layer and vdi-sdk's COM
+//!    server, is checked nowhere else).
+//! 3. Wine and the MinGW-w64 cross compilers: `apt-get update` and `apt-get install -y
+//!    --no-install-recommends wine gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64` for whichever of
+//!    `wine`, `x86_64-w64-mingw32-gcc` and `x86_64-w64-mingw32-g++` is missing (the recommends
+//!    are fonts, sound and printing, which console tests never use; the C++ compiler builds
+//!    `sdk-test`'s Windows clients).
 //! 4. A Wine prefix of its own, `target/wine/prefix`, made by `wineboot --init` with no display
 //!    (`DISPLAY` removed, `WINEDEBUG=-all`, Mono and Gecko declined), so nothing opens a window
 //!    or asks a question.
