@@ -14,20 +14,20 @@
 
 #![forbid(unsafe_code)]
 
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 mod backup;
 mod cli;
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 mod demo;
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 mod engine;
 mod failure;
 mod info;
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 mod interrupt;
 mod output;
 mod progress;
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 mod restore;
 mod store;
 mod units;
@@ -43,7 +43,7 @@ use crate::{
 };
 
 fn main() -> ExitCode {
-    #[cfg(target_os = "linux")]
+    #[cfg(any(unix, windows))]
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == engine::ENGINE_ARG)
@@ -91,7 +91,7 @@ fn init_tracing() {
 
 /// Runs a command. Ctrl-C and SIGTERM abort a backup or restore through the engine (the
 /// operation says what is left); any other command just stops.
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 async fn run(cli: Cli) -> Outcome {
     use std::io::IsTerminal;
     let progress = !cli.no_progress && std::io::stderr().is_terminal();
@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Outcome {
 }
 
 /// Whether a command handles Ctrl-C itself (it has an engine to abort and files to mark).
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 fn aborts_itself(c: &Command) -> bool {
     matches!(
         c,
@@ -153,12 +153,12 @@ async fn run_local(command: &Command, progress: bool, json: bool) -> Outcome {
             .render(&mut std::io::stdout())
             .map_err(|e| Failure::io("writing the manual page", &e)),
         Command::Backup(_) | Command::Restore(_) | Command::Demo(_) => Err(Failure::other(
-            "this platform is not supported yet: the shared-memory transport runs on Linux",
+            "this platform is not supported: the shared-memory transport runs on Unix and Windows",
         )),
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(unix, windows)))]
 async fn run(cli: Cli) -> Outcome {
     let progress = !cli.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     run_local(&cli.command, progress, cli.json).await
@@ -173,7 +173,7 @@ pub(crate) fn print_json(value: &serde_json::Value) {
 }
 
 /// The client's serverTimeOut in milliseconds (0: none), as the command line gives it.
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 pub(crate) fn server_timeout_ms(args: &cli::EngineArgs) -> Outcome<u32> {
     match args.server_timeout.get() {
         None => Ok(0),
@@ -187,7 +187,7 @@ pub(crate) fn server_timeout_ms(args: &cli::EngineArgs) -> Outcome<u32> {
 }
 
 /// The reference engine, when this binary was started as one (`vdi-agent __engine ...`).
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 fn run_engine() -> ExitCode {
     let args = std::iter::once("vdi-engine".into()).chain(std::env::args_os().skip(2));
     match vdi_engine::cli::Cli::try_parse_from(args) {
@@ -200,7 +200,7 @@ fn run_engine() -> ExitCode {
 }
 
 /// A set name: the user's, checked, or a unique one.
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 pub(crate) fn set_name(given: Option<&str>) -> Outcome<String> {
     match given {
         Some(n) => {
@@ -219,7 +219,7 @@ pub(crate) fn set_name(given: Option<&str>) -> Outcome<String> {
 
 /// The shared-memory client, admitting the users the command line names: the one place the
 /// agent names its client backend (backup and restore are generic over it).
-#[cfg(target_os = "linux")]
+#[cfg(any(unix, windows))]
 pub(crate) fn shm_client(args: &cli::EngineArgs) -> vdi_shm::ShmClient {
     let mut options = vdi_shm::Options::default();
     if let Some(uid) = args.admit_uid {

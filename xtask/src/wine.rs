@@ -30,6 +30,9 @@
 //!    binary re-run under Wine and killed with `TerminateProcess`. One persistent `wineserver -p`
 //!    serves every test process and is killed (`wineserver -k`) at the end, so no test starts
 //!    while a server is exiting.
+//! 7. The agent on Windows: `vdi-agent.exe demo --zstd` through 3 devices (a backup through the
+//!    engine it starts, a restore with every byte checked, a verify), then `verify` and `info`
+//!    of the backup it kept.
 //!
 //! Everything it builds goes to `target/wine` (`CARGO_TARGET_DIR`), away from the normal cache
 //! and its build lock.
@@ -124,12 +127,64 @@ pub(crate) fn run() -> Result<Outcome, String> {
         let name = format!("wine-test: cargo test -p {krate} under Wine");
         stage_bounded(&name, test, Some(TEST_LIMIT))?;
     }
+    agent_demo(&wine)?;
 
     println!(
         "=== xtask: wine-test passed in {:.1}s",
         start.elapsed().as_secs_f64()
     );
     Ok(Outcome::Passed)
+}
+
+/// The agent on Windows: `vdi-agent.exe demo` (backup through the reference engine it starts,
+/// restore with every byte checked, verify) with zstd through 3 devices, and the backup's
+/// `verify` and `info` afterwards.
+fn agent_demo(wine: &Wine) -> Result<(), String> {
+    stage(
+        "wine-test: build vdi-agent.exe",
+        wine.cargo(&["build", "-p", "vdi-agent"]),
+    )?;
+    let work = wine.target_dir.join("agent-demo");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let agent = wine.debug_dir().join("vdi-agent.exe");
+    // Paths relative to `work`: Wine does not translate Unix paths in arguments.
+    let run = |args: &[&str], want: &str| -> Result<(), String> {
+        let mut cmd = wine.command(&agent);
+        cmd.current_dir(&work).args(args);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() || !text.contains(want) {
+            return Err(format!(
+                "wine-test: vdi-agent.exe {args:?}: {} (expected success and {want:?}):\n{text}",
+                out.status
+            ));
+        }
+        println!("=== xtask: wine-test: ok: vdi-agent.exe {args:?}");
+        Ok(())
+    };
+    run(
+        &[
+            "demo",
+            "--size",
+            "32MiB",
+            "--devices",
+            "3",
+            "--zstd",
+            "--dir",
+            "demo",
+            "--keep",
+        ],
+        "demo: ok.",
+    )?;
+    run(&["verify", "demo"], "ok")?;
+    run(&["info", "demo"], "complete")
 }
 
 /// A Wine prefix of its own under `target/wine`, ready to run Windows programs, with one
