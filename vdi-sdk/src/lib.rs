@@ -57,6 +57,8 @@
     clippy::missing_safety_doc
 )]
 
+#[cfg(target_os = "linux")]
+pub mod cabi;
 #[cfg(windows)]
 pub mod com;
 #[cfg(target_os = "linux")]

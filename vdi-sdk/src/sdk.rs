@@ -108,8 +108,13 @@ impl Set {
     /// A set object with no set: every call but `Create` and `OpenInSecondary` answers
     /// `VD_E_PROTOCOL`.
     pub fn new() -> Self {
+        Self::with_client(ShmClient::new())
+    }
+
+    /// [`Set::new`] whose sets come from `backend` (vdi-shm with other options).
+    pub fn with_client(backend: ShmClient) -> Self {
         Self {
-            backend: ShmClient::new(),
+            backend,
             inner: Mutex::new(SetInner {
                 lifecycle: ClientSetMachine::new(),
                 devices: Vec::new(),
@@ -326,6 +331,35 @@ impl Set {
         // once: the segment stays mapped while the set lives, and from here on only the
         // client touches the bytes, through the address.
         let mut mapped = set.map_buffer_handle(handle, 1)?;
+        Ok(mapped.as_mut_slice().as_mut_ptr())
+    }
+
+    /// [`Set::map_buffer_handle`] for a caller that will use `len` bytes from the address: a
+    /// command this process holds must be at least `len` bytes long, any other buffer is
+    /// checked by vdi-shm to hold `len` bytes inside a mapped segment.
+    ///
+    /// # Errors
+    ///
+    /// As [`Set::map_buffer_handle`], and `VD_E_INVALID` when the buffer is shorter than `len`.
+    pub fn map_buffer_handle_len(&self, handle: BufferHandle, len: u32) -> Result<*mut u8, Error> {
+        let set = {
+            let inner = self.lock();
+            let set = inner.open_set(Call::MapBufferHandle)?;
+            for slot in inner.devices_of(set) {
+                let commands = slot.device.lock();
+                let own = commands.outstanding.iter().find(|o| {
+                    !o.buffer.is_null() && set.buffer_handle(&o.command).ok() == Some(handle)
+                });
+                if let Some(o) = own {
+                    if len > o.command.size() {
+                        return Err(Error::Invalid(InvalidReason::BufferSize));
+                    }
+                    return Ok(o.buffer);
+                }
+            }
+            Arc::clone(set)
+        };
+        let mut mapped = set.map_buffer_handle(handle, len.max(1))?;
         Ok(mapped.as_mut_slice().as_mut_ptr())
     }
 

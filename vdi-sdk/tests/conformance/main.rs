@@ -10,7 +10,7 @@
 #![cfg(any(target_os = "linux", windows))]
 
 #[cfg(target_os = "linux")]
-mod cabi;
+use sqlvdi::cabi;
 
 use std::thread;
 
@@ -172,7 +172,7 @@ fn abort_ends_waits<B: ClientBackend>(b: &B, backend: &str) {
 #[cfg(target_os = "linux")]
 #[test]
 fn c_abi_command_pointers_are_checked() {
-    let b = cabi::CAbi;
+    let b = cabi::CAbi::new();
     let name = unique("c_abi", "pointers");
     let set = b.create(None, &name, &ClientConfig::default()).unwrap();
     let options = Options::new(name.clone());
@@ -198,7 +198,8 @@ fn c_abi_command_pointers_are_checked() {
                 assert_eq!(dev.complete_ptr(std::ptr::null_mut(), 0, size), invalid);
                 assert_eq!(dev.complete_ptr(raw, 0, size + 1), invalid);
                 assert_eq!(dev.complete_ptr(raw, 0, size), 0);
-                assert_eq!(cabi::code_of(raw), 2);
+                // SAFETY: `raw` is the command just completed; the device has had no GetCommand since.
+                assert_eq!(unsafe { cabi::code_of(raw) }, 2);
                 assert_eq!(dev.complete_ptr(raw, 0, size), invalid);
                 std::mem::forget(cmd); // completed through the raw pointer
             }
@@ -264,6 +265,6 @@ macro_rules! suite {
 
 suite!(shm, vdi_shm::ShmClient::new());
 #[cfg(target_os = "linux")]
-suite!(c_abi, crate::cabi::CAbi);
+suite!(c_abi, sqlvdi::cabi::CAbi::new());
 #[cfg(windows)]
 suite!(com, vdi_win::SqlVdi::new());

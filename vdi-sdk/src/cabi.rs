@@ -1,13 +1,19 @@
-//! `vdi_core::ClientBackend` over the library's C ABI: every call goes through the
-//! `extern "C"` functions that `cpp/sqlvdi.cpp` forwards to one for one, with raw pointers, as
-//! a C++ client's calls arrive.
+//! [`vdi_core::ClientBackend`] over the library's C ABI: every call goes through the
+//! `extern "C"` functions of [`crate::ffi`] that `cpp/sqlvdi.cpp` forwards to one for one, with
+//! raw pointers, as a C++ client's calls arrive.
+//!
+//! It is how this crate's conformance suite holds the C ABI to the same answers as vdi-shm's
+//! own client, and how `cargo xtask bench` measures what the ABI costs against the Rust API.
 
 use std::{
     ffi::{CString, c_void},
     ptr,
+    sync::Arc,
 };
 
-use sqlvdi::{ffi, sdk};
+use vdi_shm::{Options, ShmClient};
+
+use crate::{ffi, sdk};
 use vdi_core::{
     BufferHandle, ClientBackend, ClientCommand, ClientConfig, ClientDevice, ClientDeviceSet,
     CommandCode, Completion, Config, Error, HResult, MappedBuffer, Timeout, VdConfig, VdcCommand,
@@ -31,37 +37,80 @@ fn c_name(name: &str) -> Result<CString, Error> {
 
 /// The backend: `new ClientVirtualDeviceSet` then `Create` or `OpenInSecondary`.
 #[derive(Debug, Default)]
-pub(crate) struct CAbi;
-
-/// A set object (`ClientVirtualDeviceSet`).
-#[derive(Debug)]
-pub(crate) struct CSet {
-    raw: *mut sdk::Set,
-    opened: std::sync::atomic::AtomicU32,
+pub struct CAbi {
+    /// vdi-shm's options for the sets made here; `None`: the defaults, as `new
+    /// ClientVirtualDeviceSet` has them.
+    options: Option<Options>,
 }
+
+impl CAbi {
+    /// The backend as a C++ client has it (vdi-shm's default options).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The backend with vdi-shm's `options` under each set (how long a wait spins, ...),
+    /// every call still through the C ABI.
+    pub fn with_options(options: Options) -> Self {
+        Self {
+            options: Some(options),
+        }
+    }
+
+    /// A new set object, as the constructor makes it.
+    fn new_set(&self) -> CSet {
+        let raw = match &self.options {
+            None => ffi::vdi_sdk_set_new(),
+            Some(o) => Box::into_raw(Box::new(sdk::Set::with_client(ShmClient::with_options(
+                o.clone(),
+            )))),
+        };
+        CSet {
+            raw,
+            owner: Arc::new(Owner(raw)),
+            opened: 0.into(),
+        }
+    }
+}
+
+/// The set object itself, freed (as the destructor frees it) when the set and its last
+/// device and command are gone.
+#[derive(Debug)]
+struct Owner(*mut sdk::Set);
 
 // SAFETY: the library's set is used from many threads by design: all its state is behind
 // mutexes (sdk.rs), and the pointer stays valid until this value is dropped.
+unsafe impl Send for Owner {}
+// SAFETY: as for Send.
+unsafe impl Sync for Owner {}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from vdi_sdk_set_new (or the same Box::into_raw with other
+        // options) and is freed only here, once every CSet, CDevice and CCommand sharing this
+        // owner is gone.
+        unsafe { ffi::vdi_sdk_set_free(self.0) };
+    }
+}
+
+/// A set object (`ClientVirtualDeviceSet`).
+#[derive(Debug)]
+pub struct CSet {
+    raw: *mut sdk::Set,
+    owner: Arc<Owner>,
+    opened: std::sync::atomic::AtomicU32,
+}
+
+// SAFETY: as for Owner, which keeps `raw` alive.
 unsafe impl Send for CSet {}
 // SAFETY: as for Send.
 unsafe impl Sync for CSet {}
-
-impl Drop for CSet {
-    fn drop(&mut self) {
-        // SAFETY: `raw` came from vdi_sdk_set_new and is freed only here; every device and
-        // command borrowed from this set is gone (they borrow it by lifetime in the tests).
-        unsafe { ffi::vdi_sdk_set_free(self.raw) };
-    }
-}
 
 impl ClientBackend for CAbi {
     type Set = CSet;
 
     fn create(&self, _: Option<&str>, name: &str, config: &ClientConfig) -> Result<CSet, Error> {
-        let set = CSet {
-            raw: ffi::vdi_sdk_set_new(),
-            opened: 0.into(),
-        };
+        let set = self.new_set();
         let name = c_name(name)?;
         let raw: VdConfig = config.to_raw();
         // SAFETY: a live set, a NUL-terminated name and a readable VDConfig.
@@ -70,10 +119,7 @@ impl ClientBackend for CAbi {
     }
 
     fn open_secondary(&self, _: Option<&str>, name: &str) -> Result<CSet, Error> {
-        let set = CSet {
-            raw: ffi::vdi_sdk_set_new(),
-            opened: 0.into(),
-        };
+        let set = self.new_set();
         let name = c_name(name)?;
         // SAFETY: a live set and a NUL-terminated name.
         check(unsafe { ffi::vdi_sdk_open_in_secondary(set.raw, name.as_ptr()) })?;
@@ -103,7 +149,11 @@ impl ClientDeviceSet for CSet {
         let index = self
             .opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(CDevice { raw: device, index })
+        Ok(CDevice {
+            raw: device,
+            owner: Arc::clone(&self.owner),
+            index,
+        })
     }
 
     fn buffer_handle(&self, command: &CCommand) -> Result<BufferHandle, Error> {
@@ -117,7 +167,15 @@ impl ClientDeviceSet for CSet {
         let mut p = ptr::null_mut();
         // SAFETY: a live set and a writable pointer.
         check(unsafe { ffi::vdi_sdk_map_buffer_handle(self.raw, handle.0 as i32, &mut p) })?;
+        // The C ABI gives an address, not a length: the Rust side checks that `len` bytes
+        // from it are the buffer's, so that the views below stay inside it.
+        // SAFETY: a live set (this value owns it).
+        let checked = unsafe { &*self.raw }.map_buffer_handle_len(handle, len)?;
+        if checked != p {
+            return Err(Error::Invalid(vdi_core::InvalidReason::BufferHandle));
+        }
         Ok(CMapped {
+            _owner: Arc::clone(&self.owner),
             handle,
             ptr: p,
             len: len as usize,
@@ -135,22 +193,28 @@ impl ClientDeviceSet for CSet {
     }
 }
 
-/// A device (`ClientVirtualDevice`); valid while its set lives.
+/// A device (`ClientVirtualDevice`); it keeps its set object alive.
 #[derive(Debug)]
-pub(crate) struct CDevice {
+pub struct CDevice {
     raw: *const sdk::Device,
+    owner: Arc<Owner>,
     index: u32,
 }
 
 // SAFETY: the library's device is used from many threads by design (its state is behind a
-// mutex); the set that owns it outlives it in the tests.
+// mutex); the set object that owns it lives as long as `owner`.
 unsafe impl Send for CDevice {}
 // SAFETY: as for Send.
 unsafe impl Sync for CDevice {}
 
 impl CDevice {
-    /// `CompleteCommand` with any pointer at all, as a careless client might pass.
-    pub(crate) fn complete_ptr(&self, cmd: *mut VdcCommand, code: i32, bytes: u64) -> i32 {
+    /// `CompleteCommand` with any pointer at all, as a careless client might pass; the raw
+    /// `int` result.
+    #[allow(
+        clippy::not_unsafe_ptr_arg_deref,
+        reason = "the library compares the pointer with the commands it handed out, never dereferences it"
+    )]
+    pub fn complete_ptr(&self, cmd: *mut VdcCommand, code: i32, bytes: u64) -> i32 {
         // SAFETY: a live device; the library only compares the command pointer.
         unsafe { ffi::vdi_sdk_complete_command(self.raw, cmd, code, bytes, 0) }
     }
@@ -158,14 +222,18 @@ impl CDevice {
 
 impl CCommand {
     /// The `VDC_Command` the library handed out.
-    pub(crate) fn raw(&self) -> *mut VdcCommand {
+    pub fn raw(&self) -> *mut VdcCommand {
         self.cmd
     }
 }
 
 /// The command code in a `VDC_Command` the library handed out and the device has not yet
 /// reused (a completed command stays readable until the device's next GetCommand).
-pub(crate) fn code_of(cmd: *mut VdcCommand) -> u32 {
+///
+/// # Safety
+///
+/// `cmd` is a pointer [`CCommand::raw`] gave, and its device has had no GetCommand since.
+pub unsafe fn code_of(cmd: *mut VdcCommand) -> u32 {
     // SAFETY: the caller passes a pointer the library handed out, before the device's next
     // GetCommand, so the library still holds it alive.
     unsafe { cmd.read().command_code }
@@ -187,6 +255,7 @@ impl ClientDevice for CDevice {
         let c = unsafe { cmd.read() };
         Ok(CCommand {
             device: self.raw,
+            _owner: Arc::clone(&self.owner),
             cmd,
             code: CommandCode(c.command_code),
             size: c.size,
@@ -214,8 +283,10 @@ impl ClientDevice for CDevice {
 
 /// A command taken through the C ABI.
 #[derive(Debug)]
-pub(crate) struct CCommand {
+pub struct CCommand {
     device: *const sdk::Device,
+    /// Keeps the device's set object alive.
+    _owner: Arc<Owner>,
     cmd: *mut VdcCommand,
     code: CommandCode,
     size: u32,
@@ -280,7 +351,9 @@ impl ClientCommand for CCommand {
 
 /// A buffer mapped through `MapBufferHandle`.
 #[derive(Debug)]
-pub(crate) struct CMapped {
+pub struct CMapped {
+    /// Keeps the set object, and so its mapped segments, alive.
+    _owner: Arc<Owner>,
     handle: BufferHandle,
     ptr: *mut u8,
     len: usize,
@@ -296,7 +369,7 @@ impl MappedBuffer for CMapped {
 
     fn as_slice(&self) -> &[u8] {
         // SAFETY: the library validated the handle as a live buffer of at least `len` bytes
-        // (the command's size, which the caller gives) in a segment mapped while the set lives.
+        // (`map_buffer_handle_len`) in a segment mapped while the set lives.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
