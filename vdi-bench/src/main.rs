@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p vdi-bench [--features iceoryx2] -- [--quick | --smoke] [--out DIR]
-//!     [--only rtt,streaming,async,scale,setup]
+//!     [--only rtt,streaming,async,scale,setup,sdk]
 //! ```
 //!
 //! What one run measures (each section's module says how):
@@ -18,6 +18,8 @@
 //! - **Async** ([`asynch`]): the same streaming through vdi-async against the blocking API.
 //! - **Scale** and **set-up** ([`scale`]): memory and per-command cost from 1 to 64 devices;
 //!   create + configure + open of a set with a 1 GiB buffer area.
+//! - **The C ABI** ([`sdk`]): vdi-sdk's C ABI (libsqlvdi.so's) against vdi-shm's Rust API, the
+//!   spinning round trip and 1 MiB streaming through 1 and 4 devices.
 //!
 //! Every comparison runs interleaved (A B A B ..., reversed every other round) and reports the
 //! median of the per-round ratios, so the machine's drift cancels. The two processes of a pair
@@ -48,6 +50,8 @@ mod report;
 mod rtt;
 #[cfg(target_os = "linux")]
 mod scale;
+#[cfg(target_os = "linux")]
+mod sdk;
 #[cfg(target_os = "linux")]
 mod shm;
 #[cfg(target_os = "linux")]
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
 
 /// The sections a run can be limited to with `--only`.
 #[cfg(target_os = "linux")]
-const SECTIONS: [&str; 5] = ["rtt", "streaming", "async", "scale", "setup"];
+const SECTIONS: [&str; 6] = ["rtt", "streaming", "async", "scale", "setup", "sdk"];
 
 #[cfg(target_os = "linux")]
 fn usage() -> String {
@@ -170,6 +174,7 @@ fn parent(args: &[String]) -> util::Result<()> {
         asynch: Vec::new(),
         scale: Vec::new(),
         setup: None,
+        sdk: None,
         aims: Vec::new(),
     };
     if wants("rtt") {
@@ -191,6 +196,10 @@ fn parent(args: &[String]) -> util::Result<()> {
     if wants("setup") {
         eprintln!("set-up");
         results.setup = Some(scale::setup(&plan)?);
+    }
+    if wants("sdk") {
+        eprintln!("the C ABI against the Rust API");
+        results.sdk = Some(sdk::run(&plan)?);
     }
     results.seconds = start.elapsed().as_secs_f64();
     results.load_after = report::load();
@@ -237,7 +246,8 @@ fn child(args: &[String]) -> util::Result<()> {
     match role {
         "floor-cacheline" => floor::child(floor::Floor::CacheLine, rest),
         "floor-futex" => floor::child(floor::Floor::Futex, rest),
-        "shm-client" => shm::client_child(rest),
+        "shm-client" => shm::client_child(shm::Client::Rust, rest),
+        "cabi-client" => shm::client_child(shm::Client::CAbi, rest),
         "pipe-sink" => copy::sink_child(copy::Via::Pipe, rest),
         "socket-sink" => copy::sink_child(copy::Via::Socket, rest),
         "socket-echo" => copy::echo_child(rest),

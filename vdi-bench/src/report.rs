@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::{asynch, plan::Mode, rtt, rtt::fmt_ns, scale, streaming};
+use crate::{asynch, plan::Mode, rtt, rtt::fmt_ns, scale, sdk, streaming};
 
 /// What the machine was.
 #[derive(Debug, Serialize)]
@@ -113,6 +113,8 @@ pub(crate) struct Results {
     pub(crate) scale: Vec<scale::ScaleRow>,
     /// Set-up cost.
     pub(crate) setup: Option<scale::SetupRow>,
+    /// The C ABI against the Rust API.
+    pub(crate) sdk: Option<sdk::Results>,
     /// The issue's aims.
     pub(crate) aims: Vec<Aim>,
 }
@@ -182,6 +184,25 @@ pub(crate) fn aims(r: &Results) -> Vec<Aim> {
         aim: "async ≥ 0.9× blocking (every transfer size)".into(),
         measured: a.map_or_else(|| "not measured".into(), |v| format!("lowest {v:.2}×")),
         met: a.map(|v| v >= 0.9),
+    });
+    let rtt = r
+        .sdk
+        .as_ref()
+        .and_then(|s| s.round_trip.ratios.first())
+        .map(|x| x.p50);
+    out.push(Aim {
+        aim: "C ABI round trip ≤ 1.1× the Rust API's (p50, spinning)".into(),
+        measured: rtt.map_or_else(|| "not measured".into(), |v| format!("{v:.2}×")),
+        met: rtt.map(|v| v <= 1.1),
+    });
+    let c = r
+        .sdk
+        .as_ref()
+        .and_then(|s| min_of(&mut s.streaming.iter().map(|c| c.cabi_over_rust)));
+    out.push(Aim {
+        aim: "C ABI streaming ≥ 0.95× the Rust API's at 1 MiB (every cell)".into(),
+        measured: c.map_or_else(|| "not measured".into(), |v| format!("lowest {v:.2}×")),
+        met: c.map(|v| v >= 0.95),
     });
     out
 }
@@ -332,6 +353,47 @@ pub(crate) fn markdown(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "\n![streaming](streaming.svg)\n");
+
+    if let Some(sdk) = &r.sdk {
+        let _ = writeln!(s, "## The C ABI against the Rust API\n");
+        let _ = writeln!(
+            s,
+            "The same server and client process; the client serves its devices through \
+             vdi-shm's Rust API or through vdi-sdk's C ABI (the `extern \"C\"` functions \
+             libsqlvdi.so's C++ classes forward to), interleaved.\n"
+        );
+        let _ = writeln!(s, "| round trip, spinning | p50 | p99 |\n|---|---|---|");
+        for v in &sdk.round_trip.variants {
+            let (p50, p99) = v
+                .latency
+                .as_ref()
+                .map_or((f64::NAN, f64::NAN), |l| (l.p50_ns, l.p99_ns));
+            let _ = writeln!(s, "| {} | {} | {} |", v.label, fmt_ns(p50), fmt_ns(p99));
+        }
+        if let Some(x) = sdk.round_trip.ratios.first() {
+            let _ = writeln!(
+                s,
+                "\nC ABI / Rust API: {:.2}× at p50, {:.2}× at p99.\n",
+                x.p50, x.p99
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| transfer | devices | Rust API GB/s | C ABI GB/s | C ABI ÷ Rust |\n|---|---|---|---|---|"
+        );
+        for c in &sdk.streaming {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                size(c.transfer),
+                c.devices,
+                c.rust_gbps,
+                c.cabi_gbps,
+                c.cabi_over_rust
+            );
+        }
+        let _ = writeln!(s);
+    }
 
     let _ = writeln!(s, "## Async\n");
     let _ = writeln!(

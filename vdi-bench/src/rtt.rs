@@ -66,12 +66,13 @@ pub(crate) struct Group {
 
 type Run<'a> = Box<dyn Fn() -> Result<Vec<u64>> + 'a>;
 
-struct Row<'a> {
-    key: &'static str,
-    label: String,
+/// One row of a group: a transport and how to measure it.
+pub(crate) struct Row<'a> {
+    pub(crate) key: &'static str,
+    pub(crate) label: String,
     /// A row that may fail without failing the run (iceoryx2: a library outside our control).
-    optional: bool,
-    run: Run<'a>,
+    pub(crate) optional: bool,
+    pub(crate) run: Run<'a>,
 }
 
 /// Both groups.
@@ -146,7 +147,13 @@ pub(crate) fn run(plan: &Plan) -> Result<Vec<Group>> {
     Ok(vec![spin, sleep])
 }
 
-fn group(name: &'static str, rounds: usize, per_round: usize, rows: Vec<Row<'_>>) -> Result<Group> {
+/// Runs `rows` interleaved for `rounds` rounds; the first row's ratios against each other.
+pub(crate) fn group(
+    name: &'static str,
+    rounds: usize,
+    per_round: usize,
+    rows: Vec<Row<'_>>,
+) -> Result<Group> {
     let k = rows.len();
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); k];
     let mut p50: Vec<Vec<f64>> = vec![Vec::new(); k];

@@ -24,6 +24,26 @@ const BLOCK: u32 = 64 * 1024;
 /// Spins that keep a waiter spinning for the whole of a back-to-back round trip (milliseconds).
 pub(crate) const SPIN_ALWAYS: u32 = 1_000_000;
 
+/// Which client API the client process serves its devices through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// vdi-shm's Rust API (`ShmClient`).
+    Rust,
+    /// vdi-sdk's C ABI (`sqlvdi::cabi::CAbi`): every call through the `extern "C"` functions
+    /// that libsqlvdi.so's C++ classes forward to.
+    CAbi,
+}
+
+impl Client {
+    /// The child role that serves the devices this way.
+    fn role(self) -> &'static str {
+        match self {
+            Self::Rust => "shm-client",
+            Self::CAbi => "cabi-client",
+        }
+    }
+}
+
 /// The name of device `i` of the set `set`.
 pub(crate) fn device_name(set: &str, i: u32) -> String {
     if i == 0 {
@@ -49,8 +69,28 @@ pub(crate) struct Pair {
 impl Pair {
     /// Creates a set of `devices` devices whose server asks for `buffers` buffers of
     /// `transfer` bytes, and starts the client process (`client_spins` spins before a wait
-    /// sleeps; `server_spins` likewise for the server here).
+    /// sleeps; `server_spins` likewise for the server here), which serves the devices through
+    /// vdi-shm's Rust API.
     pub(crate) fn open(
+        devices: u32,
+        transfer: u32,
+        buffers: u32,
+        server_spins: u32,
+        client_spins: u32,
+    ) -> Result<Self> {
+        Self::open_with(
+            Client::Rust,
+            devices,
+            transfer,
+            buffers,
+            server_spins,
+            client_spins,
+        )
+    }
+
+    /// [`Pair::open`] with the client process serving through `client`.
+    pub(crate) fn open_with(
+        client: Client,
         devices: u32,
         transfer: u32,
         buffers: u32,
@@ -85,7 +125,7 @@ impl Pair {
             .configuration(WAIT)
             .context("client configuration")?;
         let peer = Peer::spawn(
-            "shm-client",
+            client.role(),
             &[name.clone(), client_spins.to_string(), devices.to_string()],
             None,
         )?;
@@ -188,7 +228,16 @@ pub(crate) fn round_trips_on(pair: &Pair, count: Count) -> Result<Vec<u64>> {
 /// Round trips between the server (spinning) and a one-device client spinning `client_spins`
 /// times before it sleeps.
 pub(crate) fn round_trips(count: Count, client_spins: u32) -> Result<Vec<u64>> {
-    let pair = Pair::open(1, BLOCK, 0, SPIN_ALWAYS, client_spins)?;
+    round_trips_with(Client::Rust, count, client_spins)
+}
+
+/// [`round_trips`] with the client serving through `client`.
+pub(crate) fn round_trips_with(
+    client: Client,
+    count: Count,
+    client_spins: u32,
+) -> Result<Vec<u64>> {
+    let pair = Pair::open_with(client, 1, BLOCK, 0, SPIN_ALWAYS, client_spins)?;
     let samples = round_trips_on(&pair, count)?;
     pair.close()?;
     Ok(samples)
@@ -214,9 +263,20 @@ pub(crate) fn all_devices_busy(pair: &Pair, per_device: usize) -> Result<f64> {
 /// `total` bytes in all, timed from when every device has warmed up (each buffer sent once)
 /// until the last completion. GB/s.
 pub(crate) fn stream(devices: u32, transfer: u32, depth: u32, total: u64) -> Result<f64> {
+    stream_with(Client::Rust, devices, transfer, depth, total)
+}
+
+/// [`stream`] with the client serving through `client`.
+pub(crate) fn stream_with(
+    client: Client,
+    devices: u32,
+    transfer: u32,
+    depth: u32,
+    total: u64,
+) -> Result<f64> {
     let per_device =
         (total / u64::from(devices) / u64::from(transfer)).max(1) * u64::from(transfer);
-    let pair = Pair::open(devices, transfer, devices * depth, 2000, 2000)?;
+    let pair = Pair::open_with(client, devices, transfer, devices * depth, 2000, 2000)?;
     let barrier = Barrier::new(devices as usize);
     let errors = Mutex::new(Vec::<String>::new());
     // (start, end) of each device thread's timed part, CLOCK_MONOTONIC ns.
@@ -295,13 +355,25 @@ pub(crate) fn stream(devices: u32, transfer: u32, depth: u32, total: u64) -> Res
     Ok(util::gbps(per_device * u64::from(devices), elapsed))
 }
 
-/// The client process: `args` = [set name, spins, devices]. Joins the set as a secondary,
-/// serves each device on its own thread until the server closes it.
-pub(crate) fn client_child(args: &[String]) -> Result<()> {
-    let name: String = util::arg(args, 0, "set name")?;
+/// The client process: `args` = [set name, spins, devices]. Joins the set as a secondary
+/// through `client`, serves each device on its own thread until the server closes it.
+pub(crate) fn client_child(client: Client, args: &[String]) -> Result<()> {
     let spins: u32 = util::arg(args, 1, "spins")?;
+    let options = Options::default().spins(spins);
+    match client {
+        Client::Rust => serve_child(&ShmClient::with_options(options), args),
+        Client::CAbi => serve_child(&sqlvdi::cabi::CAbi::with_options(options), args),
+    }
+}
+
+fn serve_child<B: ClientBackend>(backend: &B, args: &[String]) -> Result<()>
+where
+    B::Set: Sync,
+    <B::Set as ClientDeviceSet>::Device: Send,
+{
+    let name: String = util::arg(args, 0, "set name")?;
     let devices: u32 = util::arg(args, 2, "devices")?;
-    let set = ShmClient::with_options(Options::default().spins(spins))
+    let set = backend
         .open_secondary(None, &name)
         .context("join the set as a secondary")?;
     let results: Vec<Result<u64>> = thread::scope(|s| {
