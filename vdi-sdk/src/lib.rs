@@ -18,8 +18,10 @@
 //!
 //! - `cpp/sqlvdi.cpp`, compiled by `cc` in `build.rs`, defines the classes; each method
 //!   forwards to an `extern "C"` function of this crate ([`ffi`]).
-//! - [`ffi`] is the only module with `unsafe` code: it turns the raw pointers it is given into
-//!   references and values, catches every panic, and maps every result to its `HRESULT`.
+//! - [`ffi`] holds the library's `unsafe` code on Linux: it turns the raw pointers it is given
+//!   into references and values, catches every panic, and maps every result to its `HRESULT`.
+//!   [`cabi`] is the other way round: a [`vdi_core::ClientBackend`] that calls the C ABI with
+//!   raw pointers, as a C++ client does (for the conformance suite and the benchmark).
 //! - The rest ([`sdk`]) is safe Rust over [`vdi_shm::ShmClient`]: the state behind each C++
 //!   object, the `VDC_Command`s handed out, the checks of bad input. State rules are vdi-core's
 //!   ([`vdi_core::ClientSetMachine`]), asked through vdi-shm; this crate adds none.
@@ -42,8 +44,8 @@
 //!
 //! Built for Windows, the same crate is `sqlvdi.dll`, an in-process COM server registered
 //! under `CLSID_MSSQL_ClientVirtualDeviceSet` that implements `IClientVirtualDeviceSet2` and
-//! `IClientVirtualDevice` over the same [`sdk`] state and vdi-shm's Windows backend ([`com`],
-//! the crate's other `unsafe` module). Clients written against Microsoft's COM headers
+//! `IClientVirtualDevice` over the same [`sdk`] state and vdi-shm's Windows backend (`com`,
+//! which holds the crate's other `unsafe` code). Clients written against Microsoft's COM headers
 //! (`CoCreateInstance(CLSID_MSSQL_ClientVirtualDeviceSet, ...)`) run unchanged once
 //! `regsvr32 sqlvdi.dll` has registered it, which it refuses on a machine where another DLL
 //! (Microsoft's, with SQL Server) holds the class.
