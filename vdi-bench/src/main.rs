@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p vdi-bench [--features iceoryx2] -- [--quick | --smoke] [--out DIR]
-//!     [--only rtt,streaming,async,scale,setup,sdk]
+//!     [--only rtt,streaming,async,scale,setup,sdk,job]
 //! ```
 //!
 //! What one run measures (each section's module says how):
@@ -18,6 +18,9 @@
 //! - **Async** ([`asynch`]): the same streaming through vdi-async against the blocking API.
 //! - **Scale** and **set-up** ([`scale`]): memory and per-command cost from 1 to 64 devices;
 //!   create + configure + open of a set with a 1 GiB buffer area.
+//! - **The main job** ([`job`]): `vdi-agent backup`, `restore` and `verify` through 1, 4 and 16
+//!   devices, on tmpfs and on disk, each against its bound (I/O alone or the CPU work alone,
+//!   whichever is slower), with the agent's peak memory.
 //! - **The C ABI** ([`sdk`]): vdi-sdk's C ABI (libsqlvdi.so's) against vdi-shm's Rust API, the
 //!   spinning round trip and 1 MiB streaming through 1 and 4 devices.
 //!
@@ -42,6 +45,8 @@ mod copy;
 mod floor;
 #[cfg(target_os = "linux")]
 mod iox;
+#[cfg(target_os = "linux")]
+mod job;
 #[cfg(target_os = "linux")]
 mod plan;
 #[cfg(target_os = "linux")]
@@ -87,7 +92,7 @@ fn main() -> ExitCode {
 
 /// The sections a run can be limited to with `--only`.
 #[cfg(target_os = "linux")]
-const SECTIONS: [&str; 6] = ["rtt", "streaming", "async", "scale", "setup", "sdk"];
+const SECTIONS: [&str; 7] = ["rtt", "streaming", "async", "scale", "setup", "sdk", "job"];
 
 #[cfg(target_os = "linux")]
 fn usage() -> String {
@@ -175,6 +180,8 @@ fn parent(args: &[String]) -> util::Result<()> {
         scale: Vec::new(),
         setup: None,
         sdk: None,
+        job: Vec::new(),
+        job_skipped: None,
         aims: Vec::new(),
     };
     if wants("rtt") {
@@ -200,6 +207,10 @@ fn parent(args: &[String]) -> util::Result<()> {
     if wants("sdk") {
         eprintln!("the C ABI against the Rust API");
         results.sdk = Some(sdk::run(&plan)?);
+    }
+    if wants("job") {
+        eprintln!("the main job: vdi-agent against its bounds");
+        (results.job, results.job_skipped) = job::run(&plan)?;
     }
     results.seconds = start.elapsed().as_secs_f64();
     results.load_after = report::load();

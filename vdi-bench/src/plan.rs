@@ -64,6 +64,14 @@ pub(crate) struct Plan {
     pub(crate) setup_bytes: u64,
     /// Interleaved rounds of the set-up row.
     pub(crate) setup_rounds: usize,
+    /// The main job: MAXTRANSFERSIZE values.
+    pub(crate) job_transfers: Vec<u32>,
+    /// The main job: device counts.
+    pub(crate) job_devices: Vec<u32>,
+    /// The main job: interleaved rounds.
+    pub(crate) job_rounds: usize,
+    /// The main job: the pseudo-database's size.
+    pub(crate) job_bytes: u64,
 }
 
 const KIB: u32 = 1024;
@@ -96,6 +104,10 @@ impl Plan {
             scale_cmds_per_device: 2_000,
             setup_bytes: 1 << 30,
             setup_rounds: 3,
+            job_transfers: vec![MIB, 4 * MIB],
+            job_devices: vec![1, 4, 16],
+            job_rounds: 3,
+            job_bytes: 2 << 30,
         };
         match mode {
             Mode::Full => full,
@@ -117,6 +129,9 @@ impl Plan {
                 scale_rtt_n: 5_000,
                 scale_cmds_per_device: 500,
                 setup_rounds: 1,
+                job_transfers: vec![MIB],
+                job_rounds: 1,
+                job_bytes: 256 << 20,
                 ..full
             },
             Mode::Smoke => Self {
@@ -142,6 +157,10 @@ impl Plan {
                 scale_cmds_per_device: 20,
                 setup_bytes: 16 << 20,
                 setup_rounds: 1,
+                job_transfers: vec![64 * KIB],
+                job_devices: vec![1, 2],
+                job_rounds: 1,
+                job_bytes: 4 << 20,
                 ..full
             },
         }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::{asynch, plan::Mode, rtt, rtt::fmt_ns, scale, sdk, streaming};
+use crate::{asynch, job, plan::Mode, rtt, rtt::fmt_ns, scale, sdk, streaming};
 
 /// What the machine was.
 #[derive(Debug, Serialize)]
@@ -115,6 +115,10 @@ pub(crate) struct Results {
     pub(crate) setup: Option<scale::SetupRow>,
     /// The C ABI against the Rust API.
     pub(crate) sdk: Option<sdk::Results>,
+    /// The main job against its bounds.
+    pub(crate) job: Vec<job::Row>,
+    /// Why the main job did not run, if it did not.
+    pub(crate) job_skipped: Option<String>,
     /// The issue's aims.
     pub(crate) aims: Vec<Aim>,
 }
@@ -185,6 +189,19 @@ pub(crate) fn aims(r: &Results) -> Vec<Aim> {
         measured: a.map_or_else(|| "not measured".into(), |v| format!("lowest {v:.2}×")),
         met: a.map(|v| v >= 0.9),
     });
+    for op in ["backup", "restore", "verify"] {
+        let worst = r
+            .job
+            .iter()
+            .filter(|j| j.op == op)
+            .map(|j| j.over_bound)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        out.push(Aim {
+            aim: format!("{op} within 1.15× its bound (every device count, transfer, place)"),
+            measured: worst.map_or_else(|| "not measured".into(), |v| format!("worst {v:.2}×")),
+            met: worst.map(|v| v <= 1.15),
+        });
+    }
     let rtt = r
         .sdk
         .as_ref()
@@ -353,6 +370,43 @@ pub(crate) fn markdown(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "\n![streaming](streaming.svg)\n");
+
+    if !r.job.is_empty() || r.job_skipped.is_some() {
+        let _ = writeln!(s, "## The main job\n");
+        let _ = writeln!(
+            s,
+            "`vdi-agent backup`, `restore` and `verify` (the release binary, with the reference \
+             engine it starts), each against its bound in the same run: the slower of the I/O \
+             alone (the same stripe files written with an fsync at the end of each, or read, one \
+             thread per file) and the CPU work alone (the engine's generation or check of the \
+             same bytes, or XXH3 over them, one thread per device). Time ÷ bound: 1.00 is the \
+             bound itself. Peak: the agent's resident memory at its highest.\n"
+        );
+        if let Some(why) = &r.job_skipped {
+            let _ = writeln!(s, "Not run: {why}\n");
+        }
+        let _ = writeln!(
+            s,
+            "| op | place | devices | transfer | agent GB/s | I/O alone | CPU alone | bound | time ÷ bound | agent peak |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for j in &r.job {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} |",
+                j.op,
+                j.place,
+                j.devices,
+                size(j.transfer),
+                j.agent_gbps,
+                j.io_gbps,
+                j.cpu_gbps,
+                j.bound,
+                j.over_bound,
+                bytes_text(j.agent_peak_rss)
+            );
+        }
+        let _ = writeln!(s);
+    }
 
     if let Some(sdk) = &r.sdk {
         let _ = writeln!(s, "## The C ABI against the Rust API\n");

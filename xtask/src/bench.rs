@@ -47,11 +47,12 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
 pub(crate) fn run(root: &Path, o: &Options) -> Result<(), String> {
     let start = Instant::now();
     let mut build = crate::cargo();
-    build.args(["build", "--release", "-p", "vdi-bench"]);
+    // vdi-agent too: the main job's rows run its release binary.
+    build.args(["build", "--release", "-p", "vdi-bench", "-p", "vdi-agent"]);
     if !o.no_iceoryx2 {
-        build.args(["--features", "iceoryx2"]);
+        build.args(["--features", "vdi-bench/iceoryx2"]);
     }
-    crate::stage("bench: build vdi-bench (release)", build)?;
+    crate::stage("bench: build vdi-bench and vdi-agent (release)", build)?;
 
     let exe = root.join("target/release/vdi-bench");
     let mut bench = std::process::Command::new(&exe);

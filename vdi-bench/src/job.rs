@@ -1,0 +1,502 @@
+//! The main job: `vdi-agent backup`, `restore` and `verify` (the release binary beside this
+//! one, with the reference engine it starts), each against its bound measured in the same run,
+//! interleaved (A B …, reversed every other round):
+//!
+//! - **backup** through N devices: the bound is the slower of writing the same stripe files
+//!   with no VDI (one thread per file, transfer-sized writes from a filled buffer, `fsync` at
+//!   the end of each file, as the agent hardens each stripe at the final Flush or Complete) and
+//!   the engine's generation of the same bytes alone (`Database::fill`, one thread per device);
+//! - **restore**: the slower of reading the stripe files (one thread each, `cat`-like) and the
+//!   engine's check of the same bytes alone (`Database::mismatch`);
+//! - **verify**: the slower of reading the files and XXH3 over the same bytes in memory.
+//!
+//! Each runs on tmpfs (`/dev/shm`) and on the disk the default demo uses (the temporary
+//! directory). The agent's peak memory (`VmHWM`, sampled from `/proc` while it runs) is
+//! reported for each row: it must not grow with the backup's size.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use vdi_engine::database::Database;
+
+use crate::{
+    plan::Plan,
+    util::{self, Context, Error, Result},
+};
+
+/// One row: an operation at one device count, transfer size and place.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    /// `backup`, `restore` or `verify`.
+    pub(crate) op: &'static str,
+    /// `tmpfs` or `disk`.
+    pub(crate) place: &'static str,
+    /// Devices (stripes).
+    pub(crate) devices: u32,
+    /// MAXTRANSFERSIZE.
+    pub(crate) transfer: u32,
+    /// The stripes' bytes.
+    pub(crate) bytes: u64,
+    /// Interleaved rounds.
+    pub(crate) rounds: usize,
+    /// The agent, median GB/s.
+    pub(crate) agent_gbps: f64,
+    /// The I/O alone (write with fsync, or read), median GB/s.
+    pub(crate) io_gbps: f64,
+    /// The CPU work alone (the engine's generation or check, or XXH3), median GB/s.
+    pub(crate) cpu_gbps: f64,
+    /// Median over rounds of the agent's time / the bound's (the slower of the two alone).
+    pub(crate) over_bound: f64,
+    /// Which of the two is the bound: `io` or `cpu`.
+    pub(crate) bound: &'static str,
+    /// The agent's peak resident memory, bytes (the largest over the rounds).
+    pub(crate) agent_peak_rss: u64,
+}
+
+/// Every row of the plan; an empty list with the reason when the agent binary is missing.
+pub(crate) fn run(plan: &Plan) -> Result<(Vec<Row>, Option<String>)> {
+    let agent = agent_binary();
+    if !agent.is_file() {
+        let why = format!(
+            "{} is not built (`cargo build --release -p vdi-agent`; `cargo xtask bench` does it)",
+            agent.display()
+        );
+        eprintln!("  main job skipped: {why}");
+        return Ok((Vec::new(), Some(why)));
+    }
+    let mut rows = Vec::new();
+    let places = [
+        ("tmpfs", PathBuf::from("/dev/shm")),
+        ("disk", std::env::temp_dir()),
+    ];
+    for (place, parent) in &places {
+        for &transfer in &plan.job_transfers {
+            for &devices in &plan.job_devices {
+                let dir = parent.join(util::unique_name("job"));
+                let r = cell(plan, &agent, place, &dir, devices, transfer);
+                let _ = fs::remove_dir_all(&dir);
+                rows.extend(r?);
+            }
+        }
+    }
+    Ok((rows, None))
+}
+
+/// `vdi-agent` beside this binary (both in `target/release`, or `target/debug` for tests).
+fn agent_binary() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_default();
+    let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Integration tests run from target/<profile>/deps.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    };
+    dir.join("vdi-agent")
+}
+
+/// Backup, restore and verify at one device count, transfer size and place.
+fn cell(
+    plan: &Plan,
+    agent: &Path,
+    place: &'static str,
+    dir: &Path,
+    devices: u32,
+    transfer: u32,
+) -> Result<Vec<Row>> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let size = plan.job_bytes;
+    let backup_dir = dir.join("backup");
+    let plain = dir.join("plain");
+    let mut b = Samples::default();
+    let mut r = Samples::default();
+    let mut v = Samples::default();
+    let mut stripes: Vec<u64> = Vec::new();
+    for round in 0..plan.job_rounds {
+        let _ = fs::remove_dir_all(&backup_dir);
+        let _ = fs::remove_dir_all(&plain);
+        let agent_first = round % 2 == 0;
+        // Backup and its bound.
+        let backup = |b: &mut Samples| -> Result<Vec<u64>> {
+            let (t, rss) = run_agent(
+                agent,
+                &[
+                    "backup".as_ref(),
+                    backup_dir.as_os_str(),
+                    "--devices".as_ref(),
+                    devices.to_string().as_ref(),
+                    "--size".as_ref(),
+                    size.to_string().as_ref(),
+                    "--max-transfer-size".as_ref(),
+                    transfer.to_string().as_ref(),
+                    "--buffer-count".as_ref(),
+                    (devices * 4).to_string().as_ref(),
+                    "--no-progress".as_ref(),
+                ],
+            )?;
+            b.agent.push(t);
+            b.rss = b.rss.max(rss);
+            stripe_sizes(&backup_dir)
+        };
+        // Round 0 has the agent first, so the bound knows the stripes' sizes.
+        if agent_first {
+            stripes = backup(&mut b)?;
+        }
+        b.io.push(write_alone(&plain, &stripes, transfer)?);
+        b.cpu.push(generate_alone(devices, size, transfer));
+        if !agent_first {
+            stripes = backup(&mut b)?;
+        }
+        // Restore and its bound.
+        let restore = |r: &mut Samples| -> Result<()> {
+            let (t, rss) = run_agent(
+                agent,
+                &[
+                    "restore".as_ref(),
+                    backup_dir.as_os_str(),
+                    "--no-progress".as_ref(),
+                ],
+            )?;
+            r.agent.push(t);
+            r.rss = r.rss.max(rss);
+            Ok(())
+        };
+        let files = stripe_files(&backup_dir)?;
+        if agent_first {
+            restore(&mut r)?;
+        }
+        let read = read_alone(&files)?;
+        r.io.push(read);
+        r.cpu.push(check_alone(devices, size, transfer));
+        if !agent_first {
+            restore(&mut r)?;
+        }
+        // Verify and its bound.
+        let verify = |v: &mut Samples| -> Result<()> {
+            let (t, rss) = run_agent(
+                agent,
+                &[
+                    "verify".as_ref(),
+                    backup_dir.as_os_str(),
+                    "--no-progress".as_ref(),
+                ],
+            )?;
+            v.agent.push(t);
+            v.rss = v.rss.max(rss);
+            Ok(())
+        };
+        if agent_first {
+            verify(&mut v)?;
+        }
+        v.io.push(read_alone(&files)?);
+        v.cpu.push(xxh3_alone(&stripes, transfer));
+        if !agent_first {
+            verify(&mut v)?;
+        }
+        let bytes: u64 = stripes.iter().sum();
+        eprintln!(
+            "  main job {place} {devices:>2} devices x {:>4} KiB, round {}/{}: backup {:.2}s (bound {:.2}s)  restore {:.2}s ({:.2}s)  verify {:.2}s ({:.2}s), {} MiB",
+            transfer >> 10,
+            round + 1,
+            plan.job_rounds,
+            b.agent[round].as_secs_f64(),
+            b.bound(round).as_secs_f64(),
+            r.agent[round].as_secs_f64(),
+            r.bound(round).as_secs_f64(),
+            v.agent[round].as_secs_f64(),
+            v.bound(round).as_secs_f64(),
+            bytes >> 20
+        );
+    }
+    let bytes: u64 = stripes.iter().sum();
+    Ok(vec![
+        b.row("backup", place, devices, transfer, bytes, plan.job_rounds),
+        r.row("restore", place, devices, transfer, bytes, plan.job_rounds),
+        v.row("verify", place, devices, transfer, bytes, plan.job_rounds),
+    ])
+}
+
+/// One operation's timings over the rounds.
+#[derive(Default)]
+struct Samples {
+    agent: Vec<Duration>,
+    io: Vec<Duration>,
+    cpu: Vec<Duration>,
+    rss: u64,
+}
+
+impl Samples {
+    fn bound(&self, round: usize) -> Duration {
+        self.io[round].max(self.cpu[round])
+    }
+
+    fn row(
+        &self,
+        op: &'static str,
+        place: &'static str,
+        devices: u32,
+        transfer: u32,
+        bytes: u64,
+        rounds: usize,
+    ) -> Row {
+        let rate = |d: &[Duration]| {
+            let v: Vec<f64> = d.iter().map(|&d| util::gbps(bytes, d)).collect();
+            util::median(&v)
+        };
+        let over: Vec<f64> = (0..self.agent.len())
+            .map(|i| self.agent[i].as_secs_f64() / self.bound(i).as_secs_f64())
+            .collect();
+        let (io, cpu) = (rate(&self.io), rate(&self.cpu));
+        Row {
+            op,
+            place,
+            devices,
+            transfer,
+            bytes,
+            rounds,
+            agent_gbps: rate(&self.agent),
+            io_gbps: io,
+            cpu_gbps: cpu,
+            over_bound: util::median(&over),
+            bound: if io <= cpu { "io" } else { "cpu" },
+            agent_peak_rss: self.rss,
+        }
+    }
+}
+
+/// Runs the agent to its end: the time it took and its peak resident memory.
+fn run_agent(agent: &Path, args: &[&std::ffi::OsStr]) -> Result<(Duration, u64)> {
+    let t = Instant::now();
+    let mut child = Command::new(agent)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", agent.display()))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let limit = Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().context("wait for the agent")? {
+            break s;
+        }
+        if let Some(hwm) = fs::read_to_string(&status_path)
+            .ok()
+            .and_then(|s| vm_hwm(&s))
+        {
+            peak = peak.max(hwm);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::msg(format!(
+                "vdi-agent {args:?} still running after {}s",
+                limit.as_secs()
+            )));
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = t.elapsed();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(Error::msg(format!("vdi-agent {args:?}: {status}\n{err}")));
+    }
+    Ok((elapsed, peak))
+}
+
+/// `VmHWM` of a `/proc/<pid>/status`, bytes.
+fn vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The stripe files of a backup directory, in name order.
+fn stripe_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "vdis"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn stripe_sizes(dir: &Path) -> Result<Vec<u64>> {
+    stripe_files(dir)?
+        .iter()
+        .map(|p| {
+            fs::metadata(p)
+                .map(|m| m.len())
+                .with_context(|| format!("stat {}", p.display()))
+        })
+        .collect()
+}
+
+/// Writes one file per stripe, of the stripe's size, in `transfer`-sized writes, each file
+/// fsynced at its end; one thread per file. The time of the slowest.
+fn write_alone(dir: &Path, sizes: &[u64], transfer: u32) -> Result<Duration> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let chunk = {
+        let mut v = vec![0u8; transfer as usize];
+        util::fill(&mut v, 7);
+        v
+    };
+    let t = Instant::now();
+    let results: Vec<Result<()>> = thread::scope(|s| {
+        let handles: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let (chunk, path) = (&chunk, dir.join(format!("plain-{i:02}")));
+                s.spawn(move || -> Result<()> {
+                    let mut f = fs::File::create(&path)
+                        .with_context(|| format!("create {}", path.display()))?;
+                    let mut left = size;
+                    while left > 0 {
+                        let n = left.min(chunk.len() as u64) as usize;
+                        f.write_all(&chunk[..n]).context("write")?;
+                        left -= n as u64;
+                    }
+                    f.sync_all().context("fsync")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::msg("writer panicked")))
+            })
+            .collect()
+    });
+    let elapsed = t.elapsed();
+    results.into_iter().collect::<Result<()>>()?;
+    let _ = fs::remove_dir_all(dir);
+    Ok(elapsed)
+}
+
+/// Reads every file to its end, one thread each (1 MiB reads). The time of the slowest.
+fn read_alone(files: &[PathBuf]) -> Result<Duration> {
+    let t = Instant::now();
+    let results: Vec<Result<u64>> = thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|p| {
+                s.spawn(move || -> Result<u64> {
+                    let mut f =
+                        fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut x = 0u64;
+                    loop {
+                        let n = f.read(&mut buf).context("read")?;
+                        if n == 0 {
+                            return Ok(x);
+                        }
+                        x = x.wrapping_add(u64::from(buf[n - 1]));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::msg("reader panicked")))
+            })
+            .collect()
+    });
+    let elapsed = t.elapsed();
+    for r in results {
+        std::hint::black_box(r?);
+    }
+    Ok(elapsed)
+}
+
+/// The engine's generation of a `size`-byte database through `devices` devices alone: one
+/// thread per device filling `transfer`-sized buffers of its share.
+fn generate_alone(devices: u32, size: u64, transfer: u32) -> Duration {
+    per_device(devices, size, transfer, |db, offset, buf| {
+        db.fill(offset, buf);
+        u64::from(buf[0])
+    })
+}
+
+/// The engine's check of the same bytes alone (the buffers hold the right bytes).
+fn check_alone(devices: u32, size: u64, transfer: u32) -> Duration {
+    per_device(devices, size, transfer, |db, offset, buf| {
+        u64::from(db.mismatch(offset, buf).is_none())
+    })
+}
+
+/// `work` over each device's share of the database, one thread per device, each buffer
+/// first filled with the database's bytes (outside the timing only for the check: the fill is
+/// the generation's own work, done again there).
+fn per_device(
+    devices: u32,
+    size: u64,
+    transfer: u32,
+    work: impl Fn(&Database, u64, &mut [u8]) -> u64 + Sync,
+) -> Duration {
+    let db = Database::new(1, size);
+    let share = size / u64::from(devices);
+    let mut bufs: Vec<Vec<u8>> = (0..devices)
+        .map(|d| {
+            let mut b = vec![0u8; transfer as usize];
+            db.fill(u64::from(d) * share, &mut b);
+            b
+        })
+        .collect();
+    let t = Instant::now();
+    thread::scope(|s| {
+        for (d, buf) in bufs.iter_mut().enumerate() {
+            let (db, work) = (&db, &work);
+            s.spawn(move || {
+                let start = d as u64 * share;
+                let mut x = 0u64;
+                let mut off = 0u64;
+                while off < share {
+                    // Each buffer checks against its own offset, so the data stays right.
+                    x = x.wrapping_add(work(db, start, buf));
+                    off += u64::from(transfer);
+                }
+                std::hint::black_box(x);
+            });
+        }
+    });
+    t.elapsed()
+}
+
+/// XXH3 over the stripes' bytes in memory, one thread per stripe, `transfer`-sized records.
+fn xxh3_alone(sizes: &[u64], transfer: u32) -> Duration {
+    let mut chunk = vec![0u8; transfer as usize];
+    util::fill(&mut chunk, 3);
+    let t = Instant::now();
+    thread::scope(|s| {
+        for &size in sizes {
+            let chunk = &chunk;
+            s.spawn(move || {
+                let mut left = size;
+                let mut x = 0u64;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    x ^= xxhash_rust::xxh3::xxh3_64(&chunk[..n]);
+                    left -= n as u64;
+                }
+                std::hint::black_box(x);
+            });
+        }
+    });
+    t.elapsed()
+}
