@@ -10,6 +10,9 @@
 //!   engine's check of the same bytes alone (`Database::mismatch`);
 //! - **verify**: the slower of reading the files and XXH3 over the same bytes in memory.
 //!
+//! - **backup with zstd** (level 1, 4 devices, tmpfs): against zstd alone at the same level
+//!   on the same bytes, one job per core (as `zstd -T0`), with both compression ratios.
+//!
 //! Each runs on tmpfs (`/dev/shm`) and on the disk the default demo uses (the temporary
 //! directory). The agent's peak memory (`VmHWM`, sampled from `/proc` while it runs) is
 //! reported for each row: it must not grow with the backup's size.
@@ -58,6 +61,8 @@ pub(crate) struct Row {
     pub(crate) bound: &'static str,
     /// The agent's peak resident memory, bytes (the largest over the rounds).
     pub(crate) agent_peak_rss: u64,
+    /// zstd rows: the agent's stored bytes ÷ the database's, and zstd alone's.
+    pub(crate) ratios: Option<(f64, f64)>,
 }
 
 /// Every row of the plan; an empty list with the reason when the agent binary is missing.
@@ -86,7 +91,130 @@ pub(crate) fn run(plan: &Plan) -> Result<(Vec<Row>, Option<String>)> {
             }
         }
     }
+    let dir = PathBuf::from("/dev/shm").join(util::unique_name("jobz"));
+    let r = zstd_cell(plan, &agent, &dir);
+    let _ = fs::remove_dir_all(&dir);
+    rows.push(r?);
     Ok((rows, None))
+}
+
+/// The zstd level of the compressed row (the agent's `--zstd` default and zstd's fastest).
+const ZSTD_LEVEL: i32 = 1;
+/// The devices of the compressed row.
+const ZSTD_DEVICES: u32 = 4;
+
+/// A backup with `--zstd 1` through 4 devices on tmpfs against zstd alone at the same level
+/// on the same bytes (the engine's database, generated in memory beforehand), one job per
+/// core over 4 MiB chunks, as `zstd -T0` splits its input.
+fn zstd_cell(plan: &Plan, agent: &Path, dir: &Path) -> Result<Row> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let size = plan.job_bytes;
+    let transfer = plan.job_transfers.first().copied().unwrap_or(1 << 20);
+    let backup_dir = dir.join("backup");
+    let mut data = vec![0u8; usize::try_from(size).map_err(|_| Error::msg("size"))?];
+    Database::new(1, size).fill(0, &mut data);
+    let mut b = Samples::default();
+    let (mut stored, mut alone_stored) = (0u64, 0u64);
+    for round in 0..plan.job_rounds {
+        let _ = fs::remove_dir_all(&backup_dir);
+        let level = ZSTD_LEVEL.to_string();
+        let agent_run = |b: &mut Samples| -> Result<u64> {
+            let (t, rss) = run_agent(
+                agent,
+                &[
+                    "backup".as_ref(),
+                    backup_dir.as_os_str(),
+                    "--devices".as_ref(),
+                    ZSTD_DEVICES.to_string().as_ref(),
+                    format!("--zstd={level}").as_ref(),
+                    "--size".as_ref(),
+                    size.to_string().as_ref(),
+                    "--max-transfer-size".as_ref(),
+                    transfer.to_string().as_ref(),
+                    "--no-progress".as_ref(),
+                ],
+            )?;
+            b.agent.push(t);
+            b.rss = b.rss.max(rss);
+            Ok(stripe_sizes(&backup_dir)?.iter().sum())
+        };
+        if round % 2 == 0 {
+            stored = agent_run(&mut b)?;
+        }
+        let (t, n) = zstd_alone(&data, ZSTD_LEVEL)?;
+        b.cpu.push(t);
+        alone_stored = n;
+        if round % 2 == 1 {
+            stored = agent_run(&mut b)?;
+        }
+        // No I/O bound here: the comparison is with zstd alone.
+        b.io.push(Duration::ZERO);
+        eprintln!(
+            "  main job tmpfs zstd {ZSTD_DEVICES} devices, round {}/{}: backup {:.2}s, zstd alone {:.2}s; stored {} MiB, zstd alone {} MiB",
+            round + 1,
+            plan.job_rounds,
+            b.agent[round].as_secs_f64(),
+            t.as_secs_f64(),
+            stored >> 20,
+            n >> 20
+        );
+    }
+    let mut row = b.row(
+        "backup-zstd",
+        "tmpfs",
+        ZSTD_DEVICES,
+        transfer,
+        size,
+        plan.job_rounds,
+    );
+    row.io_gbps = f64::NAN;
+    row.bound = "cpu";
+    row.ratios = Some((
+        stored as f64 / size as f64,
+        alone_stored as f64 / size as f64,
+    ));
+    Ok(row)
+}
+
+/// zstd at `level` over `data`, one thread per core each compressing 4 MiB chunks in turn:
+/// the time and the compressed bytes.
+fn zstd_alone(data: &[u8], level: i32) -> Result<(Duration, u64)> {
+    const CHUNK: usize = 4 << 20;
+    let threads = thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK).collect();
+    let t = Instant::now();
+    let results: Vec<Result<u64>> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let chunks = &chunks;
+                s.spawn(move || -> Result<u64> {
+                    let mut c = zstd::bulk::Compressor::new(level).context("zstd compressor")?;
+                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(CHUNK));
+                    let mut n = 0u64;
+                    for chunk in chunks.iter().skip(k).step_by(threads) {
+                        out.clear();
+                        c.compress_to_buffer(chunk, &mut out)
+                            .context("zstd compress")?;
+                        n += out.len() as u64;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::msg("zstd thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = t.elapsed();
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok((elapsed, total))
 }
 
 /// `vdi-agent` beside this binary (both in `target/release`, or `target/debug` for tests).
@@ -267,6 +395,7 @@ impl Samples {
             over_bound: util::median(&over),
             bound: if io <= cpu { "io" } else { "cpu" },
             agent_peak_rss: self.rss,
+            ratios: None,
         }
     }
 }
