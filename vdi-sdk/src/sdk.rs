@@ -11,6 +11,7 @@
 
 use std::{
     cell::UnsafeCell,
+    collections::VecDeque,
     ffi::c_void,
     ptr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -418,6 +419,24 @@ struct Commands {
         reason = "each command stays at the address the client was given"
     )]
     retired: Vec<Box<UnsafeCell<VdcCommand>>>,
+    /// Slots no longer handed out, kept for the next commands, oldest first: a slot is
+    /// reused as late as possible, so that a client completing a stale pointer a second time
+    /// most likely meets no active command (`VD_E_INVALID`) rather than a newer one at the
+    /// same address (which freed and reallocated slots could not rule out either).
+    spare: VecDeque<Box<UnsafeCell<VdcCommand>>>,
+}
+
+impl Commands {
+    /// The most slots kept spare (more than any device has in flight).
+    const SPARE: usize = 64;
+
+    /// The completed commands' slots become spare: the client's read of them ends here.
+    fn recycle(&mut self) {
+        self.spare.extend(self.retired.drain(..));
+        while self.spare.len() > Self::SPARE {
+            self.spare.pop_front();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -446,25 +465,50 @@ impl Device {
         if !out {
             return Err(null_argument());
         }
-        self.lock().retired.clear();
-        let mut command = self.device.command(timeout_from_millis(timeout))?;
+        let mut command = match self.device.command(timeout_from_millis(timeout)) {
+            Ok(c) => c,
+            Err(e) => {
+                // The commands completed since the last call are released either way.
+                self.lock().recycle();
+                return Err(e);
+            }
+        };
         let buffer = if command.code().has_buffer() {
             command.data_mut().as_mut_ptr()
         } else {
             ptr::null_mut()
         };
-        let slot = Box::new(UnsafeCell::new(VdcCommand {
+        let value = VdcCommand {
             command_code: command.code().0,
             size: command.size(),
             position: command.position(),
             buffer,
-        }));
+        };
+        // One lock per GetCommand: the commands completed since the last call are released
+        // (their slots reused, so a command costs no allocation once the device is warm).
+        let mut commands = self.lock();
+        commands.recycle();
+        // Reuse only once a few are spare, so that a slot just completed is not the next one.
+        let spare = if commands.spare.len() > 8 {
+            commands.spare.pop_front()
+        } else {
+            None
+        };
+        let slot = match spare {
+            Some(mut slot) => {
+                // A spare slot is not handed out: this is the only access to it.
+                *slot.get_mut() = value;
+                slot
+            }
+            None => Box::new(UnsafeCell::new(value)),
+        };
         let handed_out = slot.get();
-        self.lock().outstanding.push(Outstanding {
+        commands.outstanding.push(Outstanding {
             slot,
             command,
             buffer,
         });
+        drop(commands);
         Ok(handed_out)
     }
 
