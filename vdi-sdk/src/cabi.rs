@@ -167,18 +167,17 @@ impl ClientDeviceSet for CSet {
         let mut p = ptr::null_mut();
         // SAFETY: a live set and a writable pointer.
         check(unsafe { ffi::vdi_sdk_map_buffer_handle(self.raw, handle.0 as i32, &mut p) })?;
-        // The C ABI gives an address, not a length: the Rust side checks that `len` bytes
-        // from it are the buffer's, so that the views below stay inside it.
+        // The C ABI gives an address, not a length, and no exclusivity (a C++ caller may map a
+        // buffer twice): the slices below come from vdi-shm's own view, which checks that `len`
+        // bytes are the buffer's and holds the lease that refuses a second view of them.
         // SAFETY: a live set (this value owns it).
-        let checked = unsafe { &*self.raw }.map_buffer_handle_len(handle, len)?;
-        if checked != p {
+        let view = unsafe { &*self.raw }.map_buffer_view(handle, len)?;
+        if !ptr::eq(view.as_slice().as_ptr(), p) {
             return Err(Error::Invalid(vdi_core::InvalidReason::BufferHandle));
         }
         Ok(CMapped {
             _owner: Arc::clone(&self.owner),
-            handle,
-            ptr: p,
-            len: len as usize,
+            view,
         })
     }
 
@@ -354,27 +353,20 @@ impl ClientCommand for CCommand {
 pub struct CMapped {
     /// Keeps the set object, and so its mapped segments, alive.
     _owner: Arc<Owner>,
-    handle: BufferHandle,
-    ptr: *mut u8,
-    len: usize,
+    /// vdi-shm's view of the bytes, with its lease (one view per buffer in this process).
+    view: vdi_shm::MappedBuffer,
 }
-
-// SAFETY: the mapped bytes belong to the holder of the mapping until the command is completed.
-unsafe impl Send for CMapped {}
 
 impl MappedBuffer for CMapped {
     fn handle(&self) -> BufferHandle {
-        self.handle
+        self.view.handle()
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: the library validated the handle as a live buffer of at least `len` bytes
-        // (`map_buffer_handle_len`) in a segment mapped while the set lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        self.view.as_slice()
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`; `&mut self` makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        self.view.as_mut_slice()
     }
 }

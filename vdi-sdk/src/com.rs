@@ -178,6 +178,8 @@ pub struct SetObject {
 pub struct DeviceObject {
     /// Offset 0: what the client calls through.
     vtbl: &'static IClientVirtualDevice_Vtbl,
+    /// The set object, as the pointer `new_raw` made (not derived from a `&SetObject`): the
+    /// device's last `Release` may free the set object through it.
     owner: *const SetObject,
     device: *const Device,
 }
@@ -221,12 +223,19 @@ impl SetObject {
         left
     }
 
-    /// `OpenDevice`: a device object with one reference (counted on the set).
-    fn open_device(&self, name: Option<&WideName>, out: bool) -> Result<*mut c_void, Error> {
+    /// `OpenDevice`: a device object with one reference (counted on the set). `this` is the
+    /// pointer the client called through (the one `new_raw` made): the device keeps it, not
+    /// `&self`, since its last `Release` frees the set object through it.
+    fn open_device(
+        &self,
+        this: *const Self,
+        name: Option<&WideName>,
+        out: bool,
+    ) -> Result<*mut c_void, Error> {
         let (_, device) = with_name(name, |n| self.set.open_device(n, out))?;
         let object = Box::new(DeviceObject {
             vtbl: &DEVICE_VTBL,
-            owner: self,
+            owner: this,
             device,
         });
         let raw: *const DeviceObject = &*object;
@@ -401,7 +410,7 @@ unsafe extern "system" fn set_open_device(
     guard(|| {
         // SAFETY: `this` is a live set object, `name` NULL or a NUL-terminated string.
         let (object, name) = unsafe { (set_object(this)?, wide(name)) };
-        let device = object.open_device(name.as_ref(), !out.is_null())?;
+        let device = object.open_device(this.cast(), name.as_ref(), !out.is_null())?;
         // SAFETY: `out` is non-NULL here (open_device refuses NULL) and writable.
         unsafe { put(out, device) };
         Ok(())
@@ -515,9 +524,14 @@ unsafe extern "system" fn device_add_ref(this: *mut c_void) -> u32 {
 }
 
 unsafe extern "system" fn device_release(this: *mut c_void) -> u32 {
-    // SAFETY: `this` is a live device object; the reference the caller gives up is counted
-    // on its owner, which frees the device (and itself) at 0.
-    unsafe { device_object(this).map_or(0, |d| SetObject::release(d.owner)) }
+    // SAFETY: `this` is a live device object (COM's contract). The owner pointer is copied
+    // out and the borrow of the device ends here: the release below may free the device.
+    let Some(owner) = (unsafe { device_object(this) }).map(|d| d.owner) else {
+        return 0;
+    };
+    // SAFETY: the owner outlives its devices; the reference the caller gives up is counted
+    // on it, and it frees the device (and itself) at 0.
+    unsafe { SetObject::release(owner) }
 }
 
 unsafe extern "system" fn device_get_command(

@@ -335,33 +335,23 @@ impl Set {
         Ok(mapped.as_mut_slice().as_mut_ptr())
     }
 
-    /// [`Set::map_buffer_handle`] for a caller that will use `len` bytes from the address: a
-    /// command this process holds must be at least `len` bytes long, any other buffer is
-    /// checked by vdi-shm to hold `len` bytes inside a mapped segment.
+    /// vdi-shm's view of the first `len` bytes of the buffer a handle names, for a Rust caller
+    /// that makes slices of them ([`crate::cabi`]). Unlike [`Set::map_buffer_handle`] (an
+    /// address for C++, whose aliasing Rust does not see), the view holds vdi-shm's lease on
+    /// the bytes while it lives: a second view of them, or one of a command this process holds,
+    /// is refused, as [`vdi_core::ClientDeviceSet::map_buffer_handle`] says.
     ///
     /// # Errors
     ///
-    /// As [`Set::map_buffer_handle`], and `VD_E_INVALID` when the buffer is shorter than `len`.
-    pub fn map_buffer_handle_len(&self, handle: BufferHandle, len: u32) -> Result<*mut u8, Error> {
-        let set = {
-            let inner = self.lock();
-            let set = inner.open_set(Call::MapBufferHandle)?;
-            for slot in inner.devices_of(set) {
-                let commands = slot.device.lock();
-                let own = commands.outstanding.iter().find(|o| {
-                    !o.buffer.is_null() && set.buffer_handle(&o.command).ok() == Some(handle)
-                });
-                if let Some(o) = own {
-                    if len > o.command.size() {
-                        return Err(Error::Invalid(InvalidReason::BufferSize));
-                    }
-                    return Ok(o.buffer);
-                }
-            }
-            Arc::clone(set)
-        };
-        let mut mapped = set.map_buffer_handle(handle, len.max(1))?;
-        Ok(mapped.as_mut_slice().as_mut_ptr())
+    /// As [`Set::map_buffer_handle`]; `VD_E_INVALID` also when the buffer is shorter than `len`
+    /// or already has a view in this process (the buffer of a command it holds).
+    pub fn map_buffer_view(
+        &self,
+        handle: BufferHandle,
+        len: u32,
+    ) -> Result<vdi_shm::MappedBuffer, Error> {
+        let set = Arc::clone(self.lock().open_set(Call::MapBufferHandle)?);
+        set.map_buffer_handle(handle, len)
     }
 
     /// `RegisterDeviceClosed()`: accepted and ignored.

@@ -220,6 +220,44 @@ fn c_abi_command_pointers_are_checked() {
     engine.join().unwrap().unwrap();
 }
 
+/// A buffer has one view in a process: mapping the handle of a command this process holds
+/// fails (`VD_E_INVALID`), since the command's data is that buffer.
+fn one_view_per_buffer<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "oneview");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone());
+    let engine =
+        thread::spawn(move || vdi_engine::run_backup_shm(&options, &BackupJob::new(256 << 10)));
+    set.configuration(WAIT).unwrap();
+    let dev = set.open_device(&name).unwrap();
+    let mut probed = false;
+    loop {
+        match dev.command(WAIT) {
+            Ok(cmd) => {
+                let n = if cmd.code() == CommandCode::WRITE {
+                    if !probed {
+                        probed = true;
+                        let handle = set.buffer_handle(&cmd).unwrap();
+                        assert_eq!(
+                            hr(set.map_buffer_handle(handle, cmd.size())),
+                            Some(HResult::VD_E_INVALID)
+                        );
+                    }
+                    cmd.size()
+                } else {
+                    0
+                };
+                dev.complete(cmd, Completion::success(n)).unwrap();
+            }
+            Err(Error::Closed) => break,
+            Err(e) => panic!("GetCommand: {e}"),
+        }
+    }
+    assert!(probed);
+    set.close().unwrap();
+    engine.join().unwrap().unwrap();
+}
+
 /// Whether the suite of a backend runs here (the COM server must be registered).
 fn available(backend: &str) -> bool {
     if backend != "com" || std::env::var_os("VDI_SDK_COM_REGISTERED").is_some() {
@@ -250,6 +288,13 @@ macro_rules! suite {
             fn bad_create() {
                 if super::available(stringify!($module)) {
                     super::bad_create(&$backend, stringify!($module));
+                }
+            }
+
+            #[test]
+            fn one_view_per_buffer() {
+                if super::available(stringify!($module)) {
+                    super::one_view_per_buffer(&$backend, stringify!($module));
                 }
             }
 
