@@ -266,9 +266,8 @@ impl ClientDevice for CDevice {
     }
 
     fn complete(&self, mut command: CCommand, completion: Completion) -> Result<(), Error> {
-        command.done = true;
         // SAFETY: a live device; the command pointer is only compared by the library.
-        check(unsafe {
+        let done = check(unsafe {
             ffi::vdi_sdk_complete_command(
                 self.raw,
                 command.cmd,
@@ -276,7 +275,10 @@ impl ClientDevice for CDevice {
                 u64::from(completion.bytes_transferred),
                 completion.position as i64,
             )
-        })
+        });
+        // A refused completion leaves the command active: dropping it completes it (995).
+        command.done = done.is_ok();
+        done
     }
 }
 

@@ -38,6 +38,7 @@ use std::{
     ffi::c_void,
     panic::{AssertUnwindSafe, catch_unwind},
     ptr,
+    rc::Rc,
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicU32, AtomicUsize, Ordering},
@@ -164,12 +165,10 @@ pub struct SetObject {
     vtbl: &'static IClientVirtualDeviceSet2_Vtbl,
     refs: AtomicU32,
     set: Set,
-    /// Every device handed out; each stays at its address until the set object is freed.
-    #[allow(
-        clippy::vec_box,
-        reason = "each device object stays at the address the client was given"
-    )]
-    devices: Mutex<Vec<Box<DeviceObject>>>,
+    /// Every device handed out; each stays at its address until the set object is freed
+    /// (an `Rc` never cloned: moving it into the list does not re-assert unique ownership, as
+    /// moving a `Box` would, so the client's pointer stays valid).
+    devices: Mutex<Vec<Rc<DeviceObject>>>,
 }
 
 /// The object `OpenDevice` returns; it lives as long as its set object.
@@ -187,14 +186,15 @@ pub struct DeviceObject {
 impl SetObject {
     /// A new set object with one reference, as a COM pointer.
     fn new_raw() -> *mut c_void {
-        LIVE.fetch_add(1, Ordering::SeqCst);
-        Box::into_raw(Box::new(Self {
+        let object = Box::new(Self {
             vtbl: &SET_VTBL,
             refs: AtomicU32::new(1),
             set: Set::new(),
             devices: Mutex::new(Vec::new()),
-        }))
-        .cast()
+        });
+        // Counted once it exists: a panic above leaves the count alone.
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        Box::into_raw(object).cast()
     }
 
     fn add_ref(&self) -> u32 {
@@ -217,7 +217,10 @@ impl SetObject {
             // came from Box::into_raw in `new_raw`. Dropping it closes the set if it is open
             // (sdk::Set's drop) and frees its devices.
             let object = unsafe { Box::from_raw(this.cast_mut()) };
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(object)));
+            // A panic's payload is forgotten, not dropped: its own drop could panic again.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(object))) {
+                std::mem::forget(payload);
+            }
             LIVE.fetch_sub(1, Ordering::SeqCst);
         }
         left
@@ -233,12 +236,12 @@ impl SetObject {
         out: bool,
     ) -> Result<*mut c_void, Error> {
         let (_, device) = with_name(name, |n| self.set.open_device(n, out))?;
-        let object = Box::new(DeviceObject {
+        let object = Rc::new(DeviceObject {
             vtbl: &DEVICE_VTBL,
             owner: this,
             device,
         });
-        let raw: *const DeviceObject = &*object;
+        let raw: *const DeviceObject = Rc::as_ptr(&object);
         self.devices
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -506,6 +509,7 @@ unsafe extern "system" fn device_query_interface(
     // SAFETY: `riid` is NULL or a readable GUID (COM's contract).
     match unsafe { is_one_of(riid, &[IID_IUNKNOWN, IClientVirtualDevice::IID]) } {
         None => HResult::E_POINTER,
+        Some(true) if this.is_null() => HResult::E_POINTER,
         Some(false) => HResult::E_NOINTERFACE,
         Some(true) => {
             // SAFETY: `this` is a live device object (COM's contract).

@@ -97,7 +97,10 @@ pub unsafe extern "C" fn vdi_sdk_set_free(set: *mut Set) {
     }
     // SAFETY: the caller gives up `set`, which came from Box::into_raw in vdi_sdk_set_new.
     let set = unsafe { Box::from_raw(set) };
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(set)));
+    // A panic's payload is forgotten, not dropped: its own drop could panic again.
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(set))) {
+        std::mem::forget(payload);
+    }
 }
 
 /// `ClientVirtualDeviceSet::Create`.

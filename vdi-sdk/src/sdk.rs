@@ -63,6 +63,25 @@ pub fn timeout_from_millis(ms: i64) -> Timeout {
     u32::try_from(ms).map_or(Timeout::INFINITE, Timeout::from_millis)
 }
 
+// The set and device objects are shared by the client's threads through raw pointers, which
+// hide these types' auto traits from the compiler: what that sharing relies on is checked
+// here, so that a change in vdi-shm cannot silently break it.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<ShmClient>();
+    send_sync::<ClientSet>();
+    send_sync::<vdi_shm::ClientDevice>();
+    send::<Command>();
+};
+
+/// What the client is handed a pointer into: an allocation that never moves and whose
+/// handle is moved freely (into lists, out of them) without re-asserting unique ownership, as
+/// moving a `Box` would, which would invalidate the client's pointer under Rust's aliasing
+/// rules. It is never cloned, so its (non-atomic) count is only ever touched by the one
+/// owner, under the mutex that holds it.
+type Stable<T> = std::rc::Rc<T>;
+
 const fn null_argument() -> Error {
     Error::Invalid(InvalidReason::Unspecified)
 }
@@ -81,11 +100,8 @@ struct SetInner {
     lifecycle: ClientSetMachine,
     /// The devices ever opened through this object; they live as long as it does, since the
     /// client holds pointers to them.
-    #[allow(
-        clippy::vec_box,
-        reason = "each device stays at its address while the list grows: C++ points into it"
-    )]
-    devices: Vec<Box<DeviceSlot>>,
+    /// Each device stays at its address while the list grows: C++ points into it.
+    devices: Vec<Stable<DeviceSlot>>,
     /// The set created or joined last; kept after `Close`, so later calls get its answer.
     current: Option<Arc<ClientSet>>,
 }
@@ -230,7 +246,7 @@ impl Set {
         let name = parse_name(name)?;
         let set = self.current(|m| m.open_device(0, false, false))?;
         let device = set.open_device(name)?;
-        let slot = Box::new(DeviceSlot {
+        let slot = Stable::new(DeviceSlot {
             cpp: UnsafeCell::new([ptr::null_mut()]),
             device: Device {
                 set,
@@ -404,16 +420,13 @@ struct Commands {
     /// Handed out and not yet completed.
     outstanding: Vec<Outstanding>,
     /// Completed since the device's last `GetCommand`: still readable by the client.
-    #[allow(
-        clippy::vec_box,
-        reason = "each command stays at the address the client was given"
-    )]
-    retired: Vec<Box<UnsafeCell<VdcCommand>>>,
+    /// Each command stays at the address the client was given.
+    retired: Vec<Stable<UnsafeCell<VdcCommand>>>,
     /// Slots no longer handed out, kept for the next commands, oldest first: a slot is
     /// reused as late as possible, so that a client completing a stale pointer a second time
     /// most likely meets no active command (`VD_E_INVALID`) rather than a newer one at the
     /// same address (which freed and reallocated slots could not rule out either).
-    spare: VecDeque<Box<UnsafeCell<VdcCommand>>>,
+    spare: VecDeque<Stable<UnsafeCell<VdcCommand>>>,
 }
 
 impl Commands {
@@ -433,7 +446,7 @@ impl Commands {
 struct Outstanding {
     /// The `VDC_Command` the client got; its address identifies the command. Only the client
     /// reads or writes it once it is handed out.
-    slot: Box<UnsafeCell<VdcCommand>>,
+    slot: Stable<UnsafeCell<VdcCommand>>,
     command: Command,
     /// The command's data zone (NULL for commands without a buffer).
     buffer: *mut u8,
@@ -485,12 +498,15 @@ impl Device {
             None
         };
         let slot = match spare {
-            Some(mut slot) => {
-                // A spare slot is not handed out: this is the only access to it.
-                *slot.get_mut() = value;
-                slot
-            }
-            None => Box::new(UnsafeCell::new(value)),
+            // A spare slot is not handed out: the only handle is this one.
+            Some(mut slot) => match Stable::get_mut(&mut slot) {
+                Some(cell) => {
+                    *cell.get_mut() = value;
+                    slot
+                }
+                None => Stable::new(UnsafeCell::new(value)),
+            },
+            None => Stable::new(UnsafeCell::new(value)),
         };
         let handed_out = slot.get();
         commands.outstanding.push(Outstanding {

@@ -2,7 +2,7 @@
 //! to replace another DLL's registration (Microsoft's `sqlvdi.dll` on a machine with SQL
 //! Server).
 
-use std::{any::Any, ffi::c_void, ptr};
+use std::{any::Any, ffi::c_void, io::Write, ptr};
 
 use vdi_core::{HResult, guids};
 use windows_sys::Win32::{
@@ -37,12 +37,13 @@ fn class_key() -> String {
 }
 
 /// The result of a registration call as an `HRESULT`: a refusal or failure is
-/// `SELFREG_E_CLASS` with its reason on standard error, a panic `E_UNEXPECTED`.
+/// `SELFREG_E_CLASS` with its reason on standard error, a panic `VD_E_UNEXPECTED`.
 pub(super) fn outcome(result: Result<Result<(), String>, Box<dyn Any + Send>>) -> HResult {
     match result {
         Ok(Ok(())) => HResult::S_OK,
         Ok(Err(why)) => {
-            eprintln!("sqlvdi (vdi): {why}");
+            // Not eprintln!: a failing standard error must not panic out of the DLL.
+            let _ = writeln!(std::io::stderr(), "sqlvdi (vdi): {why}");
             HResult::SELFREG_E_CLASS
         }
         Err(_) => HResult::VD_E_UNEXPECTED,
