@@ -387,11 +387,11 @@ impl Manifest {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ManifestError::Missing { dir: dir.into() });
             }
-            Err(source) => return Err(ManifestError::Io { path, source }),
+            Err(error) => return Err(ManifestError::Io { path, error }),
         };
         let mut bytes = Vec::new();
-        if let Err(source) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
-            return Err(ManifestError::Io { path, source });
+        if let Err(error) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
+            return Err(ManifestError::Io { path, error });
         }
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(ManifestError::TooLarge { path });
@@ -411,7 +411,7 @@ impl Manifest {
         }
         let manifest: Self = match serde_json::from_slice(&bytes) {
             Ok(m) => m,
-            Err(source) => return Err(ManifestError::Json { path, source }),
+            Err(error) => return Err(ManifestError::Json { path, error }),
         };
         if let Err(problem) = manifest.validate() {
             return Err(ManifestError::Invalid { path, problem });
@@ -755,18 +755,27 @@ fn check_totals(cp: &Checkpoint, codec: Codec) -> Result<(), String> {
 }
 
 /// Why a manifest's values do not hold together.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestProblem {
     /// The device count is not in 1..=64.
+    #[error("device count {0} is not in 1..={MAX_STRIPES}")]
     DeviceCount(u32),
     /// The block size is not a power of two in 512..=65536.
+    #[error("block size {0} is not a power of two in 512..=65536")]
     BlockSize(u32),
     /// The maximum transfer size is not a multiple of 64 KiB in 64 KiB..=4 MiB.
+    #[error("max transfer size {0} is not a multiple of 65536 in 65536..=4194304")]
     MaxTransferSize(u32),
     /// The zstd level is outside zstd's range.
+    #[error(
+        "zstd level {0} is not in {lo}..={hi}",
+        lo = zstd::compression_level_range().start(),
+        hi = zstd::compression_level_range().end()
+    )]
     ZstdLevel(i32),
     /// A stripe index is not below the device count.
+    #[error("stripe index {index} is not below the device count {device_count}")]
     StripeIndexOutOfRange {
         /// The index.
         index: u32,
@@ -774,10 +783,13 @@ pub enum ManifestProblem {
         device_count: u32,
     },
     /// Two entries have this index.
+    #[error("stripe {0} appears more than once")]
     DuplicateStripe(u32),
     /// No entry has this index.
+    #[error("stripe {0} is missing")]
     MissingStripe(u32),
     /// A file name could name something outside the directory, or is otherwise unsafe.
+    #[error("stripe {index}: file name {file:?} {reason}")]
     UnsafeFileName {
         /// The stripe's index.
         index: u32,
@@ -787,6 +799,7 @@ pub enum ManifestProblem {
         reason: &'static str,
     },
     /// Two stripes have the same file name (without regard to case).
+    #[error("stripes {first} and {second} both use the file {file:?}")]
     DuplicateFileName {
         /// The name.
         file: String,
@@ -796,6 +809,7 @@ pub enum ManifestProblem {
         second: u32,
     },
     /// A stripe's totals are impossible for the format or the codec.
+    #[error("stripe {index}: {reason}")]
     ImpossibleTotals {
         /// The stripe's index.
         index: u32,
@@ -803,8 +817,13 @@ pub enum ManifestProblem {
         reason: String,
     },
     /// The state and the fields that go with it disagree.
+    #[error("{0}")]
     StateFields(&'static str),
     /// A stripe's file header does not belong to this backup.
+    #[error(
+        "stripe {index}'s header does not belong to this backup: {field} is {stripe}, the \
+         manifest has {manifest}"
+    )]
     HeaderMismatch {
         /// The stripe's index.
         index: u32,
@@ -817,92 +836,48 @@ pub enum ManifestProblem {
     },
 }
 
-impl fmt::Display for ManifestProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::DeviceCount(n) => write!(f, "device count {n} is not in 1..={MAX_STRIPES}"),
-            Self::BlockSize(n) => {
-                write!(f, "block size {n} is not a power of two in 512..=65536")
-            }
-            Self::MaxTransferSize(n) => write!(
-                f,
-                "max transfer size {n} is not a multiple of 65536 in 65536..=4194304"
-            ),
-            Self::ZstdLevel(level) => {
-                let range = zstd::compression_level_range();
-                write!(
-                    f,
-                    "zstd level {level} is not in {}..={}",
-                    range.start(),
-                    range.end()
-                )
-            }
-            Self::StripeIndexOutOfRange {
-                index,
-                device_count,
-            } => write!(
-                f,
-                "stripe index {index} is not below the device count {device_count}"
-            ),
-            Self::DuplicateStripe(index) => write!(f, "stripe {index} appears more than once"),
-            Self::MissingStripe(index) => write!(f, "stripe {index} is missing"),
-            Self::UnsafeFileName {
-                index,
-                file,
-                reason,
-            } => write!(f, "stripe {index}: file name {file:?} {reason}"),
-            Self::DuplicateFileName {
-                file,
-                first,
-                second,
-            } => write!(f, "stripes {first} and {second} both use the file {file:?}"),
-            Self::ImpossibleTotals { index, reason } => write!(f, "stripe {index}: {reason}"),
-            Self::StateFields(problem) => write!(f, "{problem}"),
-            Self::HeaderMismatch {
-                index,
-                field,
-                manifest,
-                stripe,
-            } => write!(
-                f,
-                "stripe {index}'s header does not belong to this backup: {field} is {stripe}, \
-                 the manifest has {manifest}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ManifestProblem {}
-
-/// Why a manifest cannot be loaded.
-#[derive(Debug)]
+/// Why a manifest cannot be loaded. An inner error is part of the message, so `source` does
+/// not repeat it.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
     /// There is no `manifest.json` in the directory (or no directory).
+    #[error(
+        "no {MANIFEST_FILE} in {}: not a backup directory, or the backup never reached its \
+         first Flush",
+        .dir.display()
+    )]
     Missing {
         /// The directory.
         dir: PathBuf,
     },
     /// Reading it failed.
+    #[error("cannot read {}: {error}", .path.display())]
     Io {
         /// The manifest's path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It is larger than [`MAX_MANIFEST_LEN`].
+    #[error("{} is larger than {MAX_MANIFEST_LEN} bytes: not a backup manifest", .path.display())]
     TooLarge {
         /// The manifest's path.
         path: PathBuf,
     },
     /// It is not JSON, or not a manifest (a field missing, unknown, or of the wrong type).
+    #[error("bad JSON in {}: {error}", .path.display())]
     Json {
         /// The manifest's path.
         path: PathBuf,
         /// serde_json's error, with line and column.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// Its format version is not [`MANIFEST_VERSION`].
+    #[error(
+        "{} has manifest format version {found}, this build reads version {MANIFEST_VERSION}",
+        .path.display()
+    )]
     UnsupportedVersion {
         /// The manifest's path.
         path: PathBuf,
@@ -910,6 +885,7 @@ pub enum ManifestError {
         found: u64,
     },
     /// Its values do not hold together.
+    #[error("inconsistent manifest {}: {problem}", .path.display())]
     Invalid {
         /// The manifest's path.
         path: PathBuf,
@@ -918,38 +894,6 @@ pub enum ManifestError {
     },
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing { dir } => write!(
-                f,
-                "no {MANIFEST_FILE} in {}: not a backup directory, or the backup never reached \
-                 its first Flush",
-                dir.display()
-            ),
-            Self::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
-            Self::TooLarge { path } => write!(
-                f,
-                "{} is larger than {MAX_MANIFEST_LEN} bytes: not a backup manifest",
-                path.display()
-            ),
-            Self::Json { path, source } => write!(f, "bad JSON in {}: {source}", path.display()),
-            Self::UnsupportedVersion { path, found } => write!(
-                f,
-                "{} has manifest format version {found}, this build reads version \
-                 {MANIFEST_VERSION}",
-                path.display()
-            ),
-            Self::Invalid { path, problem } => {
-                write!(f, "inconsistent manifest {}: {problem}", path.display())
-            }
-        }
-    }
-}
-
-/// Inner errors are part of the message (`Display`), so `source` does not repeat them.
-impl std::error::Error for ManifestError {}
-
 impl From<ManifestError> for io::Error {
     /// [`io::ErrorKind::NotFound`] for a missing manifest, the inner error's kind for
     /// [`ManifestError::Io`], [`io::ErrorKind::InvalidData`] otherwise; the [`ManifestError`]
@@ -957,7 +901,7 @@ impl From<ManifestError> for io::Error {
     fn from(e: ManifestError) -> Self {
         let kind = match &e {
             ManifestError::Missing { .. } => io::ErrorKind::NotFound,
-            ManifestError::Io { source, .. } => source.kind(),
+            ManifestError::Io { error, .. } => error.kind(),
             _ => io::ErrorKind::InvalidData,
         };
         Self::new(kind, e)

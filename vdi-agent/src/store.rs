@@ -231,8 +231,8 @@ impl Source {
 /// read an I/O error that names the file.
 pub(crate) fn load_manifest(dir: &Path) -> Outcome<Manifest> {
     Manifest::load(dir).map_err(|e| match &e {
-        ManifestError::Io { path, source } => {
-            Failure::io(format!("reading {}", path.display()), source)
+        ManifestError::Io { path, error } => {
+            Failure::io(format!("reading {}", path.display()), error)
         }
         _ => Failure::data(e.to_string()),
     })

@@ -22,26 +22,36 @@ impl fmt::Display for FieldValue {
 ///
 /// The file header's errors come first; an error of one record is [`StripeError::Record`],
 /// which names the record once ([`Position`]) and says what is wrong with it
-/// ([`RecordError`]); the rest are about the input as a whole.
-#[derive(Debug)]
+/// ([`RecordError`]); the rest are about the input as a whole. An inner error is part of the
+/// message, so `source` does not repeat it.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StripeError {
     /// The input ended inside the file header.
+    #[error("{}", truncated_header(*.found))]
     TruncatedHeader {
         /// The bytes there were (of [`HEADER_LEN`]).
         found: usize,
     },
     /// The input does not start with [`MAGIC`](super::MAGIC).
+    #[error("not a stripe file: magic is \"{}\", expected \"VDISTRIP\"", .found.escape_ascii())]
     BadMagic {
         /// The first 8 bytes.
         found: [u8; 8],
     },
     /// The header's format version is not [`FORMAT_VERSION`].
+    #[error(
+        "unsupported stripe format version {found} (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version in the file.
         found: u16,
     },
     /// The file header's checksum does not match its bytes.
+    #[error(
+        "stripe header checksum mismatch: the header records {recorded:#018x}, its bytes 0..56 \
+         hash to {computed:#018x}"
+    )]
     HeaderChecksum {
         /// The checksum the header records.
         recorded: u64,
@@ -49,6 +59,7 @@ pub enum StripeError {
         computed: u64,
     },
     /// A file header field is out of range.
+    #[error("invalid stripe header: {field} is {value}, allowed {allowed}")]
     InvalidHeader {
         /// The field's name.
         field: &'static str,
@@ -58,6 +69,7 @@ pub enum StripeError {
         allowed: String,
     },
     /// A record is bad.
+    #[error("{at}: {error}")]
     Record {
         /// Which record.
         at: Position,
@@ -66,6 +78,12 @@ pub enum StripeError {
     },
     /// The input ended before the stripe did: anywhere but right after a checkpoint, or, with
     /// expected totals, before their checkpoint.
+    #[error(
+        "stripe truncated after {raw_bytes} bytes of data in {data_records} data records (the \
+         input ends at offset {file_bytes}), {}{}",
+        LastCheckpoint(*.last_checkpoint),
+        ExpectedCheckpoint(*.expected)
+    )]
     Truncated {
         /// Where the input ended (the bytes read).
         file_bytes: u64,
@@ -79,13 +97,15 @@ pub enum StripeError {
         expected: Option<Checkpoint>,
     },
     /// The inner reader failed.
+    #[error("cannot read the stripe at offset {offset}: {error}")]
     Io {
         /// The offset it failed at.
         offset: u64,
         /// Its error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The reader was used after it returned an error.
+    #[error("the stripe reader already failed at offset {offset} and cannot go on")]
     Failed {
         /// The offset it had reached when it failed.
         offset: u64,
@@ -100,72 +120,43 @@ impl StripeError {
     }
 }
 
-impl fmt::Display for StripeError {
+/// [`StripeError::TruncatedHeader`]'s message: none of the header is an empty input.
+fn truncated_header(found: usize) -> String {
+    if found == 0 {
+        "empty input: no stripe header".into()
+    } else {
+        format!("stripe header truncated: {found} of {HEADER_LEN} bytes")
+    }
+}
+
+/// The last checkpoint of a truncated stripe, in words.
+struct LastCheckpoint(Option<Checkpoint>);
+
+impl fmt::Display for LastCheckpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::TruncatedHeader { found: 0 } => f.write_str("empty input: no stripe header"),
-            Self::TruncatedHeader { found } => {
-                write!(f, "stripe header truncated: {found} of {HEADER_LEN} bytes")
-            }
-            Self::BadMagic { found } => write!(
+        match self.0 {
+            Some(c) => write!(
                 f,
-                "not a stripe file: magic is \"{}\", expected \"VDISTRIP\"",
-                found.escape_ascii()
+                "last checkpoint ({}) ends at offset {} after {} bytes of data",
+                c.checkpoints, c.stored_bytes, c.raw_bytes
             ),
-            Self::UnsupportedVersion { found } => write!(
+            None => f.write_str("no checkpoint"),
+        }
+    }
+}
+
+/// The checkpoint a truncated stripe was expected to reach, if there was one, in words.
+struct ExpectedCheckpoint(Option<Checkpoint>);
+
+impl fmt::Display for ExpectedCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(e) => write!(
                 f,
-                "unsupported stripe format version {found} (this build reads version {FORMAT_VERSION})"
+                "; expected checkpoint {} ending at offset {} after {} bytes of data",
+                e.checkpoints, e.stored_bytes, e.raw_bytes
             ),
-            Self::HeaderChecksum { recorded, computed } => write!(
-                f,
-                "stripe header checksum mismatch: the header records {recorded:#018x}, \
-                 its bytes 0..56 hash to {computed:#018x}"
-            ),
-            Self::InvalidHeader {
-                field,
-                value,
-                allowed,
-            } => write!(
-                f,
-                "invalid stripe header: {field} is {value}, allowed {allowed}"
-            ),
-            Self::Record { at, error } => write!(f, "{at}: {error}"),
-            Self::Truncated {
-                file_bytes,
-                raw_bytes,
-                data_records,
-                last_checkpoint,
-                expected,
-            } => {
-                write!(
-                    f,
-                    "stripe truncated after {raw_bytes} bytes of data in {data_records} data \
-                     records (the input ends at offset {file_bytes}), "
-                )?;
-                match last_checkpoint {
-                    Some(c) => write!(
-                        f,
-                        "last checkpoint ({}) ends at offset {} after {} bytes of data",
-                        c.checkpoints, c.stored_bytes, c.raw_bytes
-                    )?,
-                    None => f.write_str("no checkpoint")?,
-                }
-                if let Some(e) = expected {
-                    write!(
-                        f,
-                        "; expected checkpoint {} ending at offset {} after {} bytes of data",
-                        e.checkpoints, e.stored_bytes, e.raw_bytes
-                    )?;
-                }
-                Ok(())
-            }
-            Self::Io { offset, source } => {
-                write!(f, "cannot read the stripe at offset {offset}: {source}")
-            }
-            Self::Failed { offset } => write!(
-                f,
-                "the stripe reader already failed at offset {offset} and cannot go on"
-            ),
+            None => Ok(()),
         }
     }
 }
@@ -219,10 +210,14 @@ impl fmt::Display for Position {
 }
 
 /// What is wrong with one record ([`StripeError::Record`]).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
     /// The record header's checksum does not match its bytes.
+    #[error(
+        "header checksum mismatch: the header records {recorded:#018x}, its bytes hash to \
+         {computed:#018x}"
+    )]
     HeaderChecksum {
         /// The checksum the header records.
         recorded: u64,
@@ -230,16 +225,22 @@ pub enum RecordError {
         computed: u64,
     },
     /// The record's kind is neither `DATA` nor `CKPT`.
+    #[error("unknown record kind \"{}\", expected \"DATA\" or \"CKPT\"", .found.escape_ascii())]
     UnknownKind {
         /// The kind bytes.
         found: [u8; 4],
     },
     /// A data record's codec is neither 0 (stored) nor 1 (zstd).
+    #[error("unknown codec {found}, expected 0 (stored) or 1 (zstd)")]
     UnknownCodec {
         /// The codec byte.
         found: u8,
     },
     /// A data record claims more than [`MAX_RECORD_LEN`] bytes (nothing is allocated for it).
+    #[error(
+        "claims {raw_len} raw bytes and {stored_len} stored bytes, more than the limit of \
+         {MAX_RECORD_LEN}"
+    )]
     TooLarge {
         /// The raw length it claims.
         raw_len: u32,
@@ -247,11 +248,16 @@ pub enum RecordError {
         stored_len: u32,
     },
     /// The record header's fields contradict each other or the format.
+    #[error("{reason}")]
     InvalidHeader {
         /// What is wrong.
         reason: String,
     },
     /// The stored payload does not match its checksum.
+    #[error(
+        "payload checksum mismatch: the header records {recorded:#018x}, the payload hashes to \
+         {computed:#018x}"
+    )]
     PayloadChecksum {
         /// The checksum the record header records.
         recorded: u64,
@@ -259,11 +265,13 @@ pub enum RecordError {
         computed: u64,
     },
     /// A zstd payload (whose checksum matched) does not decompress.
+    #[error("zstd payload does not decompress: {reason}")]
     Decompress {
         /// zstd's message.
         reason: String,
     },
     /// A zstd payload decompresses (or declares that it does) to other than the raw length.
+    #[error("zstd payload decompresses to {found} bytes, expected the raw length {expected}")]
     DecompressedLength {
         /// The record's raw length.
         expected: u64,
@@ -271,6 +279,11 @@ pub enum RecordError {
         found: u64,
     },
     /// A checkpoint's totals differ from what the reader counted.
+    #[error(
+        "records {field} {}, but the stream read so far has {}",
+        FieldValue(*.field, *.recorded),
+        FieldValue(*.field, *.computed)
+    )]
     CheckpointMismatch {
         /// The first field that differs.
         field: TotalsField,
@@ -281,6 +294,11 @@ pub enum RecordError {
     },
     /// A checkpoint that should equal the expected totals (it is their checkpoint, or the
     /// stream went past them) does not.
+    #[error(
+        "does not match the expected totals: {field} expected {}, found {}",
+        FieldValue(*.field, *.expected),
+        FieldValue(*.field, *.found)
+    )]
     ManifestMismatch {
         /// The first field that differs.
         field: TotalsField,
@@ -290,6 +308,10 @@ pub enum RecordError {
         found: u64,
     },
     /// A data record would take the stream past the expected totals before their checkpoint.
+    #[error(
+        "goes past the expected totals: {field} would reach {found}, expected {expected} at the \
+         last checkpoint"
+    )]
     BeyondExpected {
         /// The total it would exceed.
         field: TotalsField,
@@ -299,79 +321,6 @@ pub enum RecordError {
         found: u64,
     },
 }
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::HeaderChecksum { recorded, computed } => write!(
-                f,
-                "header checksum mismatch: the header records {recorded:#018x}, its bytes hash \
-                 to {computed:#018x}"
-            ),
-            Self::UnknownKind { found } => write!(
-                f,
-                "unknown record kind \"{}\", expected \"DATA\" or \"CKPT\"",
-                found.escape_ascii()
-            ),
-            Self::UnknownCodec { found } => {
-                write!(f, "unknown codec {found}, expected 0 (stored) or 1 (zstd)")
-            }
-            Self::TooLarge {
-                raw_len,
-                stored_len,
-            } => write!(
-                f,
-                "claims {raw_len} raw bytes and {stored_len} stored bytes, more than the limit \
-                 of {MAX_RECORD_LEN}"
-            ),
-            Self::InvalidHeader { reason } => f.write_str(reason),
-            Self::PayloadChecksum { recorded, computed } => write!(
-                f,
-                "payload checksum mismatch: the header records {recorded:#018x}, the payload \
-                 hashes to {computed:#018x}"
-            ),
-            Self::Decompress { reason } => {
-                write!(f, "zstd payload does not decompress: {reason}")
-            }
-            Self::DecompressedLength { expected, found } => write!(
-                f,
-                "zstd payload decompresses to {found} bytes, expected the raw length {expected}"
-            ),
-            Self::CheckpointMismatch {
-                field,
-                recorded,
-                computed,
-            } => write!(
-                f,
-                "records {field} {}, but the stream read so far has {}",
-                FieldValue(*field, *recorded),
-                FieldValue(*field, *computed)
-            ),
-            Self::ManifestMismatch {
-                field,
-                expected,
-                found,
-            } => write!(
-                f,
-                "does not match the expected totals: {field} expected {}, found {}",
-                FieldValue(*field, *expected),
-                FieldValue(*field, *found)
-            ),
-            Self::BeyondExpected {
-                field,
-                expected,
-                found,
-            } => write!(
-                f,
-                "goes past the expected totals: {field} would reach {found}, expected \
-                 {expected} at the last checkpoint"
-            ),
-        }
-    }
-}
-
-/// The inner I/O error is part of the message (`Display`), so `source` does not repeat it.
-impl std::error::Error for StripeError {}
 
 impl From<StripeError> for io::Error {
     /// [`io::ErrorKind::UnexpectedEof`] for truncation, the inner error's kind for
@@ -383,7 +332,7 @@ impl From<StripeError> for io::Error {
             StripeError::Truncated { .. } | StripeError::TruncatedHeader { .. } => {
                 io::ErrorKind::UnexpectedEof
             }
-            StripeError::Io { source, .. } => source.kind(),
+            StripeError::Io { error, .. } => error.kind(),
             StripeError::Failed { .. } => io::ErrorKind::Other,
             _ => io::ErrorKind::InvalidData,
         };

@@ -31,10 +31,10 @@ impl<R: Read> Source<R> {
                     self.offset += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
+                Err(error) => {
                     return Err(StripeError::Io {
                         offset: self.offset,
-                        source,
+                        error,
                     });
                 }
             }
