@@ -10,7 +10,6 @@ use std::{
     mem::MaybeUninit,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::AtomicU32,
     time::Duration,
 };
 
@@ -29,7 +28,7 @@ use vdi_core::{Error, InvalidReason, ProtocolReason};
 
 pub(crate) use super::unix_error::{io_error, os_error};
 use super::{ConnectError, Ready};
-use crate::Options;
+use crate::{Options, sync::AtomicU32};
 
 /// What [`poll`] waits on: a descriptor.
 pub(crate) use std::os::fd::BorrowedFd as Waitable;

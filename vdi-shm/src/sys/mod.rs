@@ -46,7 +46,7 @@
 //! also selected on Linux by the `portable-unix` feature, to test it there). Elsewhere the
 //! crate builds without a backend.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64};
 
 #[cfg_attr(
     all(target_os = "linux", not(feature = "portable-unix")),

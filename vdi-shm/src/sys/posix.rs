@@ -113,7 +113,6 @@ use std::{
     ptr::{self, NonNull},
     sync::{
         Arc, Condvar, Mutex, PoisonError, RwLock,
-        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -133,7 +132,10 @@ use vdi_core::{Error, InvalidReason, ProtocolReason};
 
 pub(crate) use super::unix_error::{io_error, os_error};
 use super::{ConnectError, Ready};
-use crate::Options;
+use crate::{
+    Options,
+    sync::{AtomicBool, AtomicU32, Ordering},
+};
 
 /// What [`poll`] waits on: a descriptor.
 pub(crate) use std::os::fd::BorrowedFd as Waitable;
@@ -1499,10 +1501,10 @@ mod tests {
         io::{BufRead, BufReader},
         os::unix::fs::PermissionsExt,
         process::{Command, Stdio},
-        sync::atomic::AtomicUsize,
     };
 
     use super::*;
+    use crate::sync::AtomicUsize;
 
     /// A name no other test (or test process) uses.
     fn unique(what: &str) -> String {

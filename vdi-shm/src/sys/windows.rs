@@ -68,7 +68,7 @@ use std::{
     io::{self, ErrorKind},
     os::windows::io::{AsHandle, AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
     ptr::{self, NonNull},
-    sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, atomic::AtomicU32},
+    sync::{Arc, Mutex, OnceLock, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
@@ -119,7 +119,10 @@ use windows_sys::Win32::{
 };
 
 use super::{ConnectError, MAP_ALIGN, Ready};
-use crate::Options;
+use crate::{
+    Options,
+    sync::{AtomicU32, Ordering},
+};
 
 /// What [`poll`] waits on: a manual-reset event.
 pub(crate) use std::os::windows::io::BorrowedHandle as Waitable;
@@ -573,9 +576,9 @@ impl Mapping {
             let w: &AtomicU32 = self.get(i * page);
             if write {
                 // Fresh memory no other process has yet: storing 0 changes nothing.
-                w.store(0, std::sync::atomic::Ordering::Relaxed);
+                w.store(0, Ordering::Relaxed);
             } else {
-                let _ = w.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = w.load(Ordering::Relaxed);
             }
         }
     }
@@ -701,7 +704,7 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     // Reset, then re-read: a wake that comes after the re-read sets the event again, so the
     // wait below returns at once (`_table` keeps the event open meanwhile).
     reset_event(event);
-    if word.load(std::sync::atomic::Ordering::SeqCst) != expected {
+    if word.load(Ordering::SeqCst) != expected {
         return;
     }
     // SAFETY: a bounded wait on an event the wake table (held above) keeps open.
