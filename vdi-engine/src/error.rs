@@ -2,7 +2,7 @@
 //! command and the code involved.
 
 use core::fmt;
-use std::time::Duration;
+use std::{process, time::Duration};
 
 use vdi_core::{AbortReason, CommandCode, CompletionCode};
 
@@ -10,6 +10,45 @@ use crate::{
     format::{FormatError, Region},
     options::OptionsError,
 };
+
+/// The exit codes of the `vdi-engine` command ([`Exit::code`] is the number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Exit {
+    /// The operation succeeded.
+    Success = 0,
+    /// Any failure without a code of its own (a client's error completion, a VDI call that
+    /// failed, bad options).
+    Failure = 1,
+    /// The command line could not be parsed (clap's code).
+    Usage = 2,
+    /// The device set does not exist (SQL Server's error 3041).
+    SetNotFound = 3,
+    /// The client aborted the operation (SignalAbort), exited, or broke the protocol.
+    AbortedByClient = 4,
+    /// The engine aborted the operation on purpose (`--abort-at`).
+    AbortedByFault = 5,
+    /// The client stopped answering: no completion within twice `serverTimeOut` (or the
+    /// engine's limits).
+    ClientTimeout = 6,
+    /// The restored data is not what the backup wrote (mismatch, truncated or too long
+    /// stream, bad or inconsistent header).
+    DataMismatch = 7,
+}
+
+impl Exit {
+    /// The process's exit status.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for process::ExitCode {
+    fn from(e: Exit) -> Self {
+        Self::from(e.code())
+    }
+}
 
 /// Who aborted the operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,31 +346,30 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// The `vdi-engine` command's exit status for this error (see [`crate::cli`]).
-    pub const fn exit_code(&self) -> u8 {
-        use crate::cli::exit;
+    /// The `vdi-engine` command's exit status for this error.
+    pub const fn exit_code(&self) -> Exit {
         match self {
-            Self::SetNotFound { .. } => exit::SET_NOT_FOUND,
+            Self::SetNotFound { .. } => Exit::SetNotFound,
             Self::Aborted {
                 by: AbortedBy::Fault,
                 ..
-            } => exit::ABORTED_BY_FAULT,
-            Self::Aborted { .. } => exit::ABORTED_BY_CLIENT,
-            Self::ClientTimeout { .. } => exit::CLIENT_TIMEOUT,
+            } => Exit::AbortedByFault,
+            Self::Aborted { .. } => Exit::AbortedByClient,
+            Self::ClientTimeout { .. } => Exit::ClientTimeout,
             Self::Header { .. }
             | Self::HeaderMismatch { .. }
             | Self::DuplicateStream { .. }
             | Self::Mismatch { .. }
             | Self::Truncated { .. }
             | Self::TooLong { .. }
-            | Self::DataAfterEnd { .. } => exit::DATA_MISMATCH,
-            _ => exit::FAILURE,
+            | Self::DataAfterEnd { .. } => Exit::DataMismatch,
+            _ => Exit::Failure,
         }
     }
 
     /// Whether the restored data was found wrong (mismatch, truncation, bad header, …).
     pub const fn is_data_error(&self) -> bool {
-        self.exit_code() == crate::cli::exit::DATA_MISMATCH
+        matches!(self.exit_code(), Exit::DataMismatch)
     }
 
     /// The error for an abort a wait returned, when the engine did not cause it.
@@ -452,7 +490,7 @@ mod tests {
             waited: Duration::ZERO,
         };
         assert!(e.to_string().contains("3041"), "{e}");
-        assert_eq!(e.exit_code(), crate::cli::exit::SET_NOT_FOUND);
+        assert_eq!(e.exit_code(), Exit::SetNotFound);
         let e = EngineError::from_abort(AbortReason::ServerTimeout, "d", 200);
         assert!(matches!(e, EngineError::ClientTimeout { .. }));
         assert!(e.to_string().contains("400 ms"), "{e}");
