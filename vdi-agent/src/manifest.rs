@@ -2,9 +2,11 @@
 //!
 //! It records the backup's identity and configuration, its state, and for each stripe the
 //! totals at its last checkpoint that was made durable (the values a reader expects:
-//! [`StripeEntry::expected`]), or [`Checkpoint::START`] before its first. The agent stores it after every durability point with
-//! [`Manifest::store`], which replaces it atomically and durably, so the manifest on disk
-//! always describes stripe files that hold at least what it says.
+//! [`StripeEntry::expected`]), or [`Checkpoint::START`] before its first. The agent stores it
+//! after every durability point, replacing it atomically and durably (in a directory: write
+//! [`MANIFEST_TMP_FILE`], sync, rename, sync the directory), so the stored manifest always
+//! describes stripes that hold at least what it says. This module is the format
+//! ([`Manifest::to_json`], [`Manifest::from_json`]); the agent's stores do the I/O.
 //!
 //! ```json
 //! {
@@ -40,8 +42,7 @@
 //! a plain name that cannot leave the directory.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,14 +54,14 @@ use crate::stripe::{
 
 /// The manifest's file name in the backup directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// The temporary file [`Manifest::store`] writes before renaming it over [`MANIFEST_FILE`].
+/// The temporary file a directory store writes before renaming it over [`MANIFEST_FILE`].
 pub const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
 /// The manifest format version this module writes and reads.
 ///
 /// Version 2 added the state `aborted` and the fields `finished`, `end`, `engine_line` and
 /// `reason`, and goes with stripes whose header records the codec ([`crate::stripe::FLAG_ZSTD`]).
 pub const MANIFEST_VERSION: u32 = 2;
-/// The largest manifest [`Manifest::load`] reads (1 MiB; one of 64 stripes takes about
+/// The largest manifest [`Manifest::from_json`] takes (1 MiB; one of 64 stripes takes about
 /// 20 KiB).
 pub const MAX_MANIFEST_LEN: u64 = 1024 * 1024;
 /// The tool name this crate writes.
@@ -371,28 +372,17 @@ impl Manifest {
         }
     }
 
-    /// Loads and validates `dir/manifest.json`. Reads at most [`MAX_MANIFEST_LEN`] bytes.
+    /// Parses and validates a manifest's bytes (at most [`MAX_MANIFEST_LEN`]); `path` names
+    /// where they came from, for errors. Reading them is the store's part
+    /// (`vdi-agent`'s `store`).
     ///
     /// # Errors
     ///
-    /// [`ManifestError::Missing`] when there is no manifest, [`ManifestError::Io`],
     /// [`ManifestError::TooLarge`], [`ManifestError::UnsupportedVersion`],
     /// [`ManifestError::Json`] for bad JSON or a field missing, unknown or out of its type's
     /// range, [`ManifestError::Invalid`] for values that [`validate`](Self::validate) refuses.
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self, ManifestError> {
-        let dir = dir.as_ref();
-        let path = dir.join(MANIFEST_FILE);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ManifestError::Missing { dir: dir.into() });
-            }
-            Err(error) => return Err(ManifestError::Io { path, error }),
-        };
-        let mut bytes = Vec::new();
-        if let Err(error) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
-            return Err(ManifestError::Io { path, error });
-        }
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, ManifestError> {
+        let path = path.to_owned();
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(ManifestError::TooLarge { path });
         }
@@ -401,7 +391,7 @@ impl Manifest {
         struct Probe {
             format_version: u64,
         }
-        if let Ok(probe) = serde_json::from_slice::<Probe>(&bytes)
+        if let Ok(probe) = serde_json::from_slice::<Probe>(bytes)
             && probe.format_version != u64::from(MANIFEST_VERSION)
         {
             return Err(ManifestError::UnsupportedVersion {
@@ -409,7 +399,7 @@ impl Manifest {
                 found: probe.format_version,
             });
         }
-        let manifest: Self = match serde_json::from_slice(&bytes) {
+        let manifest: Self = match serde_json::from_slice(bytes) {
             Ok(m) => m,
             Err(error) => return Err(ManifestError::Json { path, error }),
         };
@@ -419,39 +409,19 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Stores the manifest as `dir/manifest.json`, atomically and durably: writes
-    /// [`MANIFEST_TMP_FILE`], syncs it, renames it over [`MANIFEST_FILE`], then syncs the
-    /// directory (on Unix; elsewhere the rename is left to the file system's journal).
+    /// The manifest as its store writes it: pretty JSON and a final newline. Storing it
+    /// atomically and durably is the store's part (`vdi-agent`'s `store`).
     ///
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidInput`] for a manifest that does not
-    /// [`validate`](Self::validate) (nothing is written); otherwise the file system's error,
-    /// with the path in the message.
-    pub fn store(&self, dir: impl AsRef<Path>) -> io::Result<()> {
+    /// [`validate`](Self::validate).
+    pub fn to_json(&self) -> io::Result<Vec<u8>> {
         self.validate()
             .map_err(|p| io::Error::new(io::ErrorKind::InvalidInput, p))?;
-        let dir = dir.as_ref();
         let mut json = serde_json::to_vec_pretty(self)?;
         json.push(b'\n');
-        let tmp = dir.join(MANIFEST_TMP_FILE);
-        let path = dir.join(MANIFEST_FILE);
-        let context = |what: &str, p: &Path, e: io::Error| {
-            io::Error::new(e.kind(), format!("cannot {what} {}: {e}", p.display()))
-        };
-        let written = File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .map_err(|e| context("write", &tmp, e))
-            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| context("rename", &tmp, e)));
-        if let Err(e) = written {
-            // Best effort: a stale temporary file is harmless, it is replaced next time.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        sync_dir(dir).map_err(|e| context("sync the directory", dir, e))
+        Ok(json)
     }
 
     /// Checks that the values agree: device count, block size, maximum transfer size and zstd
@@ -643,16 +613,6 @@ fn codec_of_flags(flags: u32) -> &'static str {
     } else {
         "stored"
     }
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 /// Why `name` is not a safe stripe file name, if it is not.
