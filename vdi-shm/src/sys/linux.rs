@@ -187,20 +187,6 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
-/// The futex pair as the ring's wait strategy.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FutexWake;
-
-impl crate::ring::Wake for FutexWake {
-    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
-        futex_wait(word, expected, timeout);
-    }
-
-    fn wake_all(&self, word: &AtomicU32) {
-        futex_wake_all(word);
-    }
-}
-
 /// A connected or listening `AF_UNIX` sequential-packet socket.
 #[derive(Debug)]
 pub(crate) struct Socket(OwnedFd);
