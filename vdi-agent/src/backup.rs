@@ -2,9 +2,8 @@
 //! per stripe that compresses, checksums and hardens it at every Flush and Complete.
 
 use std::{
-    fs,
     io::{self, ErrorKind, IsTerminal},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -28,10 +27,10 @@ use crate::{
     engine::Engine,
     failure::{Exit, Failure, Outcome},
     interrupt::Interrupt,
-    output::Output,
+    output::StripeOutput,
     progress::{Counters, Progress},
     set_name,
-    store::{BackupDir, free_space, plural},
+    store::{self, BackupStore, plural},
     units::{bytes, rate},
 };
 
@@ -74,7 +73,7 @@ where
     let dir = if to_stdout {
         None
     } else {
-        Some(BackupDir::prepare(&args.target, args.force)?)
+        Some(store::prepare(&args.target, args.force)?)
     };
     let discard = |f: Failure| -> Failure {
         match &dir {
@@ -85,7 +84,7 @@ where
     if let Some(d) = &dir
         && !args.engine.external
     {
-        check_free_space(d.path(), args).map_err(discard)?;
+        check_free_space(d.as_ref(), args).map_err(discard)?;
     }
     let name = set_name(args.engine.set.as_deref()).map_err(discard)?;
     let mut features = Features::LIKE_PIPE;
@@ -120,7 +119,7 @@ where
         );
     }
     let shared = Arc::new(SharedManifest {
-        dir: dir.as_ref().map(|d| d.path().to_owned()),
+        store: dir.clone(),
         manifest: Mutex::new(None),
     });
     let guard = interrupt.abort_on_signal(&set);
@@ -154,7 +153,7 @@ where
             None => {
                 let why = "the engine closed the devices without confirming the end of the \
                            backup (no VDC_Complete, or data after the last Flush)";
-                let left = shared.abort(why, dir.as_ref());
+                let left = shared.abort(why);
                 Err(Failure::incomplete(format!("{why}; {left}")))
             }
         },
@@ -163,7 +162,7 @@ where
                 Some(signal) => format!("interrupted by {signal}"),
                 None => f.message.clone(),
             };
-            let left = shared.abort(&reason, dir.as_ref());
+            let left = shared.abort(&reason);
             Err(match interrupt.fired() {
                 Some(signal) => Interrupt::failure(signal, "backup", &left),
                 None => f.and(&left),
@@ -173,8 +172,8 @@ where
 }
 
 /// Refuses a stored backup of known size that cannot fit; warns for a compressed one.
-fn check_free_space(dir: &Path, args: &BackupArgs) -> Outcome {
-    let Ok(free) = free_space(dir) else {
+fn check_free_space(store: &dyn BackupStore, args: &BackupArgs) -> Outcome {
+    let Ok(free) = store.free_space() else {
         return Ok(());
     };
     // Each Write is a record of at least 64 KiB: its 32-byte header is under 0.05%; a
@@ -190,7 +189,7 @@ fn check_free_space(dir: &Path, args: &BackupArgs) -> Outcome {
         eprintln!(
             "vdi-agent: warning: {} has {} free and the database is {}: the backup fits only if \
              zstd shrinks it enough",
-            dir.display(),
+            store.location(),
             bytes(free),
             bytes(args.size)
         );
@@ -201,7 +200,7 @@ fn check_free_space(dir: &Path, args: &BackupArgs) -> Outcome {
         format!(
             "not enough free space: {} has {} free, the backup needs about {}; free space, \
              choose another directory, or compress (--zstd)",
-            dir.display(),
+            store.location(),
             bytes(free),
             bytes(need)
         ),
@@ -220,8 +219,8 @@ pub(crate) fn device_clause(name: &str, devices: u32) -> String {
 /// its stripe and stores it; the end marks it complete or aborted, under the same lock.
 #[derive(Debug)]
 struct SharedManifest {
-    /// `None` for a backup to stdout, which has no manifest.
-    dir: Option<PathBuf>,
+    /// Where the backup goes; `None` for a backup to stdout, which has no manifest.
+    store: Option<Arc<dyn BackupStore>>,
     manifest: Mutex<Option<Manifest>>,
 }
 
@@ -234,17 +233,18 @@ impl SharedManifest {
 
     /// Stores the first manifest of the backup.
     fn start(&self, m: Manifest) -> Outcome {
-        let Some(dir) = &self.dir else {
+        let Some(store) = &self.store else {
             return Ok(());
         };
-        m.store(dir)
-            .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))?;
+        store.store_manifest(&m).map_err(|e| {
+            Failure::io(format!("writing the manifest in {}", store.location()), &e)
+        })?;
         *self.lock().map_err(|e| Failure::other(e.to_string()))? = Some(m);
         Ok(())
     }
 
     fn record(&self, index: u32, cp: &Checkpoint) -> io::Result<()> {
-        let (Some(dir), mut guard) = (&self.dir, self.lock()?) else {
+        let (Some(store), mut guard) = (&self.store, self.lock()?) else {
             return Ok(());
         };
         let Some(m) = guard.as_mut() else {
@@ -256,13 +256,13 @@ impl SharedManifest {
         if m.state == ManifestState::InProgress {
             m.state = ManifestState::Flushed;
         }
-        m.store(dir)
+        store.store_manifest(m)
     }
 
     /// Marks the backup complete.
     fn complete(&self, end: EndConfirmation, engine_line: Option<String>) -> Outcome {
-        let (Some(dir), mut guard) = (
-            &self.dir,
+        let (Some(store), mut guard) = (
+            &self.store,
             self.lock().map_err(|e| Failure::other(e.to_string()))?,
         ) else {
             return Ok(());
@@ -273,14 +273,15 @@ impl SharedManifest {
             ));
         };
         m.mark_complete(end, now(), engine_line);
-        m.store(dir)
-            .map_err(|e| Failure::io(format!("writing the manifest in {}", dir.display()), &e))
+        store
+            .store_manifest(m)
+            .map_err(|e| Failure::io(format!("writing the manifest in {}", store.location()), &e))
     }
 
     /// Records that the backup failed for `reason`, or removes it when nothing in it was ever
     /// acknowledged to the engine; returns what is left, for the user.
-    fn abort(&self, reason: &str, dir: Option<&BackupDir>) -> String {
-        let Some(backup_dir) = dir else {
+    fn abort(&self, reason: &str) -> String {
+        let Some(store) = &self.store else {
             return "the stripe on stdout is incomplete".to_owned();
         };
         let mut guard = match self.lock() {
@@ -288,20 +289,20 @@ impl SharedManifest {
             Err(e) => return format!("the manifest was not updated: {e}"),
         };
         match guard.as_mut() {
-            None => backup_dir.discard(None),
+            None => store.discard(None),
             Some(m) if m.state == ManifestState::InProgress => {
                 format!(
                     "nothing was acknowledged to the engine, so {}",
-                    backup_dir.discard(Some(m))
+                    store.discard(Some(m))
                 )
             }
             Some(m) => {
                 m.mark_aborted(reason, now());
-                match m.store(backup_dir.path()) {
+                match store.store_manifest(m) {
                     Ok(()) => format!(
                         "{} holds an aborted backup ({} up to checkpoint {}); replace it with \
                          --force",
-                        backup_dir.path().display(),
+                        store.location(),
                         bytes(m.raw_bytes()),
                         m.min_checkpoints()
                     ),
@@ -363,17 +364,9 @@ async fn serve<S: ClientDeviceSet + 'static>(
             .open_device(&dev_name)
             .await
             .map_err(|e| open_failure("backup", &dev_name, e))?;
-        let (output, label) = match &manifest.dir {
-            Some(d) => {
-                let path = d.join(stripe_file_name(i));
-                let f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| Failure::io(format!("creating {}", path.display()), &e))?;
-                (Output::File(f), path.display().to_string())
-            }
-            None => (Output::Stdout(io::stdout()), "stdout".to_owned()),
+        let (output, label): (Box<dyn StripeOutput>, String) = match &manifest.store {
+            Some(store) => store.create_stripe(&stripe_file_name(i))?,
+            None => (Box::new(io::stdout()), "stdout".to_owned()),
         };
         let header = StripeHeader {
             backup_id,
@@ -624,7 +617,7 @@ impl<S: ClientDeviceSet + 'static> StripeSink<S> {
     fn start(
         index: u32,
         label: String,
-        output: Output,
+        output: Box<dyn StripeOutput>,
         header: StripeHeader,
         codec: Codec,
         manifest: Arc<SharedManifest>,
@@ -747,7 +740,7 @@ impl<S: ClientDeviceSet + 'static> BackupSink for StripeSink<S> {
 /// each barrier, a last checkpoint at the end if data came after the last barrier.
 fn write_stripe(
     index: u32,
-    mut writer: StripeWriter<Output>,
+    mut writer: StripeWriter<Box<dyn StripeOutput>>,
     mut rx: mpsc::Receiver<Job>,
     manifest: &SharedManifest,
     counters: &Counters,
@@ -802,7 +795,7 @@ fn write_stripe(
 
 fn harden(
     index: u32,
-    writer: &mut StripeWriter<Output>,
+    writer: &mut StripeWriter<Box<dyn StripeOutput>>,
     manifest: Option<&SharedManifest>,
 ) -> io::Result<Checkpoint> {
     let cp = writer.checkpoint()?;

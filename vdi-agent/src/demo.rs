@@ -79,10 +79,15 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
     )
     .await?;
     restore::print_report(&r, false);
-    let manifest = store::load_manifest(&dir)?;
+    let (store, manifest) = match store::Source::open(&dir)? {
+        store::Source::Backup(store, m) => (store, m),
+        store::Source::File(p) => {
+            return Err(Failure::other(format!("{} is a file", p.display())));
+        }
+    };
     let start = std::time::Instant::now();
     let verified = tokio::select! {
-        v = verify::verify_manifest_dir(&dir, &manifest, progress, false) => v?,
+        v = verify::verify_backup(&store, &manifest, progress, false) => v?,
         signal = interrupt.wait() => {
             return Err(Interrupt::failure(signal, "demo", "its temporary directory is removed"));
         }

@@ -2,24 +2,24 @@
 //! is read: `verify` does that), for people or, with `--json`, in a stable machine-readable
 //! form.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use serde_json::{Value, json};
 use vdi_agent::manifest::Manifest;
 
 use crate::{
     failure::{Failure, Outcome},
-    store::{self, plural, rfc3339},
+    store::{self, BackupStore, LocalStore, plural, rfc3339},
     units::bytes,
 };
 
 /// The stable JSON form of a backup's description (`info --json`, and each entry of
 /// `list --json`). Fields are only ever added.
-fn describe(dir: &Path, m: &Manifest) -> Value {
+fn describe(store: &dyn BackupStore, m: &Manifest) -> Value {
     let raw = m.raw_bytes();
     let stored = m.stored_bytes();
     json!({
-        "path": dir.display().to_string(),
+        "path": store.location(),
         "state": m.state,
         "good": m.state.is_complete(),
         "incomplete_reason": m.incomplete_reason(),
@@ -44,8 +44,8 @@ fn describe(dir: &Path, m: &Manifest) -> Value {
 
 /// Runs `vdi-agent info DIR`.
 pub(crate) fn info(dir: &Path, json: bool) -> Outcome {
-    let m = match store::Source::open(dir)? {
-        store::Source::Dir(_, m) => m,
+    let (store, m) = match store::Source::open(dir)? {
+        store::Source::Backup(store, m) => (store, m),
         store::Source::File(p) => {
             return Err(Failure::usage(format!(
                 "{} is a file: info takes a backup directory (verify reads a single stripe)",
@@ -54,13 +54,13 @@ pub(crate) fn info(dir: &Path, json: bool) -> Outcome {
         }
     };
     if json {
-        crate::print_json(&describe(dir, &m));
+        crate::print_json(&describe(store.as_ref(), &m));
         return Ok(());
     }
     let raw = m.raw_bytes();
     let stored = m.stored_bytes();
     let mut lines = vec![
-        ("backup", dir.display().to_string()),
+        ("backup", store.location()),
         (
             "state",
             match m.incomplete_reason() {
@@ -110,30 +110,20 @@ pub(crate) fn info(dir: &Path, json: bool) -> Outcome {
 
 /// Runs `vdi-agent list PARENT`: every subdirectory that holds a manifest, sorted by name.
 pub(crate) fn list(parent: &Path, json: bool) -> Outcome {
-    let read = fs::read_dir(parent).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Failure::usage(format!("{}: no such directory", parent.display()))
-        } else {
-            Failure::io(format!("reading {}", parent.display()), &e)
-        }
-    })?;
-    let mut dirs: Vec<_> = read
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.join(vdi_agent::manifest::MANIFEST_FILE).exists())
+    let out: Vec<_> = LocalStore::backups_in(parent)?
+        .into_iter()
+        .map(|(name, store)| {
+            let m = store.manifest();
+            (name, store, m)
+        })
         .collect();
-    dirs.sort();
-    let mut out = Vec::new();
-    for d in &dirs {
-        out.push((d, Manifest::load(d)));
-    }
     if json {
         let entries: Vec<Value> = out
             .iter()
-            .map(|(d, m)| match m {
-                Ok(m) => describe(d, m),
+            .map(|(_, store, m)| match m {
+                Ok(m) => describe(store, m),
                 Err(e) => json!({
-                    "path": d.display().to_string(),
+                    "path": store.location(),
                     "state": "damaged",
                     "good": false,
                     "error": e.to_string(),
@@ -143,11 +133,7 @@ pub(crate) fn list(parent: &Path, json: bool) -> Outcome {
         crate::print_json(&Value::Array(entries));
         return Ok(());
     }
-    for (d, m) in &out {
-        let name = d.file_name().map_or_else(
-            || d.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+    for (name, _, m) in &out {
         match m {
             Ok(m) => println!(
                 "{name:<24} {:<11} {:>10} {:>2} stripe{} {:<13} created {}",

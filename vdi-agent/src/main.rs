@@ -194,7 +194,7 @@ fn run_engine() -> ExitCode {
         Ok(cli) => ExitCode::from(vdi_engine::cli::run(cli)),
         Err(e) => {
             let _ = e.print();
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(vdi_engine::cli::exit::USAGE))
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(vdi_engine::Exit::Usage.code()))
         }
     }
 }

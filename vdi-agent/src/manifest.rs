@@ -2,9 +2,11 @@
 //!
 //! It records the backup's identity and configuration, its state, and for each stripe the
 //! totals at its last checkpoint that was made durable (the values a reader expects:
-//! [`StripeEntry::expected`]), or [`Checkpoint::START`] before its first. The agent stores it after every durability point with
-//! [`Manifest::store`], which replaces it atomically and durably, so the manifest on disk
-//! always describes stripe files that hold at least what it says.
+//! [`StripeEntry::expected`]), or [`Checkpoint::START`] before its first. The agent stores it
+//! after every durability point, replacing it atomically and durably (in a directory: write
+//! [`MANIFEST_TMP_FILE`], sync, rename, sync the directory), so the stored manifest always
+//! describes stripes that hold at least what it says. This module is the format
+//! ([`Manifest::to_json`], [`Manifest::from_json`]); the agent's stores do the I/O.
 //!
 //! ```json
 //! {
@@ -40,8 +42,7 @@
 //! a plain name that cannot leave the directory.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,14 +54,14 @@ use crate::stripe::{
 
 /// The manifest's file name in the backup directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// The temporary file [`Manifest::store`] writes before renaming it over [`MANIFEST_FILE`].
+/// The temporary file a directory store writes before renaming it over [`MANIFEST_FILE`].
 pub const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
 /// The manifest format version this module writes and reads.
 ///
 /// Version 2 added the state `aborted` and the fields `finished`, `end`, `engine_line` and
 /// `reason`, and goes with stripes whose header records the codec ([`crate::stripe::FLAG_ZSTD`]).
 pub const MANIFEST_VERSION: u32 = 2;
-/// The largest manifest [`Manifest::load`] reads (1 MiB; one of 64 stripes takes about
+/// The largest manifest [`Manifest::from_json`] takes (1 MiB; one of 64 stripes takes about
 /// 20 KiB).
 pub const MAX_MANIFEST_LEN: u64 = 1024 * 1024;
 /// The tool name this crate writes.
@@ -371,28 +372,17 @@ impl Manifest {
         }
     }
 
-    /// Loads and validates `dir/manifest.json`. Reads at most [`MAX_MANIFEST_LEN`] bytes.
+    /// Parses and validates a manifest's bytes (at most [`MAX_MANIFEST_LEN`]); `path` names
+    /// where they came from, for errors. Reading them is the store's part
+    /// (`vdi-agent`'s `store`).
     ///
     /// # Errors
     ///
-    /// [`ManifestError::Missing`] when there is no manifest, [`ManifestError::Io`],
     /// [`ManifestError::TooLarge`], [`ManifestError::UnsupportedVersion`],
     /// [`ManifestError::Json`] for bad JSON or a field missing, unknown or out of its type's
     /// range, [`ManifestError::Invalid`] for values that [`validate`](Self::validate) refuses.
-    pub fn load(dir: impl AsRef<Path>) -> Result<Self, ManifestError> {
-        let dir = dir.as_ref();
-        let path = dir.join(MANIFEST_FILE);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ManifestError::Missing { dir: dir.into() });
-            }
-            Err(source) => return Err(ManifestError::Io { path, source }),
-        };
-        let mut bytes = Vec::new();
-        if let Err(source) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
-            return Err(ManifestError::Io { path, source });
-        }
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self, ManifestError> {
+        let path = path.to_owned();
         if bytes.len() as u64 > MAX_MANIFEST_LEN {
             return Err(ManifestError::TooLarge { path });
         }
@@ -401,7 +391,7 @@ impl Manifest {
         struct Probe {
             format_version: u64,
         }
-        if let Ok(probe) = serde_json::from_slice::<Probe>(&bytes)
+        if let Ok(probe) = serde_json::from_slice::<Probe>(bytes)
             && probe.format_version != u64::from(MANIFEST_VERSION)
         {
             return Err(ManifestError::UnsupportedVersion {
@@ -409,9 +399,9 @@ impl Manifest {
                 found: probe.format_version,
             });
         }
-        let manifest: Self = match serde_json::from_slice(&bytes) {
+        let manifest: Self = match serde_json::from_slice(bytes) {
             Ok(m) => m,
-            Err(source) => return Err(ManifestError::Json { path, source }),
+            Err(error) => return Err(ManifestError::Json { path, error }),
         };
         if let Err(problem) = manifest.validate() {
             return Err(ManifestError::Invalid { path, problem });
@@ -419,39 +409,19 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Stores the manifest as `dir/manifest.json`, atomically and durably: writes
-    /// [`MANIFEST_TMP_FILE`], syncs it, renames it over [`MANIFEST_FILE`], then syncs the
-    /// directory (on Unix; elsewhere the rename is left to the file system's journal).
+    /// The manifest as its store writes it: pretty JSON and a final newline. Storing it
+    /// atomically and durably is the store's part (`vdi-agent`'s `store`).
     ///
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidInput`] for a manifest that does not
-    /// [`validate`](Self::validate) (nothing is written); otherwise the file system's error,
-    /// with the path in the message.
-    pub fn store(&self, dir: impl AsRef<Path>) -> io::Result<()> {
+    /// [`validate`](Self::validate).
+    pub fn to_json(&self) -> io::Result<Vec<u8>> {
         self.validate()
             .map_err(|p| io::Error::new(io::ErrorKind::InvalidInput, p))?;
-        let dir = dir.as_ref();
         let mut json = serde_json::to_vec_pretty(self)?;
         json.push(b'\n');
-        let tmp = dir.join(MANIFEST_TMP_FILE);
-        let path = dir.join(MANIFEST_FILE);
-        let context = |what: &str, p: &Path, e: io::Error| {
-            io::Error::new(e.kind(), format!("cannot {what} {}: {e}", p.display()))
-        };
-        let written = File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .map_err(|e| context("write", &tmp, e))
-            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| context("rename", &tmp, e)));
-        if let Err(e) = written {
-            // Best effort: a stale temporary file is harmless, it is replaced next time.
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        sync_dir(dir).map_err(|e| context("sync the directory", dir, e))
+        Ok(json)
     }
 
     /// Checks that the values agree: device count, block size, maximum transfer size and zstd
@@ -645,16 +615,6 @@ fn codec_of_flags(flags: u32) -> &'static str {
     }
 }
 
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
-}
-
 /// Why `name` is not a safe stripe file name, if it is not.
 fn check_file_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -755,18 +715,27 @@ fn check_totals(cp: &Checkpoint, codec: Codec) -> Result<(), String> {
 }
 
 /// Why a manifest's values do not hold together.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestProblem {
     /// The device count is not in 1..=64.
+    #[error("device count {0} is not in 1..={MAX_STRIPES}")]
     DeviceCount(u32),
     /// The block size is not a power of two in 512..=65536.
+    #[error("block size {0} is not a power of two in 512..=65536")]
     BlockSize(u32),
     /// The maximum transfer size is not a multiple of 64 KiB in 64 KiB..=4 MiB.
+    #[error("max transfer size {0} is not a multiple of 65536 in 65536..=4194304")]
     MaxTransferSize(u32),
     /// The zstd level is outside zstd's range.
+    #[error(
+        "zstd level {0} is not in {lo}..={hi}",
+        lo = zstd::compression_level_range().start(),
+        hi = zstd::compression_level_range().end()
+    )]
     ZstdLevel(i32),
     /// A stripe index is not below the device count.
+    #[error("stripe index {index} is not below the device count {device_count}")]
     StripeIndexOutOfRange {
         /// The index.
         index: u32,
@@ -774,10 +743,13 @@ pub enum ManifestProblem {
         device_count: u32,
     },
     /// Two entries have this index.
+    #[error("stripe {0} appears more than once")]
     DuplicateStripe(u32),
     /// No entry has this index.
+    #[error("stripe {0} is missing")]
     MissingStripe(u32),
     /// A file name could name something outside the directory, or is otherwise unsafe.
+    #[error("stripe {index}: file name {file:?} {reason}")]
     UnsafeFileName {
         /// The stripe's index.
         index: u32,
@@ -787,6 +759,7 @@ pub enum ManifestProblem {
         reason: &'static str,
     },
     /// Two stripes have the same file name (without regard to case).
+    #[error("stripes {first} and {second} both use the file {file:?}")]
     DuplicateFileName {
         /// The name.
         file: String,
@@ -796,6 +769,7 @@ pub enum ManifestProblem {
         second: u32,
     },
     /// A stripe's totals are impossible for the format or the codec.
+    #[error("stripe {index}: {reason}")]
     ImpossibleTotals {
         /// The stripe's index.
         index: u32,
@@ -803,8 +777,13 @@ pub enum ManifestProblem {
         reason: String,
     },
     /// The state and the fields that go with it disagree.
+    #[error("{0}")]
     StateFields(&'static str),
     /// A stripe's file header does not belong to this backup.
+    #[error(
+        "stripe {index}'s header does not belong to this backup: {field} is {stripe}, the \
+         manifest has {manifest}"
+    )]
     HeaderMismatch {
         /// The stripe's index.
         index: u32,
@@ -817,92 +796,48 @@ pub enum ManifestProblem {
     },
 }
 
-impl fmt::Display for ManifestProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::DeviceCount(n) => write!(f, "device count {n} is not in 1..={MAX_STRIPES}"),
-            Self::BlockSize(n) => {
-                write!(f, "block size {n} is not a power of two in 512..=65536")
-            }
-            Self::MaxTransferSize(n) => write!(
-                f,
-                "max transfer size {n} is not a multiple of 65536 in 65536..=4194304"
-            ),
-            Self::ZstdLevel(level) => {
-                let range = zstd::compression_level_range();
-                write!(
-                    f,
-                    "zstd level {level} is not in {}..={}",
-                    range.start(),
-                    range.end()
-                )
-            }
-            Self::StripeIndexOutOfRange {
-                index,
-                device_count,
-            } => write!(
-                f,
-                "stripe index {index} is not below the device count {device_count}"
-            ),
-            Self::DuplicateStripe(index) => write!(f, "stripe {index} appears more than once"),
-            Self::MissingStripe(index) => write!(f, "stripe {index} is missing"),
-            Self::UnsafeFileName {
-                index,
-                file,
-                reason,
-            } => write!(f, "stripe {index}: file name {file:?} {reason}"),
-            Self::DuplicateFileName {
-                file,
-                first,
-                second,
-            } => write!(f, "stripes {first} and {second} both use the file {file:?}"),
-            Self::ImpossibleTotals { index, reason } => write!(f, "stripe {index}: {reason}"),
-            Self::StateFields(problem) => write!(f, "{problem}"),
-            Self::HeaderMismatch {
-                index,
-                field,
-                manifest,
-                stripe,
-            } => write!(
-                f,
-                "stripe {index}'s header does not belong to this backup: {field} is {stripe}, \
-                 the manifest has {manifest}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ManifestProblem {}
-
-/// Why a manifest cannot be loaded.
-#[derive(Debug)]
+/// Why a manifest cannot be loaded. An inner error is part of the message, so `source` does
+/// not repeat it.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
     /// There is no `manifest.json` in the directory (or no directory).
+    #[error(
+        "no {MANIFEST_FILE} in {}: not a backup directory, or the backup never reached its \
+         first Flush",
+        .dir.display()
+    )]
     Missing {
         /// The directory.
         dir: PathBuf,
     },
     /// Reading it failed.
+    #[error("cannot read {}: {error}", .path.display())]
     Io {
         /// The manifest's path.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// It is larger than [`MAX_MANIFEST_LEN`].
+    #[error("{} is larger than {MAX_MANIFEST_LEN} bytes: not a backup manifest", .path.display())]
     TooLarge {
         /// The manifest's path.
         path: PathBuf,
     },
     /// It is not JSON, or not a manifest (a field missing, unknown, or of the wrong type).
+    #[error("bad JSON in {}: {error}", .path.display())]
     Json {
         /// The manifest's path.
         path: PathBuf,
         /// serde_json's error, with line and column.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// Its format version is not [`MANIFEST_VERSION`].
+    #[error(
+        "{} has manifest format version {found}, this build reads version {MANIFEST_VERSION}",
+        .path.display()
+    )]
     UnsupportedVersion {
         /// The manifest's path.
         path: PathBuf,
@@ -910,6 +845,7 @@ pub enum ManifestError {
         found: u64,
     },
     /// Its values do not hold together.
+    #[error("inconsistent manifest {}: {problem}", .path.display())]
     Invalid {
         /// The manifest's path.
         path: PathBuf,
@@ -918,38 +854,6 @@ pub enum ManifestError {
     },
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing { dir } => write!(
-                f,
-                "no {MANIFEST_FILE} in {}: not a backup directory, or the backup never reached \
-                 its first Flush",
-                dir.display()
-            ),
-            Self::Io { path, source } => write!(f, "cannot read {}: {source}", path.display()),
-            Self::TooLarge { path } => write!(
-                f,
-                "{} is larger than {MAX_MANIFEST_LEN} bytes: not a backup manifest",
-                path.display()
-            ),
-            Self::Json { path, source } => write!(f, "bad JSON in {}: {source}", path.display()),
-            Self::UnsupportedVersion { path, found } => write!(
-                f,
-                "{} has manifest format version {found}, this build reads version \
-                 {MANIFEST_VERSION}",
-                path.display()
-            ),
-            Self::Invalid { path, problem } => {
-                write!(f, "inconsistent manifest {}: {problem}", path.display())
-            }
-        }
-    }
-}
-
-/// Inner errors are part of the message (`Display`), so `source` does not repeat them.
-impl std::error::Error for ManifestError {}
-
 impl From<ManifestError> for io::Error {
     /// [`io::ErrorKind::NotFound`] for a missing manifest, the inner error's kind for
     /// [`ManifestError::Io`], [`io::ErrorKind::InvalidData`] otherwise; the [`ManifestError`]
@@ -957,7 +861,7 @@ impl From<ManifestError> for io::Error {
     fn from(e: ManifestError) -> Self {
         let kind = match &e {
             ManifestError::Missing { .. } => io::ErrorKind::NotFound,
-            ManifestError::Io { source, .. } => source.kind(),
+            ManifestError::Io { error, .. } => error.kind(),
             _ => io::ErrorKind::InvalidData,
         };
         Self::new(kind, e)

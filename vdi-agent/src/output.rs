@@ -1,68 +1,29 @@
-//! Where a stripe goes (a file or stdout) and where it comes from (a file or stdin), with what
-//! durability means for each.
+//! Where a stripe goes and what durability means there ([`StripeOutput`]): a file, stdout, or
+//! whatever a store writes a stripe into (`store`).
 
 use std::{
     fs::File,
-    io::{self, Read, Write},
+    io::{self, Write},
 };
 
-/// A stripe's destination.
-#[derive(Debug)]
-pub(crate) enum Output {
-    /// A stripe file.
-    File(File),
-    /// Standard output (one device, piped to another program).
-    Stdout(io::Stdout),
+/// A stripe's destination: bytes in order, and a point at which everything written so far is
+/// durable (the agent makes one at each Flush and Complete, after a checkpoint record).
+pub(crate) trait StripeOutput: Write + Send {
+    /// Makes everything written so far durable, or says why it cannot.
+    fn sync(&mut self) -> io::Result<()>;
 }
 
-impl Output {
-    /// Makes everything written so far durable: `fdatasync` for a file; for stdout, everything
-    /// is handed to the reader, which is as far as this process can see.
-    pub(crate) fn sync(&mut self) -> io::Result<()> {
-        match self {
-            Self::File(f) => f.sync_data(),
-            Self::Stdout(s) => s.flush(),
-        }
+/// A stripe file: `fdatasync`.
+impl StripeOutput for File {
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
     }
 }
 
-impl Write for Output {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::File(f) => f.write(buf),
-            Self::Stdout(s) => s.write(buf),
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Self::File(f) => f.write_vectored(bufs),
-            Self::Stdout(s) => s.write_vectored(bufs),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::File(f) => f.flush(),
-            Self::Stdout(s) => s.flush(),
-        }
-    }
-}
-
-/// A stripe's source.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// A stripe file.
-    File(File),
-    /// Standard input.
-    Stdin(io::Stdin),
-}
-
-impl Read for Input {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::File(f) => f.read(buf),
-            Self::Stdin(s) => s.read(buf),
-        }
+/// Standard output (one device, piped to another program): everything is handed to the
+/// reader, which is as far as this process can see.
+impl StripeOutput for io::Stdout {
+    fn sync(&mut self) -> io::Result<()> {
+        self.flush()
     }
 }

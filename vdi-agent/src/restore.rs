@@ -2,7 +2,7 @@
 //! every record's checksum before the engine sees a byte of it.
 
 use std::{
-    io::{self, IsTerminal},
+    io::{self, IsTerminal, Read},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -30,7 +30,6 @@ use crate::{
     engine::Engine,
     failure::{Failure, Outcome},
     interrupt::Interrupt,
-    output::Input,
     progress::{Counters, Progress},
     set_name,
     store::{self, plural, stripe_of},
@@ -53,7 +52,7 @@ pub(crate) struct RestoreReport {
 #[derive(Debug)]
 struct Source {
     label: String,
-    reader: StripeReader<Input>,
+    reader: StripeReader<Box<dyn Read + Send>>,
     expected_bytes: Option<u64>,
 }
 
@@ -75,8 +74,8 @@ where
                  or a pipe (vdi-agent restore - ... < db.vdis)",
             ));
         }
-        let reader = StripeReader::new(Input::Stdin(io::stdin()))
-            .map_err(|e| Failure::data(format!("stdin: {e}")))?;
+        let stdin: Box<dyn Read + Send> = Box::new(io::stdin());
+        let reader = StripeReader::new(stdin).map_err(|e| Failure::data(format!("stdin: {e}")))?;
         let h = *reader.header();
         if h.count != 1 {
             return Err(Failure::data(format!(
@@ -185,9 +184,8 @@ fn engine_args_for(
 /// it), no stray stripe files, each file's length and header against the manifest; with
 /// `--verify-first`, every record.
 async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u32, u32)> {
-    let dir = &args.source;
-    let manifest = match store::Source::open(dir)? {
-        store::Source::Dir(_, m) => *m,
+    let (store, manifest) = match store::Source::open(&args.source)? {
+        store::Source::Backup(store, m) => (store, *m),
         store::Source::File(p) => {
             return Err(Failure::usage(format!(
                 "{} is a file: restore takes a backup directory, or - for one stripe on stdin",
@@ -200,7 +198,7 @@ async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u
             return Err(Failure::incomplete(format!(
                 "refusing to restore {}: {why}. Restoring it would start a RESTORE that must \
                  fail partway{}",
-                dir.display(),
+                store.location(),
                 if manifest.state == ManifestState::InProgress {
                     ""
                 } else {
@@ -210,13 +208,13 @@ async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u
         }
         eprintln!("vdi-agent: warning: restoring an incomplete backup (--allow-incomplete): {why}");
     }
-    store::check_no_strays(dir, &manifest)?;
+    store::check_no_strays(store.as_ref(), &manifest)?;
     if args.verify_first {
-        verify::verify_manifest_dir(dir, &manifest, progress, false).await?;
+        verify::verify_backup(&store, &manifest, progress, false).await?;
     }
     let mut sources = Vec::new();
     for entry in &manifest.stripes {
-        let open = store::open_stripe(dir, &manifest, entry.index)?;
+        let open = store::open_stripe(store.as_ref(), &manifest, entry.index)?;
         sources.push(Source {
             label: open.label,
             reader: open.reader,
@@ -370,7 +368,7 @@ impl StripeSource {
 
 /// The reader thread: records out as they are verified; at the end, the verified totals.
 fn read_stripe(
-    mut reader: StripeReader<Input>,
+    mut reader: StripeReader<Box<dyn Read + Send>>,
     tx: &mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<Option<Checkpoint>, String> {
     loop {

@@ -6,8 +6,7 @@
 
 use std::{
     fs,
-    io::{self, IsTerminal},
-    path::{Path, PathBuf},
+    io::{self, IsTerminal, Read},
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -18,9 +17,8 @@ use vdi_agent::{manifest::Manifest, stripe::StripeReader};
 use crate::{
     cli::VerifyArgs,
     failure::{Failure, Outcome},
-    output::Input,
     progress::{Counters, Progress},
-    store::{self, plural, stripe_of},
+    store::{self, BackupStore, plural, stripe_of},
     units::{bytes, rate},
 };
 
@@ -44,27 +42,27 @@ pub(crate) async fn run(args: &VerifyArgs, progress: bool, json: bool) -> Outcom
                 "refusing to read a stripe from a terminal: redirect stdin from a stripe file",
             ));
         }
-        return verify_one(Input::Stdin(io::stdin()), "stdin".to_owned(), start, json).await;
+        return verify_one(Box::new(io::stdin()), "stdin".to_owned(), start, json).await;
     }
     match store::Source::open(&source)? {
         store::Source::File(path) => {
             let file = fs::File::open(&path)
                 .map_err(|e| Failure::io(format!("opening {}", path.display()), &e))?;
-            verify_one(Input::File(file), path.display().to_string(), start, json).await
+            verify_one(Box::new(file), path.display().to_string(), start, json).await
         }
-        store::Source::Dir(dir, manifest) => {
-            store::check_no_strays(&dir, &manifest)?;
-            let raw = verify_manifest_dir(&dir, &manifest, progress, !json).await?;
+        store::Source::Backup(store, manifest) => {
+            store::check_no_strays(store.as_ref(), &manifest)?;
+            let raw = verify_backup(&store, &manifest, progress, !json).await?;
             if let Some(why) = manifest.incomplete_reason() {
                 return Err(Failure::incomplete(format!(
                     "incomplete: {} is not a good backup: {why}. Every stripe checks out up to \
                      that checkpoint",
-                    dir.display()
+                    store.location()
                 )));
             }
             summary(
                 &Verified {
-                    what: dir.display().to_string(),
+                    what: store.location(),
                     raw_bytes: raw,
                     stripes: manifest.device_count,
                     state: manifest.state.to_string(),
@@ -105,7 +103,12 @@ fn summary(v: &Verified, json: bool) -> Outcome {
 
 /// Verifies one stripe read without its manifest, off the runtime's threads, and prints its
 /// summary ("stripe i of n (name)").
-async fn verify_one(input: Input, name: String, start: Instant, json: bool) -> Outcome {
+async fn verify_one(
+    input: Box<dyn Read + Send>,
+    name: String,
+    start: Instant,
+    json: bool,
+) -> Outcome {
     let (what, raw_bytes) = tokio::task::spawn_blocking(move || {
         let reader = StripeReader::new(input).map_err(|e| Failure::data(format!("{name}: {e}")))?;
         let label = format!("{} ({name})", stripe_of(reader.header()));
@@ -128,7 +131,7 @@ async fn verify_one(input: Input, name: String, start: Instant, json: bool) -> O
     )
 }
 
-/// Verifies every stripe of the backup in `dir` against `manifest`, up to the checkpoint the
+/// Verifies every stripe of the backup in `store` against `manifest`, up to the checkpoint the
 /// manifest records, with a progress bar when `progress`; prints a line per stripe when
 /// `print`. Returns the raw bytes verified.
 ///
@@ -136,8 +139,8 @@ async fn verify_one(input: Input, name: String, start: Instant, json: bool) -> O
 ///
 /// The first stripe's failure (a data error for damage, an I/O error naming the file); every
 /// stripe's failure is printed when `print`.
-pub(crate) async fn verify_manifest_dir(
-    dir: &Path,
+pub(crate) async fn verify_backup(
+    store: &Arc<dyn BackupStore>,
     manifest: &Manifest,
     progress: bool,
     print: bool,
@@ -145,10 +148,10 @@ pub(crate) async fn verify_manifest_dir(
     let counters = Counters::new(manifest.device_count);
     let expected = manifest.stripes.iter().map(|s| s.raw_bytes).collect();
     let bars = Progress::start("verify", &counters, Some(expected), progress, false);
-    let dir: PathBuf = dir.to_owned();
+    let store = Arc::clone(store);
     let m = manifest.clone();
     let c = Arc::clone(&counters);
-    let results = tokio::task::spawn_blocking(move || check_stripes(&dir, &m, &c))
+    let results = tokio::task::spawn_blocking(move || check_stripes(store.as_ref(), &m, &c))
         .await
         .map_err(|e| Failure::other(format!("verify failed: {e}")))?;
     bars.finish();
@@ -178,7 +181,7 @@ pub(crate) async fn verify_manifest_dir(
 
 /// Reads every stripe, one thread each.
 fn check_stripes(
-    dir: &Path,
+    store: &dyn BackupStore,
     manifest: &Manifest,
     counters: &Counters,
 ) -> Vec<Outcome<(String, u64)>> {
@@ -188,7 +191,7 @@ fn check_stripes(
             .iter()
             .map(|entry| {
                 s.spawn(move || {
-                    let mut open = store::open_stripe(dir, manifest, entry.index)?;
+                    let mut open = store::open_stripe(store, manifest, entry.index)?;
                     loop {
                         match open.reader.read_chunk() {
                             Ok(Some(chunk)) => counters.add(entry.index, chunk.len() as u64, 0),

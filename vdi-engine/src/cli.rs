@@ -1,6 +1,5 @@
 //! The `vdi-engine` command line, in the library so that another binary can embed it: [`Cli`]
-//! (clap derive), [`run`] and [`run_with`], which return the exit code, and the codes in
-//! [`exit`].
+//! (clap derive), and [`run`] and [`run_with`], which return the exit code ([`Exit`]).
 //!
 //! ```
 //! use clap::Parser;
@@ -21,34 +20,11 @@ use clap::{Args, Parser, Subcommand};
 use vdi_core::CommandCode;
 
 use crate::{
-    error::EngineError,
+    error::{EngineError, Exit},
     options::{BackupJob, FaultPoint, Faults, Options, RestoreJob},
     report::Report,
     units::{Limit, parse_duration, parse_limit, parse_size, parse_size_u32},
 };
-
-/// The exit codes of the `vdi-engine` command.
-pub mod exit {
-    /// The operation succeeded.
-    pub const SUCCESS: u8 = 0;
-    /// Any failure without a code of its own (a client's error completion, a VDI call that
-    /// failed, bad options).
-    pub const FAILURE: u8 = 1;
-    /// The command line could not be parsed (clap's code).
-    pub const USAGE: u8 = 2;
-    /// The device set does not exist (SQL Server's error 3041).
-    pub const SET_NOT_FOUND: u8 = 3;
-    /// The client aborted the operation (SignalAbort), exited, or broke the protocol.
-    pub const ABORTED_BY_CLIENT: u8 = 4;
-    /// The engine aborted the operation on purpose (`--abort-at`).
-    pub const ABORTED_BY_FAULT: u8 = 5;
-    /// The client stopped answering: no completion within twice `serverTimeOut` (or the
-    /// engine's limits).
-    pub const CLIENT_TIMEOUT: u8 = 6;
-    /// The restored data is not what the backup wrote (mismatch, truncated or too long
-    /// stream, bad or inconsistent header).
-    pub const DATA_MISMATCH: u8 = 7;
-}
 
 const ABOUT: &str = "A reference VDI engine: does what SQL Server does during BACKUP and RESTORE \
                      to a virtual device set, so VDI clients can be tested without SQL Server";
@@ -288,7 +264,7 @@ impl FaultArgs {
 }
 
 /// Runs the command line, printing to the process's stdout and stderr; returns the exit code.
-pub fn run(cli: Cli) -> u8 {
+pub fn run(cli: Cli) -> Exit {
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     run_with(cli, &mut stdout.lock(), &mut stderr.lock())
 }
@@ -299,14 +275,14 @@ pub fn main() -> ExitCode {
         Ok(cli) => ExitCode::from(run(cli)),
         Err(e) => {
             let _ = e.print();
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(exit::USAGE))
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(Exit::Usage.code()))
         }
     }
 }
 
 /// Runs the command line, printing the completion message to `out` and failures and warnings
 /// to `err`; returns the exit code.
-pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
     let (verb, result) = match &cli.command {
         Command::Backup(args) => {
             let (options, job) = args.job();
@@ -327,7 +303,7 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
             }
             let _ = writeln!(out, "{}", report.message());
             let _ = out.flush();
-            exit::SUCCESS
+            Exit::Success
         }
         Err(e) => {
             let _ = writeln!(err, "vdi-engine: {verb} failed: {e}");
@@ -471,7 +447,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["vdi-engine", "backup", "--set", "", "--size", "1M"]).unwrap();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert_eq!(run_with(cli, &mut out, &mut err), exit::FAILURE);
+        assert_eq!(run_with(cli, &mut out, &mut err), Exit::Failure);
         let err = String::from_utf8(err).unwrap();
         assert!(
             err.starts_with("vdi-engine: BACKUP failed: invalid options"),

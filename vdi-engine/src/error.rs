@@ -2,7 +2,7 @@
 //! command and the code involved.
 
 use core::fmt;
-use std::time::Duration;
+use std::{process, time::Duration};
 
 use vdi_core::{AbortReason, CommandCode, CompletionCode};
 
@@ -10,6 +10,45 @@ use crate::{
     format::{FormatError, Region},
     options::OptionsError,
 };
+
+/// The exit codes of the `vdi-engine` command ([`Exit::code`] is the number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Exit {
+    /// The operation succeeded.
+    Success = 0,
+    /// Any failure without a code of its own (a client's error completion, a VDI call that
+    /// failed, bad options).
+    Failure = 1,
+    /// The command line could not be parsed (clap's code).
+    Usage = 2,
+    /// The device set does not exist (SQL Server's error 3041).
+    SetNotFound = 3,
+    /// The client aborted the operation (SignalAbort), exited, or broke the protocol.
+    AbortedByClient = 4,
+    /// The engine aborted the operation on purpose (`--abort-at`).
+    AbortedByFault = 5,
+    /// The client stopped answering: no completion within twice `serverTimeOut` (or the
+    /// engine's limits).
+    ClientTimeout = 6,
+    /// The restored data is not what the backup wrote (mismatch, truncated or too long
+    /// stream, bad or inconsistent header).
+    DataMismatch = 7,
+}
+
+impl Exit {
+    /// The process's exit status.
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for process::ExitCode {
+    fn from(e: Exit) -> Self {
+        Self::from(e.code())
+    }
+}
 
 /// Who aborted the operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,13 +128,19 @@ pub(crate) fn ms(d: Duration) -> String {
 /// Why a BACKUP or RESTORE failed.
 ///
 /// [`EngineError::exit_code`] maps each cause to the `vdi-engine` command's exit status.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
     /// The options or the job break a rule.
-    Options(OptionsError),
+    #[error("invalid options: {0}")]
+    Options(#[from] OptionsError),
     /// No device set of this name exists: the client has not created it (SQL Server fails the
     /// same way, with error 3041 and "Open failure … 0x80070002"; vdi-spec.md §14.1).
+    #[error(
+        "the device set '{set}' does not exist (as SQL Server's error 3041, open failure \
+         0x80070002){}: start the client first",
+        after_waiting(*.waited)
+    )]
     SetNotFound {
         /// The set's name.
         set: String,
@@ -103,15 +148,18 @@ pub enum EngineError {
         waited: Duration,
     },
     /// A VDI call failed.
+    #[error("{}{call} failed: {error}", on_device(.device.as_deref()))]
     Vdi {
         /// The call, e.g. `"Open"` or `"SendCommand"`.
         call: &'static str,
         /// The device, for device calls.
         device: Option<String>,
         /// The error.
+        #[source]
         error: vdi_core::Error,
     },
     /// The client's `deviceCount` is not the count the options expect.
+    #[error("the client's set has {client} devices, the statement names {expected}")]
     DeviceCount {
         /// The count the options name.
         expected: u32,
@@ -119,6 +167,7 @@ pub enum EngineError {
         client: u32,
     },
     /// The explicit device names do not match the client's `deviceCount`.
+    #[error("{names} device names given for the client's {client} devices")]
     DeviceNames {
         /// Names given.
         names: usize,
@@ -126,6 +175,7 @@ pub enum EngineError {
         client: u32,
     },
     /// A fault names a device the set does not have.
+    #[error("a fault names device {device}, but the client's set has {client} devices")]
     FaultDevice {
         /// The device named.
         device: u32,
@@ -133,6 +183,12 @@ pub enum EngineError {
         client: u32,
     },
     /// The client completed a command with an error code.
+    #[error(
+        "device '{device}': {} failed: {} ({})",
+        Cmd(*.command),
+        describe(*.code),
+        CodeName(*.code)
+    )]
     CommandFailed {
         /// The device.
         device: String,
@@ -144,6 +200,12 @@ pub enum EngineError {
     /// A Read or Write completed with a byte count other than the one the rules allow: a Write
     /// not fully taken, a successful Read that is short (not the end of the data), or a Read
     /// answered with more bytes than asked.
+    #[error(
+        "device '{device}': {} of {size} bytes completed with {bytes} bytes ({}): {}",
+        Cmd(*.command),
+        CodeName(*.code),
+        byte_count_fault(*.command, *.size, *.bytes)
+    )]
     ByteCount {
         /// The device.
         device: String,
@@ -157,6 +219,10 @@ pub enum EngineError {
         code: CompletionCode,
     },
     /// `VDC_ClearError` was not completed with success (it always must be; vdi-spec.md §6).
+    #[error(
+        "device '{device}': VDC_ClearError was completed with {} instead of success",
+        CodeName(*.code)
+    )]
     ClearErrorFailed {
         /// The device.
         device: String,
@@ -165,6 +231,11 @@ pub enum EngineError {
     },
     /// Commands were outstanding on a device and none completed for too long; the engine (or
     /// the backend) aborted the operation (vdi-spec.md §3.1, serverTimeOut).
+    #[error(
+        "device '{device}': the client completed no command for {} with commands outstanding \
+         ({limit}); the operation was aborted",
+        ms(*.waited)
+    )]
     ClientTimeout {
         /// The device.
         device: String,
@@ -174,6 +245,7 @@ pub enum EngineError {
         limit: TimeoutSource,
     },
     /// The operation was aborted.
+    #[error("{by}{}", noticed_on(.device.as_deref()))]
     Aborted {
         /// Who aborted it.
         by: AbortedBy,
@@ -181,13 +253,16 @@ pub enum EngineError {
         device: Option<String>,
     },
     /// A restored stream's header block is not a valid header.
+    #[error("device '{device}': the stream's header is invalid: {error}")]
     Header {
         /// The device.
         device: String,
         /// What is wrong with it.
+        #[source]
         error: FormatError,
     },
     /// A restored stream's header disagrees with the restore or with another device's header.
+    #[error("device '{device}': the stream's header gives {field} {found}, expected {expected}")]
     HeaderMismatch {
         /// The device.
         device: String,
@@ -199,6 +274,7 @@ pub enum EngineError {
         found: u64,
     },
     /// Two devices present the same stream.
+    #[error("device '{device}' carries stream {index}, as device '{other}' does")]
     DuplicateStream {
         /// The device.
         device: String,
@@ -208,6 +284,11 @@ pub enum EngineError {
         other: String,
     },
     /// A restored byte differs from what the backup wrote.
+    #[error(
+        "device '{device}': data mismatch at stream offset {offset} ({region}): expected \
+         {expected:#04x}, found {found:#04x}{}",
+        page_note(*.found_page)
+    )]
     Mismatch {
         /// The device.
         device: String,
@@ -224,6 +305,10 @@ pub enum EngineError {
         found_page: Option<crate::database::PageStamp>,
     },
     /// A restored stream ended before the length its header gives.
+    #[error(
+        "device '{device}': the stream ended after {got} bytes, but its header promises \
+         {expected} (truncated)"
+    )]
     Truncated {
         /// The device.
         device: String,
@@ -233,6 +318,7 @@ pub enum EngineError {
         got: u64,
     },
     /// A restored stream goes on past the length its header gives.
+    #[error("device '{device}': the stream goes on past the {expected} bytes its header promises")]
     TooLong {
         /// The device.
         device: String,
@@ -240,6 +326,10 @@ pub enum EngineError {
         expected: u64,
     },
     /// A read after the one that met the end of the data returned data.
+    #[error(
+        "device '{device}': a read at stream offset {offset} returned data after the end of \
+         the data was reported"
+    )]
     DataAfterEnd {
         /// The device.
         device: String,
@@ -247,38 +337,41 @@ pub enum EngineError {
         offset: u64,
     },
     /// A thread of the engine failed unexpectedly (a bug in the engine or the backend).
+    #[error("internal error: {0}")]
     Internal(&'static str),
     /// This platform has no server backend for the command line (vdi-shm runs on Unix and
     /// Windows).
+    #[error(
+        "no VDI server backend on this platform (the engine's command line runs on Unix and Windows)"
+    )]
     Unsupported,
 }
 
 impl EngineError {
-    /// The `vdi-engine` command's exit status for this error (see [`crate::cli`]).
-    pub const fn exit_code(&self) -> u8 {
-        use crate::cli::exit;
+    /// The `vdi-engine` command's exit status for this error.
+    pub const fn exit_code(&self) -> Exit {
         match self {
-            Self::SetNotFound { .. } => exit::SET_NOT_FOUND,
+            Self::SetNotFound { .. } => Exit::SetNotFound,
             Self::Aborted {
                 by: AbortedBy::Fault,
                 ..
-            } => exit::ABORTED_BY_FAULT,
-            Self::Aborted { .. } => exit::ABORTED_BY_CLIENT,
-            Self::ClientTimeout { .. } => exit::CLIENT_TIMEOUT,
+            } => Exit::AbortedByFault,
+            Self::Aborted { .. } => Exit::AbortedByClient,
+            Self::ClientTimeout { .. } => Exit::ClientTimeout,
             Self::Header { .. }
             | Self::HeaderMismatch { .. }
             | Self::DuplicateStream { .. }
             | Self::Mismatch { .. }
             | Self::Truncated { .. }
             | Self::TooLong { .. }
-            | Self::DataAfterEnd { .. } => exit::DATA_MISMATCH,
-            _ => exit::FAILURE,
+            | Self::DataAfterEnd { .. } => Exit::DataMismatch,
+            _ => Exit::Failure,
         }
     }
 
     /// Whether the restored data was found wrong (mismatch, truncation, bad header, …).
     pub const fn is_data_error(&self) -> bool {
-        self.exit_code() == crate::cli::exit::DATA_MISMATCH
+        matches!(self.exit_code(), Exit::DataMismatch)
     }
 
     /// The error for an abort a wait returned, when the engine did not cause it.
@@ -342,176 +435,41 @@ impl fmt::Display for Cmd {
     }
 }
 
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Options(e) => write!(f, "invalid options: {e}"),
-            Self::SetNotFound { set, waited } => {
-                write!(
-                    f,
-                    "the device set '{set}' does not exist (as SQL Server's error 3041, open failure 0x80070002)"
-                )?;
-                if !waited.is_zero() {
-                    write!(f, " after waiting {}", ms(*waited))?;
-                }
-                f.write_str(": start the client first")
-            }
-            Self::Vdi {
-                call,
-                device: Some(d),
-                error,
-            } => write!(f, "device '{d}': {call} failed: {error}"),
-            Self::Vdi {
-                call,
-                device: None,
-                error,
-            } => write!(f, "{call} failed: {error}"),
-            Self::DeviceCount { expected, client } => write!(
-                f,
-                "the client's set has {client} devices, the statement names {expected}"
-            ),
-            Self::DeviceNames { names, client } => write!(
-                f,
-                "{names} device names given for the client's {client} devices"
-            ),
-            Self::FaultDevice { device, client } => write!(
-                f,
-                "a fault names device {device}, but the client's set has {client} devices"
-            ),
-            Self::CommandFailed {
-                device,
-                command,
-                code,
-            } => write!(
-                f,
-                "device '{device}': {} failed: {} ({})",
-                Cmd(*command),
-                describe(*code),
-                CodeName(*code)
-            ),
-            Self::ByteCount {
-                device,
-                command,
-                size,
-                bytes,
-                code,
-            } => {
-                let what = if bytes > size {
-                    "more bytes than asked"
-                } else if *command == CommandCode::READ {
-                    "a short read that is not the end of the data"
-                } else {
-                    "not all of the data taken"
-                };
-                write!(
-                    f,
-                    "device '{device}': {} of {size} bytes completed with {bytes} bytes ({}): {what}",
-                    Cmd(*command),
-                    CodeName(*code)
-                )
-            }
-            Self::ClearErrorFailed { device, code } => write!(
-                f,
-                "device '{device}': VDC_ClearError was completed with {} instead of success",
-                CodeName(*code)
-            ),
-            Self::ClientTimeout {
-                device,
-                waited,
-                limit,
-            } => write!(
-                f,
-                "device '{device}': the client completed no command for {} with commands outstanding ({limit}); the operation was aborted",
-                ms(*waited)
-            ),
-            Self::Aborted {
-                by,
-                device: Some(d),
-            } => write!(f, "{by} (noticed on device '{d}')"),
-            Self::Aborted { by, device: None } => write!(f, "{by}"),
-            Self::Header { device, error } => {
-                write!(
-                    f,
-                    "device '{device}': the stream's header is invalid: {error}"
-                )
-            }
-            Self::HeaderMismatch {
-                device,
-                field,
-                expected,
-                found,
-            } => write!(
-                f,
-                "device '{device}': the stream's header gives {field} {found}, expected {expected}"
-            ),
-            Self::DuplicateStream {
-                device,
-                index,
-                other,
-            } => write!(
-                f,
-                "device '{device}' carries stream {index}, as device '{other}' does"
-            ),
-            Self::Mismatch {
-                device,
-                offset,
-                region,
-                expected,
-                found,
-                found_page,
-            } => {
-                write!(
-                    f,
-                    "device '{device}': data mismatch at stream offset {offset} ({region}): expected {expected:#04x}, found {found:#04x}"
-                )?;
-                if let Some(p) = found_page {
-                    write!(
-                        f,
-                        "; the data there is page {} of backup {}",
-                        p.page, p.seed
-                    )?;
-                }
-                Ok(())
-            }
-            Self::Truncated {
-                device,
-                expected,
-                got,
-            } => write!(
-                f,
-                "device '{device}': the stream ended after {got} bytes, but its header promises {expected} (truncated)"
-            ),
-            Self::TooLong { device, expected } => write!(
-                f,
-                "device '{device}': the stream goes on past the {expected} bytes its header promises"
-            ),
-            Self::DataAfterEnd { device, offset } => write!(
-                f,
-                "device '{device}': a read at stream offset {offset} returned data after the end of the data was reported"
-            ),
-            Self::Internal(what) => write!(f, "internal error: {what}"),
-            Self::Unsupported => f.write_str(
-                "no VDI server backend on this platform (the engine's command line runs on Unix and Windows)",
-            ),
-        }
+/// `" after waiting 2 s"` when the engine waited for the set, else nothing.
+fn after_waiting(waited: Duration) -> String {
+    if waited.is_zero() {
+        String::new()
+    } else {
+        format!(" after waiting {}", ms(waited))
     }
 }
 
-impl std::error::Error for EngineError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Options(e) => Some(e),
-            Self::Vdi { error, .. } => Some(error),
-            Self::Header { error, .. } => Some(error),
-            _ => None,
-        }
+/// `"device 'd': "` for a device call, else nothing.
+fn on_device(device: Option<&str>) -> String {
+    device.map_or_else(String::new, |d| format!("device '{d}': "))
+}
+
+/// `" (noticed on device 'd')"` when a device noticed the abort, else nothing.
+fn noticed_on(device: Option<&str>) -> String {
+    device.map_or_else(String::new, |d| format!(" (noticed on device '{d}')"))
+}
+
+/// What is wrong with a Read's or Write's byte count, in a few words.
+fn byte_count_fault(command: CommandCode, size: u32, bytes: u32) -> &'static str {
+    if bytes > size {
+        "more bytes than asked"
+    } else if command == CommandCode::READ {
+        "a short read that is not the end of the data"
+    } else {
+        "not all of the data taken"
     }
 }
 
-impl From<OptionsError> for EngineError {
-    fn from(e: OptionsError) -> Self {
-        Self::Options(e)
-    }
+/// `"; the data there is page 3 of backup 7"` when a mismatch holds another page, else nothing.
+fn page_note(found_page: Option<crate::database::PageStamp>) -> String {
+    found_page.map_or_else(String::new, |p| {
+        format!("; the data there is page {} of backup {}", p.page, p.seed)
+    })
 }
 
 #[cfg(test)]
@@ -534,7 +492,7 @@ mod tests {
             waited: Duration::ZERO,
         };
         assert!(e.to_string().contains("3041"), "{e}");
-        assert_eq!(e.exit_code(), crate::cli::exit::SET_NOT_FOUND);
+        assert_eq!(e.exit_code(), Exit::SetNotFound);
         let e = EngineError::from_abort(AbortReason::ServerTimeout, "d", 200);
         assert!(matches!(e, EngineError::ClientTimeout { .. }));
         assert!(e.to_string().contains("400 ms"), "{e}");

@@ -40,10 +40,11 @@ pub const TRAILER_LEN: usize = 48;
 pub const MAX_DATABASE_SIZE: u64 = 1 << 50;
 
 /// Why a header or trailer block was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
     /// Fewer bytes than the block needs.
+    #[error("the block is {got} bytes long, {needed} needed")]
     TooShort {
         /// Bytes needed.
         needed: usize,
@@ -51,10 +52,13 @@ pub enum FormatError {
         got: usize,
     },
     /// The magic is not the header's (or trailer's).
+    #[error("bad magic: not a vdi-engine stream")]
     BadMagic,
     /// A format version this crate does not read.
+    #[error("unsupported format version {0}")]
     UnsupportedVersion(u32),
     /// The stored checksum does not match the fields.
+    #[error("bad checksum: stored {stored:#018x}, computed {computed:#018x}")]
     BadChecksum {
         /// The checksum stored in the block.
         stored: u64,
@@ -62,6 +66,7 @@ pub enum FormatError {
         computed: u64,
     },
     /// A field holds a value outside its range.
+    #[error("field {field} holds invalid value {value}")]
     Field {
         /// The field's name.
         field: &'static str,
@@ -69,34 +74,15 @@ pub enum FormatError {
         value: u64,
     },
     /// The fields contradict each other.
+    #[error("inconsistent fields: {0}")]
     Inconsistent(&'static str),
     /// A byte after the fields is not zero.
+    #[error("non-zero padding at offset {offset}")]
     Padding {
         /// Its offset in the block.
         offset: usize,
     },
 }
-
-impl fmt::Display for FormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::TooShort { needed, got } => {
-                write!(f, "the block is {got} bytes long, {needed} needed")
-            }
-            Self::BadMagic => f.write_str("bad magic: not a vdi-engine stream"),
-            Self::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
-            Self::BadChecksum { stored, computed } => write!(
-                f,
-                "bad checksum: stored {stored:#018x}, computed {computed:#018x}"
-            ),
-            Self::Field { field, value } => write!(f, "field {field} holds invalid value {value}"),
-            Self::Inconsistent(what) => write!(f, "inconsistent fields: {what}"),
-            Self::Padding { offset } => write!(f, "non-zero padding at offset {offset}"),
-        }
-    }
-}
-
-impl std::error::Error for FormatError {}
 
 /// FNV-1a 64.
 fn checksum(bytes: &[u8]) -> u64 {

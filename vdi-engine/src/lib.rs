@@ -113,7 +113,7 @@ pub mod statement;
 pub mod units;
 
 pub use backup::run_backup;
-pub use error::{AbortedBy, EngineError, TimeoutSource};
+pub use error::{AbortedBy, EngineError, Exit, TimeoutSource};
 pub use options::{
     BackupJob, DEFAULT_BLOCK_SIZE, DEFAULT_CONFIG_TIMEOUT, DEFAULT_IDLE_LIMIT,
     DEFAULT_MAX_TRANSFER_SIZE, FaultPoint, Faults, Options, OptionsError, RestoreJob,

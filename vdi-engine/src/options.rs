@@ -431,12 +431,14 @@ impl RestoreJob {
 }
 
 /// A rule the options or the job break.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OptionsError {
     /// The set name breaks a naming rule.
+    #[error("bad set name: {0}")]
     SetName(NameError),
     /// A device name breaks a naming rule.
+    #[error("bad name for device {index}: {error}")]
     DeviceName {
         /// The device's index.
         index: u32,
@@ -444,34 +446,18 @@ pub enum OptionsError {
         error: NameError,
     },
     /// The first explicit device name is not the set's name.
+    #[error("the first device name must be the set's name (vdi-spec.md §4)")]
     FirstDeviceName,
     /// A block size, max transfer size or device count outside its range.
+    #[error("{0}")]
     Config(ConfigError),
     /// A buffer count of zero.
+    #[error("the buffer count must be at least 1")]
     BufferCount,
     /// The database size is larger than the format allows.
+    #[error("database size {0} is larger than the {MAX_DATABASE_SIZE} bytes supported")]
     DatabaseSize(u64),
 }
-
-impl fmt::Display for OptionsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SetName(e) => write!(f, "bad set name: {e}"),
-            Self::DeviceName { index, error } => write!(f, "bad name for device {index}: {error}"),
-            Self::FirstDeviceName => {
-                f.write_str("the first device name must be the set's name (vdi-spec.md §4)")
-            }
-            Self::Config(e) => write!(f, "{e}"),
-            Self::BufferCount => f.write_str("the buffer count must be at least 1"),
-            Self::DatabaseSize(n) => write!(
-                f,
-                "database size {n} is larger than the {MAX_DATABASE_SIZE} bytes supported"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for OptionsError {}
 
 #[cfg(test)]
 mod tests {

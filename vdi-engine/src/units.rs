@@ -6,19 +6,12 @@ use core::fmt;
 use std::time::Duration;
 
 /// A size or duration the command line could not read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' is not {what}")]
 pub struct UnitError {
     input: String,
     what: &'static str,
 }
-
-impl fmt::Display for UnitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "'{}' is not {}", self.input, self.what)
-    }
-}
-
-impl std::error::Error for UnitError {}
 
 /// A byte count: a number, with a fraction if you like (`1.5GiB`), and an optional suffix.
 /// `K`/`KiB` (1024), `M`/`MiB`, `G`/`GiB`, `T`/`TiB` are binary; `KB`, `MB`, `GB`, `TB` are

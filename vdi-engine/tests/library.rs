@@ -113,7 +113,7 @@ fn a_client_abort_is_reported_as_such() {
                 by: AbortedBy::Client,
                 ..
             },
-        ) => assert_eq!(e.exit_code(), vdi_engine::cli::exit::ABORTED_BY_CLIENT),
+        ) => assert_eq!(e.exit_code(), vdi_engine::Exit::AbortedByClient),
         other => panic!("{other:?}"),
     }
 }

@@ -11,7 +11,7 @@ use common::{
     Behaviour, End, Engine, backup_process, create, expected_stream, restore_process, serve, unique,
 };
 use vdi_core::{CommandCode, Completion, CompletionCode, Features};
-use vdi_engine::{cli::exit, format::Header};
+use vdi_engine::{Exit, format::Header};
 
 const MIB: u64 = 1 << 20;
 
@@ -143,7 +143,11 @@ fn a_corrupted_byte_is_reported_at_its_device_and_offset() {
     let mut s = streams(2, MIB);
     s[1][100_000] ^= 0x20;
     let (exit, seen) = restore_process("corrupt", &[], &Behaviour::restore(s));
-    assert_eq!(code(&exit), i32::from(exit::DATA_MISMATCH), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::DataMismatch.code()),
+        "{exit:?}"
+    );
     assert!(
         exit.stderr.starts_with("vdi-engine: RESTORE failed: "),
         "{}",
@@ -165,7 +169,11 @@ fn a_truncated_or_too_long_stream_is_reported() {
     let len = s[0].len();
     s[0].truncate(len - 512 - 4096);
     let (exit, _) = restore_process("trunc", &[], &Behaviour::restore(s));
-    assert_eq!(code(&exit), i32::from(exit::DATA_MISMATCH), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::DataMismatch.code()),
+        "{exit:?}"
+    );
     assert!(exit.stderr.contains("truncated"), "{}", exit.stderr);
     assert!(
         exit.stderr.contains(&format!("after {} bytes", len - 4608)),
@@ -176,7 +184,11 @@ fn a_truncated_or_too_long_stream_is_reported() {
     let mut s = streams(1, MIB);
     s[0].extend_from_slice(&[0; 1024]);
     let (exit, _) = restore_process("long", &[], &Behaviour::restore(s));
-    assert_eq!(code(&exit), i32::from(exit::DATA_MISMATCH), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::DataMismatch.code()),
+        "{exit:?}"
+    );
     assert!(exit.stderr.contains("goes on past"), "{}", exit.stderr);
 }
 
@@ -255,7 +267,11 @@ fn abort_at_aborts_with_its_own_exit_code() {
         &["--size", "4MiB", "--abort-at", "5"],
         &Behaviour::default(),
     );
-    assert_eq!(code(&exit), i32::from(exit::ABORTED_BY_FAULT), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::AbortedByFault.code()),
+        "{exit:?}"
+    );
     assert!(exit.stderr.contains("abort fault"), "{}", exit.stderr);
     assert!(seen.iter().all(|s| s.end == End::Aborted), "{seen:?}");
 }
@@ -366,7 +382,11 @@ fn a_client_that_never_answers_times_out() {
         })
         .collect();
     let exit = engine.wait();
-    assert_eq!(code(&exit), i32::from(exit::CLIENT_TIMEOUT), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::ClientTimeout.code()),
+        "{exit:?}"
+    );
     assert!(
         exit.stderr.contains("completed no command"),
         "{}",
@@ -385,7 +405,11 @@ fn a_client_that_never_answers_times_out() {
     vdi_core::ClientDeviceSet::configuration(&set, vdi_core::Timeout::from(common::WAIT)).unwrap();
     let _dev = vdi_core::ClientDeviceSet::open_device(&set, &name).unwrap();
     let exit = engine.wait();
-    assert_eq!(code(&exit), i32::from(exit::CLIENT_TIMEOUT), "{exit:?}");
+    assert_eq!(
+        code(&exit),
+        i32::from(Exit::ClientTimeout.code()),
+        "{exit:?}"
+    );
     assert!(
         exit.stderr.contains("serverTimeOut of 200 ms"),
         "{}",
@@ -397,7 +421,7 @@ fn a_client_that_never_answers_times_out() {
 fn a_missing_set_fails_at_once_unless_waited_for() {
     let name = unique("absent");
     let exit = Engine::start(&["backup", "--set", &name, "--size", "1MiB"]).wait();
-    assert_eq!(code(&exit), i32::from(exit::SET_NOT_FOUND), "{exit:?}");
+    assert_eq!(code(&exit), i32::from(Exit::SetNotFound.code()), "{exit:?}");
     assert!(exit.stderr.contains("does not exist"), "{}", exit.stderr);
     assert!(
         exit.stderr.contains("start the client first"),
@@ -434,7 +458,7 @@ fn a_disk_full_client_fails_the_backup() {
         ..Behaviour::default()
     };
     let (exit, _, seen) = backup_process("full", 1, Features::LIKE_PIPE, &["--size", "1MiB"], &b);
-    assert_eq!(code(&exit), i32::from(exit::FAILURE), "{exit:?}");
+    assert_eq!(code(&exit), i32::from(Exit::Failure.code()), "{exit:?}");
     assert!(
         exit.stderr
             .contains("the client reported the device full (ERROR_DISK_FULL, 112)"),
@@ -463,5 +487,5 @@ fn help_and_usage() {
         assert!(exit.stdout.contains(flag), "{flag}: {}", exit.stdout);
     }
     let exit = Engine::start(&["backup", "--set", "x", "--size", "lots"]).wait();
-    assert_eq!(code(&exit), i32::from(exit::USAGE));
+    assert_eq!(code(&exit), i32::from(Exit::Usage.code()));
 }

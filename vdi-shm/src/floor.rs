@@ -5,11 +5,14 @@
 //! no `unsafe` code of its own: the mapping is a sealed memfd (Linux) that the creator hands to
 //! the peer as a descriptor, and the word is viewed only as an atomic.
 
-use std::{os::fd::OwnedFd, sync::atomic::AtomicU32};
+use std::os::fd::OwnedFd;
 
 use vdi_core::Error;
 
-use crate::sys::{self, Mapping};
+use crate::{
+    sync::AtomicU32,
+    sys::{self, Mapping},
+};
 
 /// What the memfd is called (diagnostics only).
 const TAG: &str = "vdi-bench-floor";
@@ -50,7 +53,7 @@ impl SharedWord {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use crate::sync::Ordering;
 
     use super::SharedWord;
 

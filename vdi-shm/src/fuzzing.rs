@@ -2,7 +2,7 @@
 //! with arbitrary bytes. Used by `fuzz/fuzz_targets/shared_region.rs` (`cargo xtask fuzz`).
 
 use std::{
-    sync::{Mutex, OnceLock, PoisonError, atomic::Ordering},
+    sync::{Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -13,6 +13,7 @@ use crate::{
     layout::{CommandEntry, CompletionEntry, Control, DESCRIPTORS, Descriptor, QUEUE_DEPTH, Tag},
     queue::{self, RingIndex},
     segments::Segments,
+    sync::Ordering,
     sys::{Attachment, Mapping},
     wait::LazyDeadline,
 };

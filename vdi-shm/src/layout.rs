@@ -16,10 +16,7 @@
 //! read from shared memory; the header's own copy of the sizes is only compared. The layout
 //! changes only with [`LAYOUT_VERSION`].
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use vdi_core::{
     AbortReason, ClientConfig, CommandCode, Completion, CompletionCode, Error, Features,
@@ -28,6 +25,7 @@ use vdi_core::{
 
 use crate::{
     ring::{ENTRY_WORDS, Entry, Ring, RingHeader, wake_all_sleepers},
+    sync::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     sys::{self, FutexWake, Mapping},
 };
 
@@ -152,7 +150,7 @@ pub(crate) struct Control {
     /// peer storing 0 into the shared word cannot undo it.
     local_abort: AtomicU32,
     /// The peer at the other end of this process's connection went away.
-    peer_gone: std::sync::atomic::AtomicBool,
+    peer_gone: AtomicBool,
 }
 
 impl Control {
@@ -254,7 +252,7 @@ impl Control {
             map: Arc::new(map),
             layout,
             local_abort: AtomicU32::new(0),
-            peer_gone: std::sync::atomic::AtomicBool::new(false),
+            peer_gone: AtomicBool::new(false),
         }
     }
 

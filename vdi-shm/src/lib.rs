@@ -37,7 +37,7 @@
 //! # Platforms
 //!
 //! Linux, Windows and other Unix systems, each behind the platform contract written atop
-//! `src/sys/mod.rs` (`sys/linux.rs`, `sys/windows.rs`, `sys/posix.rs`); the rest of the crate is
+//! `src/sys/mod.rs` (`sys/linux.rs`, `sys/windows/`, `sys/posix/`); the rest of the crate is
 //! shared. On Windows, both processes of a set must run as the same user at the same integrity
 //! level (they duplicate each other's handles), and set names that differ only in case collide
 //! (pipe names are case-insensitive). Elsewhere the crate builds but has no backend.

@@ -11,10 +11,7 @@
 
 use std::{
     io::ErrorKind,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     thread::JoinHandle,
     time::Duration,
 };
@@ -25,6 +22,7 @@ use vdi_core::{AbortReason, Error, HResult, ProtocolReason};
 use crate::{
     Options,
     layout::Control,
+    sync::{AtomicBool, Ordering},
     sys::{self, Attachment, Notifier, Socket},
     wire::{MSG_LEN, Msg, Role, WIRE_VERSION},
 };

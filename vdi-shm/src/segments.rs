@@ -2,7 +2,7 @@
 //! the server announced but the monitor thread has not mapped yet.
 
 use std::{
-    sync::{Arc, Condvar, Mutex, PoisonError, atomic::Ordering},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -10,6 +10,7 @@ use vdi_core::{Claim, LeaseTable};
 
 use crate::{
     layout::{Control, MAX_SEGMENTS},
+    sync::Ordering,
     sys::{Attachment, Mapping},
 };
 

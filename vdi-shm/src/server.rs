@@ -4,7 +4,6 @@
 use std::{
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -26,6 +25,7 @@ use crate::{
     pool::{self, AllocError, HandleTable, Placement, Pool},
     queue::{self, RingIndex},
     ring::WaitOutcome,
+    sync::{AtomicU64, Ordering},
     sys::{self, Mapping, Socket},
     view::BufView,
     wait,

@@ -1,4 +1,4 @@
-//! `cargo xtask portable-test`: vdi-shm's portable Unix backend (`vdi-shm/src/sys/posix.rs`),
+//! `cargo xtask portable-test`: vdi-shm's portable Unix backend (`vdi-shm/src/sys/posix/`),
 //! the one every Unix but Linux uses.
 //!
 //! 1. The Rust targets `x86_64-unknown-freebsd` and `x86_64-apple-darwin`, added with rustup

@@ -25,7 +25,7 @@
 //! 6. `cargo test --target x86_64-pc-windows-gnu -p vdi-win --locked`, then the same with
 //!    `-p vdi-shm`, with Wine as the runner (`CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine`)
 //!    and the MinGW linker. For vdi-shm that is its whole suite on its Windows backend
-//!    (`src/sys/windows.rs`: sections, events, named pipes): the unit tests, and the
+//!    (`src/sys/windows/`: sections, events, named pipes): the unit tests, and the
 //!    multi-process integration tests (`vdi-shm/tests/*.rs`), whose child processes are the test
 //!    binary re-run under Wine and killed with `TerminateProcess`. One persistent `wineserver -p`
 //!    serves every test process and is killed (`wineserver -k`) at the end, so no test starts

@@ -1,6 +1,7 @@
-//! Tests of the manifest: store and load, and every way a manifest can be refused.
+//! Tests of the manifest: its JSON both ways, and every way a manifest can be refused (storing
+//! it in a directory is tested with the agent's directory store).
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 
 use super::*;
@@ -43,11 +44,16 @@ fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// Writes `json` as the manifest and loads it.
+/// Parses `json` as a manifest file's bytes.
 fn load_json(json: &str) -> Result<Manifest, ManifestError> {
-    let dir = tempdir();
-    fs::write(dir.path().join(MANIFEST_FILE), json).unwrap();
-    Manifest::load(dir.path())
+    Manifest::from_json(json.as_bytes(), Path::new(MANIFEST_FILE))
+}
+
+/// `manifest` written and read back as its store does, in JSON.
+fn round_trip(manifest: &Manifest) -> (Manifest, String) {
+    let json = manifest.to_json().unwrap();
+    let loaded = Manifest::from_json(&json, Path::new(MANIFEST_FILE)).unwrap();
+    (loaded, String::from_utf8(json).unwrap())
 }
 
 fn assert_style(s: &str) {
@@ -61,9 +67,7 @@ fn store_and_load_round_trip() {
         let dir = tempdir();
         let mut manifest = backup(dir.path(), 3, codec);
         manifest.state = ManifestState::Flushed;
-        manifest.store(dir.path()).unwrap();
-        assert!(!dir.path().join(MANIFEST_TMP_FILE).exists());
-        assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
+        assert_eq!(round_trip(&manifest).0, manifest);
 
         // Stored again over the first.
         manifest.mark_complete(
@@ -71,11 +75,9 @@ fn store_and_load_round_trip() {
             1_700_000_100,
             Some("BACKUP DATABASE successfully processed".into()),
         );
-        manifest.store(dir.path()).unwrap();
-        let loaded = Manifest::load(dir.path()).unwrap();
+        let (loaded, json) = round_trip(&manifest);
         assert_eq!(loaded, manifest);
 
-        let json = fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
         assert!(json.contains("\"backup_id\": \"feedbeef000011112222333344445555\""));
         assert!(json.contains("\"state\": \"complete\""));
         assert!(json.contains("\"end\": \"final-flush\""), "{json}");
@@ -120,24 +122,6 @@ fn states_and_codecs_in_json() {
     );
     assert!(serde_json::from_str::<Codec>(r#"{"name":"lz4"}"#).is_err());
     assert!(serde_json::from_str::<Codec>(r#"{"name":"zstd"}"#).is_err());
-}
-
-#[test]
-fn a_missing_manifest_says_so() {
-    let dir = tempdir();
-    let e = Manifest::load(dir.path()).unwrap_err();
-    assert!(matches!(e, ManifestError::Missing { .. }), "{e}");
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "no manifest.json in {}: not a backup directory, or the backup never reached its \
-             first Flush",
-            dir.path().display()
-        )
-    );
-    let e = Manifest::load(dir.path().join("nowhere")).unwrap_err();
-    assert!(matches!(e, ManifestError::Missing { .. }), "{e}");
-    assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
 }
 
 #[test]
@@ -221,29 +205,13 @@ fn versions_fields_and_hex_are_checked() {
     assert!(load_json(&long).is_err());
 }
 
-#[test]
-fn too_large_a_file_is_not_read_whole() {
-    let dir = tempdir();
-    let big = vec![b' '; MAX_MANIFEST_LEN as usize + 1];
-    fs::write(dir.path().join(MANIFEST_FILE), big).unwrap();
-    let e = Manifest::load(dir.path()).unwrap_err();
-    assert!(matches!(e, ManifestError::TooLarge { .. }), "{e}");
-}
-
 fn problem(m: &Manifest) -> ManifestProblem {
     let p = m.validate().unwrap_err();
     assert_style(&p.to_string());
-    // store refuses it, and load refuses it as written by another program.
-    let dir = tempdir();
-    let e = m.store(dir.path()).unwrap_err();
+    // to_json refuses it, and from_json refuses it as written by another program.
+    let e = m.to_json().unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-    assert!(!dir.path().join(MANIFEST_FILE).exists());
-    fs::write(
-        dir.path().join(MANIFEST_FILE),
-        serde_json::to_vec(m).unwrap(),
-    )
-    .unwrap();
-    match Manifest::load(dir.path()) {
+    match Manifest::from_json(&serde_json::to_vec(m).unwrap(), Path::new(MANIFEST_FILE)) {
         Err(ManifestError::Invalid { problem, .. }) => assert_eq!(problem, p),
         other => panic!("{other:?}"),
     }
@@ -422,15 +390,6 @@ fn stripe_headers_are_matched_to_the_backup() {
 }
 
 #[test]
-fn store_fails_cleanly_where_it_cannot_write() {
-    let dir = tempdir();
-    let m = backup(dir.path(), 1, Codec::Stored);
-    let e = m.store(dir.path().join("nowhere")).unwrap_err();
-    assert_eq!(e.kind(), io::ErrorKind::NotFound);
-    assert!(e.to_string().contains("manifest.json.tmp"), "{e}");
-}
-
-#[test]
 fn stripe_file_names() {
     assert_eq!(stripe_file_name(0), "stripe-00.vdis");
     assert_eq!(stripe_file_name(63), "stripe-63.vdis");
@@ -454,15 +413,13 @@ fn a_new_manifest_is_in_progress_with_no_checkpoint() {
         max_transfer_size: 4 << 20,
         buffer_area_size: 0,
     };
-    let dir = tempdir();
     let mut m = Manifest::new(7, 1_700_000_000, "set", &config, Codec::Zstd { level: 3 });
     assert_eq!(m.state, ManifestState::InProgress);
     assert_eq!(m.vdi_features, 3);
     assert_eq!(m.stripes.len(), 2);
     assert_eq!(m.stripes[1], StripeEntry::new(1));
     assert_eq!(m.stripes[1].expected(), Checkpoint::START);
-    m.store(dir.path()).unwrap();
-    assert_eq!(Manifest::load(dir.path()).unwrap(), m);
+    assert_eq!(round_trip(&m).0, m);
 
     // A stripe whose header was written but no checkpoint yet reads as empty.
     let w = StripeWriter::new(Vec::new(), m.stripe_header(1), m.codec).unwrap();
@@ -479,8 +436,7 @@ fn a_new_manifest_is_in_progress_with_no_checkpoint() {
     let cp = w.checkpoint().unwrap();
     m.stripe_mut(0).unwrap().update(&cp);
     m.state = ManifestState::Flushed;
-    m.store(dir.path()).unwrap();
-    let loaded = Manifest::load(dir.path()).unwrap();
+    let (loaded, _) = round_trip(&m);
     assert_eq!(loaded.stripe(0).unwrap().expected(), cp);
 }
 

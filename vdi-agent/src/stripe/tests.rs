@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 
 use proptest::prelude::*;
+use zstd::bulk::Compressor;
 
 use super::*;
 
@@ -373,10 +374,12 @@ fn expected_totals_that_differ_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::ManifestMismatch {
-                field: TotalsField::StreamHash,
-                checkpoint: 2,
-                ..
+            StripeError::Record {
+                at: Position::Checkpoint { checkpoint: 2, .. },
+                error: RecordError::ManifestMismatch {
+                    field: TotalsField::StreamHash,
+                    ..
+                },
             }
         ),
         "{e}"
@@ -393,12 +396,13 @@ fn expected_totals_that_differ_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::BeyondExpected {
-                field: TotalsField::RawBytes,
-                expected: 10,
-                found: 300,
-                record: 0,
-                ..
+            StripeError::Record {
+                at: Position::Record { record: 0, .. },
+                error: RecordError::BeyondExpected {
+                    field: TotalsField::RawBytes,
+                    expected: 10,
+                    found: 300,
+                },
             }
         ),
         "{e}"
@@ -410,7 +414,16 @@ fn expected_totals_that_differ_are_errors() {
         ..last
     };
     let e = verify_expected(&file[..], early).unwrap_err();
-    assert!(matches!(e, StripeError::ManifestMismatch { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::ManifestMismatch { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 /// Records moved, repeated or dropped, each intact, are caught at the next checkpoint.
@@ -427,8 +440,11 @@ fn reordered_records_fail_at_the_checkpoint() {
     assert!(
         matches!(
             e,
-            StripeError::CheckpointMismatch {
-                field: TotalsField::StreamHash,
+            StripeError::Record {
+                error: RecordError::CheckpointMismatch {
+                    field: TotalsField::StreamHash,
+                    ..
+                },
                 ..
             }
         ),
@@ -439,10 +455,12 @@ fn reordered_records_fail_at_the_checkpoint() {
     assert!(
         matches!(
             e,
-            StripeError::CheckpointMismatch {
-                field: TotalsField::RawBytes,
-                recorded: 300,
-                computed: 400,
+            StripeError::Record {
+                error: RecordError::CheckpointMismatch {
+                    field: TotalsField::RawBytes,
+                    recorded: 300,
+                    computed: 400,
+                },
                 ..
             }
         ),
@@ -502,11 +520,15 @@ fn huge_claimed_length_is_refused() {
     assert!(
         matches!(
             e,
-            StripeError::RecordTooLarge {
-                raw_len: u32::MAX,
-                record: 0,
-                offset: 64,
-                ..
+            StripeError::Record {
+                at: Position::Record {
+                    record: 0,
+                    offset: 64,
+                },
+                error: RecordError::TooLarge {
+                    raw_len: u32::MAX,
+                    ..
+                },
             }
         ),
         "{e}"
@@ -528,7 +550,16 @@ fn huge_claimed_length_is_refused() {
     file.extend_from_slice(&[0; 5]);
     let mut reader = StripeReader::new(&file[..]).unwrap();
     let e = reader.read_chunk().unwrap_err();
-    assert!(matches!(e, StripeError::PayloadChecksum { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::PayloadChecksum { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(reader.buf.capacity(), 0);
 }
 
@@ -536,26 +567,74 @@ fn huge_claimed_length_is_refused() {
 fn hostile_record_headers_are_refused() {
     let e = first_error(&with_record(*b"JUNK", 3, CODEC_STORED, b"abc"));
     assert!(
-        matches!(e, StripeError::UnknownRecordKind { found, .. } if &found == b"JUNK"),
+        matches!(
+            &e,
+            StripeError::Record {
+                error: RecordError::UnknownKind { found },
+                ..
+            } if found == b"JUNK"
+        ),
         "{e}"
     );
     let e = first_error(&with_record(KIND_DATA, 3, 7, b"abc"));
     assert!(
-        matches!(e, StripeError::UnknownCodec { found: 7, .. }),
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::UnknownCodec { found: 7 },
+                ..
+            }
+        ),
         "{e}"
     );
     // Stored with two lengths.
     let e = first_error(&with_record(KIND_DATA, 4, CODEC_STORED, b"abc"));
-    assert!(matches!(e, StripeError::InvalidRecordHeader { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::InvalidHeader { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Zstd that does not shrink.
     let e = first_error(&with_record(KIND_DATA, 3, CODEC_ZSTD, b"abc"));
-    assert!(matches!(e, StripeError::InvalidRecordHeader { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::InvalidHeader { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Empty data record.
     let e = first_error(&with_record(KIND_DATA, 0, CODEC_STORED, b""));
-    assert!(matches!(e, StripeError::InvalidRecordHeader { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::InvalidHeader { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Checkpoint of the wrong size.
     let e = first_error(&with_record(KIND_CHECKPOINT, 3, CODEC_STORED, b"abc"));
-    assert!(matches!(e, StripeError::InvalidRecordHeader { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::InvalidHeader { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Reserved bytes set (checksum recomputed).
     let mut file = with_record(KIND_DATA, 3, CODEC_STORED, b"abc");
     file[HEADER_LEN + 14] = 1;
@@ -577,12 +656,16 @@ fn hostile_record_headers_are_refused() {
     assert!(
         matches!(
             e,
-            StripeError::CheckpointMismatch {
-                field: TotalsField::RawBytes,
-                recorded: 5,
-                computed: 0,
-                checkpoint: 1,
-                offset: 64,
+            StripeError::Record {
+                at: Position::Checkpoint {
+                    checkpoint: 1,
+                    offset: 64,
+                },
+                error: RecordError::CheckpointMismatch {
+                    field: TotalsField::RawBytes,
+                    recorded: 5,
+                    computed: 0,
+                },
             }
         ),
         "{e}"
@@ -600,7 +683,10 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::Decompress { .. } | StripeError::DecompressedLength { .. }
+            StripeError::Record {
+                error: RecordError::Decompress { .. } | RecordError::DecompressedLength { .. },
+                ..
+            }
         ),
         "{e}"
     );
@@ -610,9 +696,11 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::DecompressedLength {
-                expected: 200,
-                found: 100,
+            StripeError::Record {
+                error: RecordError::DecompressedLength {
+                    expected: 200,
+                    found: 100,
+                },
                 ..
             }
         ),
@@ -623,7 +711,10 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::DecompressedLength { .. } | StripeError::InvalidRecordHeader { .. }
+            StripeError::Record {
+                error: RecordError::DecompressedLength { .. } | RecordError::InvalidHeader { .. },
+                ..
+            }
         ),
         "{e}"
     );
@@ -636,13 +727,22 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
     assert!(
         matches!(
             e,
-            StripeError::Decompress { .. } | StripeError::DecompressedLength { .. }
+            StripeError::Record {
+                error: RecordError::Decompress { .. } | RecordError::DecompressedLength { .. },
+                ..
+            }
         ),
         "{e}"
     );
     let e = first_error(&with_record(KIND_DATA, 1001, CODEC_ZSTD, &frame));
     assert!(
-        matches!(e, StripeError::DecompressedLength { found: 1000, .. }),
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::DecompressedLength { found: 1000, .. },
+                ..
+            }
+        ),
         "{e}"
     );
     // The same frame with the right length is fine.
@@ -744,10 +844,12 @@ fn read_errors_surface_as_io_errors_that_downcast() {
     assert!(
         matches!(
             inner,
-            StripeError::PayloadChecksum {
-                offset: 64,
-                record: 0,
-                ..
+            StripeError::Record {
+                at: Position::Record {
+                    offset: 64,
+                    record: 0,
+                },
+                error: RecordError::PayloadChecksum { .. },
             }
         ),
         "{inner}"

@@ -29,6 +29,7 @@ use std::{env, io::Write, process::ExitCode};
 
 use clap::Parser;
 use vdi_engine::{
+    Exit,
     cli::{self, Cli},
     statement::Statement,
 };
@@ -46,13 +47,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let Some(query) = query_of(&args) else {
         eprintln!("vdi-sqlcmd: no -Q \"statement\" given");
-        return ExitCode::from(cli::exit::USAGE);
+        return Exit::Usage.into();
     };
     let statement = match Statement::parse(query) {
         Ok(s) => s,
         Err(e) => {
             println!("Msg 102, Level 15, State 1, Server vdi-sqlcmd, Line 1\n{e}: {query}");
-            return ExitCode::from(cli::exit::FAILURE);
+            return Exit::Failure.into();
         }
     };
     let mut engine = vec!["vdi-engine".to_owned()];
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let mut err = Vec::new();
-            let code = cli::run_with(cli, &mut out, &mut err);
+            let code = cli::run_with(cli, &mut out, &mut err).code();
             // sqlcmd prints the server's errors on its standard output.
             let _ = out.write_all(&err);
             let _ = out.flush();
@@ -81,7 +82,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             println!("vdi-sqlcmd: bad engine arguments {engine:?}: {e}");
-            cli::exit::USAGE
+            Exit::Usage.code()
         }
     };
     if let Ok(log) = env::var("VDI_SQLCMD_LOG") {

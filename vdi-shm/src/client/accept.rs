@@ -4,7 +4,7 @@
 
 use std::{
     io::ErrorKind,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,6 +17,7 @@ use crate::{
     layout::STATE_CREATED,
     monitor::{HANDSHAKE_LIMIT, Monitor},
     segments::map_announced,
+    sync::Ordering,
     sys::{self, Socket, Waitable},
     wire::{MSG_LEN, Msg, Role, WIRE_VERSION},
 };

@@ -4,7 +4,6 @@
 use std::{
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -26,6 +25,7 @@ use crate::{
     queue::{self, RingIndex},
     ring::WaitOutcome,
     segments::{self, Segments},
+    sync::{AtomicBool, AtomicU64, Ordering},
     sys::{self, Socket},
     view::BufView,
     wait,
@@ -490,7 +490,7 @@ impl vdi_core::ClientDeviceSet for ClientSet {
                     machine: ClientDeviceMachine::new(),
                     held: None,
                 }),
-                kick: std::sync::atomic::AtomicBool::new(false),
+                kick: AtomicBool::new(false),
                 get_ok: AtomicU64::new(0),
                 complete_ok: AtomicU64::new(0),
             }),
@@ -589,7 +589,7 @@ pub(crate) struct DeviceInner {
     state: Mutex<DeviceState>,
     /// Set when a completion may let a waiting GetCommand proceed (a held ClearError, or the
     /// end of a closed device); waiters check it before and after they sleep.
-    kick: std::sync::atomic::AtomicBool,
+    kick: AtomicBool,
     /// The set machine's last `Ok` to GetCommand on this device (see [`Shared::check_memo`]).
     get_ok: AtomicU64,
     /// The same for CompleteCommand.

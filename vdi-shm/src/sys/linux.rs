@@ -10,7 +10,6 @@ use std::{
     mem::MaybeUninit,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::AtomicU32,
     time::Duration,
 };
 
@@ -29,7 +28,7 @@ use vdi_core::{Error, InvalidReason, ProtocolReason};
 
 pub(crate) use super::unix_error::{io_error, os_error};
 use super::{ConnectError, Ready};
-use crate::Options;
+use crate::{Options, sync::AtomicU32};
 
 /// What [`poll`] waits on: a descriptor.
 pub(crate) use std::os::fd::BorrowedFd as Waitable;
@@ -186,20 +185,6 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 /// Wakes every thread, in any process, sleeping on `word`.
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
-}
-
-/// The futex pair as the ring's wait strategy.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FutexWake;
-
-impl crate::ring::Wake for FutexWake {
-    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
-        futex_wait(word, expected, timeout);
-    }
-
-    fn wake_all(&self, word: &AtomicU32) {
-        futex_wake_all(word);
-    }
 }
 
 /// A connected or listening `AF_UNIX` sequential-packet socket.

@@ -2,8 +2,9 @@
 //!
 //! The rest of the crate (layout, rings, pool, client, server, monitor) is platform-neutral and
 //! reaches the system only through the items below. Each platform module (`linux.rs`,
-//! `windows.rs`, `posix.rs`) implements the same contract; this file holds what is common to
-//! them.
+//! `windows/`, `posix/`) implements the same contract; this file holds what is common to
+//! them, and `wake_table.rs` the emulated futex that Windows and the portable backend share
+//! (a kernel object per wake word, found by the word's address).
 //!
 //! # The contract
 //!
@@ -19,12 +20,12 @@
 //!   `tag` names the object for diagnostics only (`vdi-shm:<set>:control`, ...).
 //! - **Wake-ups**: `futex_wait(word, expected, timeout)` sleeps while `word == expected`, at
 //!   most `timeout`, and returns early on a change or a `futex_wake_all(word)` from any process;
-//!   `FutexWake` is the same pair as the ring's wait strategy. `wake_words` (byte offsets given
-//!   to `Mapping::create`/`open`, the same list on both sides) are the words of the mapping that
-//!   processes sleep on; a platform without an address-keyed cross-process wait (Windows, the
-//!   portable Unix backend) gives
-//!   each of them a kernel object and travels those with the mapping. Every wait is bounded by
-//!   its timeout, so a lost wake-up costs latency, never a hang.
+//!   `FutexWake` (written once, here) is the same pair as the ring's wait strategy.
+//!   `wake_words` (byte offsets given to `Mapping::create`/`open`, the same list on both
+//!   sides) are the words of the mapping that processes sleep on; a platform without an
+//!   address-keyed cross-process wait (Windows, the portable Unix backend) gives each of them a
+//!   kernel object, travels those with the mapping, and finds them through `wake_table.rs`.
+//!   Every wait is bounded by its timeout, so a lost wake-up costs latency, never a hang.
 //! - **`Socket`**: the rendezvous, named after the set in the library's own namespace. `listen`
 //!   fails with `AlreadyExists` when the name is taken, the name is freed when the listener's
 //!   process dies (so a stale set never blocks its name), and `connect` to a name nobody listens
@@ -41,12 +42,14 @@
 //!
 //! Linux is implemented with sealed memfds, shared futexes and abstract `AF_UNIX` sockets
 //! (`linux.rs`); Windows with pagefile-backed sections, events and named pipes, objects passed
-//! by handle duplication (`windows.rs`); every other Unix with POSIX shared memory, a socket
-//! pair per wake word and socket files in a private directory held by `flock` (`posix.rs`,
+//! by handle duplication (`windows/`); every other Unix with POSIX shared memory, a socket
+//! pair per wake word and socket files in a private directory held by `flock` (`posix/`,
 //! also selected on Linux by the `portable-unix` feature, to test it there). Elsewhere the
 //! crate builds without a backend.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use crate::sync::{AtomicU32, AtomicU64};
 
 #[cfg_attr(
     all(target_os = "linux", not(feature = "portable-unix")),
@@ -54,17 +57,23 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 )]
 #[cfg_attr(
     all(unix, any(not(target_os = "linux"), feature = "portable-unix")),
-    path = "posix.rs"
+    path = "posix/mod.rs"
 )]
-#[cfg_attr(windows, path = "windows.rs")]
+#[cfg_attr(windows, path = "windows/mod.rs")]
 mod imp;
 
 #[cfg(unix)]
 mod unix_error;
+#[cfg(any(windows, all(unix, any(not(target_os = "linux"), feature = "portable-unix"))))]
+mod shared;
+#[cfg(any(windows, all(unix, any(not(target_os = "linux"), feature = "portable-unix"))))]
+mod wake_table;
 #[cfg(unix)]
 mod unix_map;
 
 pub(crate) use imp::*;
+#[cfg(any(windows, all(unix, any(not(target_os = "linux"), feature = "portable-unix"))))]
+pub(crate) use shared::{current_pid, random_u32};
 
 /// Types that may be viewed in shared memory written by an untrusted process.
 ///
@@ -124,6 +133,20 @@ impl Mapping {
     /// A view of one `T` at byte `offset` (see [`Mapping::slice`]).
     pub(crate) fn get<T: ShmSafe>(&self, offset: usize) -> &T {
         &self.slice::<T>(offset, 1)[0]
+    }
+}
+
+/// The platform's wake-ups ([`futex_wait`], [`futex_wake_all`]) as the ring's wait strategy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FutexWake;
+
+impl crate::ring::Wake for FutexWake {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        futex_wait(word, expected, timeout);
+    }
+
+    fn wake_all(&self, word: &AtomicU32) {
+        futex_wake_all(word);
     }
 }
 

@@ -1,4 +1,4 @@
-//! System errors as the crate's [`Error`], for both Unix backends (`linux.rs`, `posix.rs`).
+//! System errors as the crate's [`Error`], for both Unix backends (`linux.rs`, `posix/`).
 
 use rustix::io::Errno;
 use vdi_core::{Error, SystemError};

@@ -1,4 +1,4 @@
-//! The one mapping routine of both Unix backends (`linux.rs`, `posix.rs`): a shared object
+//! The one mapping routine of both Unix backends (`linux.rs`, `posix/`): a shared object
 //! mapped read-write at a multiple of [`MAP_ALIGN`].
 
 use std::{ffi::c_void, os::fd::BorrowedFd, ptr::NonNull};

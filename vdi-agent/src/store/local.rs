@@ -1,5 +1,6 @@
-//! The backup directory: what a backup may be written into, what is in one, and the only code
-//! that removes anything from one.
+//! A backup in a local directory ([`LocalStore`]): what a backup may be written into, how its
+//! manifest is stored (atomically and durably), and the only code that removes anything from
+//! one.
 //!
 //! Rules: a backup goes into a new or empty directory, or replaces (with `--force`) an
 //! incomplete backup the agent wrote, removing only the files its manifest names. A complete
@@ -9,29 +10,29 @@
 
 use std::{
     fs::{self, File},
-    io::{self, ErrorKind},
+    io::{self, ErrorKind, Read, Write},
     path::{Path, PathBuf},
 };
 
-use vdi_agent::{
-    manifest::{MANIFEST_FILE, MANIFEST_TMP_FILE, Manifest, ManifestError, STRIPE_EXTENSION},
-    stripe::{StripeHeader, StripeReader},
+use vdi_agent::manifest::{
+    MANIFEST_FILE, MANIFEST_TMP_FILE, MAX_MANIFEST_LEN, Manifest, ManifestError, StripeEntry,
 };
 
+use super::{BackupStore, StripeInput, rfc3339};
 use crate::{
     failure::{Failure, Outcome},
-    output::Input,
+    output::StripeOutput,
 };
 
-/// A directory prepared for a new backup.
+/// A backup directory: one prepared for a new backup, or one that holds a backup.
 #[derive(Debug)]
-pub(crate) struct BackupDir {
+pub(crate) struct LocalStore {
     path: PathBuf,
     /// The agent created it (so it may remove it again when nothing came of the backup).
     created: bool,
 }
 
-impl BackupDir {
+impl LocalStore {
     /// Prepares `path` for a new backup: creates it, or checks that it is empty, or (with
     /// `force`) removes the incomplete backup the agent wrote there.
     ///
@@ -66,7 +67,7 @@ impl BackupDir {
                 created: false,
             });
         }
-        let manifest = match Manifest::load(path) {
+        let manifest = match read_manifest(path) {
             Ok(m) => m,
             Err(ManifestError::Missing { .. }) => {
                 return Err(Failure::other(format!(
@@ -131,15 +132,79 @@ impl BackupDir {
         })
     }
 
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// The backup directory `path`, or `None` when `path` is a file (a stripe).
+    ///
+    /// # Errors
+    ///
+    /// A usage error for a path that does not exist; an I/O error naming it.
+    pub(crate) fn open(path: &Path) -> Outcome<Option<Self>> {
+        let meta =
+            fs::metadata(path).map_err(|e| look_failure(path, "no such directory or file", &e))?;
+        Ok(meta.is_dir().then(|| Self {
+            path: path.to_owned(),
+            created: false,
+        }))
     }
 
-    /// Removes what a backup that acknowledged nothing to the engine left: the files its
-    /// manifest names (or, without a manifest, nothing but the empty directory) and the
-    /// directory itself if the agent created it. Returns what it did, for the user.
-    pub(crate) fn discard(&self, manifest: Option<&Manifest>) -> String {
+    /// Every subdirectory of `parent` that holds a manifest, sorted, with its name.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when `parent` does not exist; an I/O error naming it.
+    pub(crate) fn backups_in(parent: &Path) -> Outcome<Vec<(String, Self)>> {
+        let read =
+            fs::read_dir(parent).map_err(|e| look_failure(parent, "no such directory", &e))?;
+        let mut dirs: Vec<_> = read
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && p.join(MANIFEST_FILE).exists())
+            .collect();
+        dirs.sort();
+        Ok(dirs
+            .into_iter()
+            .map(|d| {
+                let name = d.file_name().map_or_else(
+                    || d.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                (
+                    name,
+                    Self {
+                        path: d,
+                        created: false,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+impl BackupStore for LocalStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn free_space(&self) -> io::Result<u64> {
+        free_space(&self.path)
+    }
+
+    fn create_stripe(&self, file: &str) -> Outcome<(Box<dyn StripeOutput>, String)> {
+        let path = self.path.join(file);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Failure::io(format!("creating {}", path.display()), &e))?;
+        Ok((Box::new(f), path.display().to_string()))
+    }
+
+    fn store_manifest(&self, manifest: &Manifest) -> io::Result<()> {
+        write_manifest(&self.path, manifest)
+    }
+
+    /// Removes the files `manifest` names (or, without a manifest, nothing but the empty
+    /// directory) and the directory itself if the agent created it.
+    fn discard(&self, manifest: Option<&Manifest>) -> String {
         if let Some(m) = manifest
             && let Err(e) = remove_files(&self.path, &owned_files(m))
         {
@@ -156,6 +221,107 @@ impl BackupDir {
             format!("{} was left as it was", self.path.display())
         }
     }
+
+    fn manifest(&self) -> Result<Manifest, ManifestError> {
+        read_manifest(&self.path)
+    }
+
+    fn stripe_names(&self) -> Outcome<Vec<String>> {
+        list(&self.path)
+    }
+
+    fn open_stripe_input(&self, entry: &StripeEntry) -> Outcome<StripeInput> {
+        let path = self.path.join(&entry.file);
+        let label = format!("stripe {} ({})", entry.index, path.display());
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Failure::data(format!("{label} is missing: the backup set is incomplete"))
+            } else {
+                Failure::io(format!("opening {}", path.display()), &e)
+            }
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| Failure::io(format!("reading {}", path.display()), &e))?
+            .len();
+        Ok(StripeInput {
+            label,
+            input: Box::new(file),
+            len,
+        })
+    }
+}
+
+/// Why `path` could not be looked at: a usage error saying `missing` when it does not exist,
+/// else an I/O error naming it.
+fn look_failure(path: &Path, missing: &str, e: &io::Error) -> Failure {
+    if e.kind() == ErrorKind::NotFound {
+        Failure::usage(format!("{}: {missing}", path.display()))
+    } else {
+        Failure::io(format!("reading {}", path.display()), e)
+    }
+}
+
+/// Loads and validates `dir/manifest.json`, reading at most [`MAX_MANIFEST_LEN`] bytes.
+///
+/// # Errors
+///
+/// [`ManifestError::Missing`] when there is no manifest, [`ManifestError::Io`], and the
+/// errors of [`Manifest::from_json`].
+fn read_manifest(dir: &Path) -> Result<Manifest, ManifestError> {
+    let path = dir.join(MANIFEST_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(ManifestError::Missing { dir: dir.into() });
+        }
+        Err(error) => return Err(ManifestError::Io { path, error }),
+    };
+    let mut bytes = Vec::new();
+    if let Err(error) = file.take(MAX_MANIFEST_LEN + 1).read_to_end(&mut bytes) {
+        return Err(ManifestError::Io { path, error });
+    }
+    Manifest::from_json(&bytes, &path)
+}
+
+/// Stores `manifest` as `dir/manifest.json`, atomically and durably: writes
+/// [`MANIFEST_TMP_FILE`], syncs it, renames it over [`MANIFEST_FILE`], then syncs the
+/// directory (on Unix; elsewhere the rename is left to the file system's journal).
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidInput`] for a manifest that does not validate (nothing is
+/// written); otherwise the file system's error, with the path in the message.
+fn write_manifest(dir: &Path, manifest: &Manifest) -> io::Result<()> {
+    let json = manifest.to_json()?;
+    let tmp = dir.join(MANIFEST_TMP_FILE);
+    let path = dir.join(MANIFEST_FILE);
+    let context = |what: &str, p: &Path, e: io::Error| {
+        io::Error::new(e.kind(), format!("cannot {what} {}: {e}", p.display()))
+    };
+    let written = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&json)?;
+            f.sync_all()
+        })
+        .map_err(|e| context("write", &tmp, e))
+        .and_then(|()| fs::rename(&tmp, &path).map_err(|e| context("rename", &tmp, e)));
+    if let Err(e) = written {
+        // Best effort: a stale temporary file is harmless, it is replaced next time.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir).map_err(|e| context("sync the directory", dir, e))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// The names of what a backup with `manifest` wrote into its directory.
@@ -195,158 +361,21 @@ fn list(dir: &Path) -> Outcome<Vec<String>> {
     Ok(names)
 }
 
-/// What a path given to `verify`, `restore` or `info` is.
-#[derive(Debug)]
-pub(crate) enum Source {
-    /// A backup directory and its manifest.
-    Dir(PathBuf, Box<Manifest>),
-    /// One stripe file.
-    File(PathBuf),
-}
-
-impl Source {
-    /// Looks at `path`: a directory must hold a readable manifest; a file is a stripe.
-    ///
-    /// # Errors
-    ///
-    /// A usage error for a path that does not exist; a data error (exit 5) for a directory
-    /// whose manifest is missing or damaged; an I/O error naming the file when it cannot be
-    /// read.
-    pub(crate) fn open(path: &Path) -> Outcome<Self> {
-        let meta = fs::metadata(path).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Failure::usage(format!("{}: no such directory or file", path.display()))
-            } else {
-                Failure::io(format!("reading {}", path.display()), &e)
-            }
-        })?;
-        if !meta.is_dir() {
-            return Ok(Self::File(path.to_owned()));
-        }
-        Ok(Self::Dir(path.to_owned(), Box::new(load_manifest(path)?)))
-    }
-}
-
-/// Loads the manifest of `dir`: a damaged or missing one is a data error, one that cannot be
-/// read an I/O error that names the file.
-pub(crate) fn load_manifest(dir: &Path) -> Outcome<Manifest> {
-    Manifest::load(dir).map_err(|e| match &e {
-        ManifestError::Io { path, source } => {
-            Failure::io(format!("reading {}", path.display()), source)
-        }
-        _ => Failure::data(e.to_string()),
-    })
-}
-
-/// Refuses a backup directory that holds stripe files its manifest does not name (an extra
-/// `stripe-04.vdis` is a sign of a mixed-up directory, never ignored in silence).
-pub(crate) fn check_no_strays(dir: &Path, manifest: &Manifest) -> Outcome {
-    let ours = owned_files(manifest);
-    let suffix = format!(".{STRIPE_EXTENSION}");
-    let strays: Vec<String> = list(dir)?
-        .into_iter()
-        .filter(|n| n.ends_with(&suffix) && !ours.iter().any(|o| o.eq_ignore_ascii_case(n)))
-        .collect();
-    if strays.is_empty() {
-        return Ok(());
-    }
-    Err(Failure::data(format!(
-        "{} holds stripe files its manifest does not name ({}; the manifest lists {} stripe{}): \
-         the directory mixes backups",
-        dir.display(),
-        strays.join(", "),
-        manifest.device_count,
-        plural(manifest.device_count.into())
-    )))
-}
-
-/// One stripe of a backup directory, opened and checked against the manifest (its header's
-/// fields, its length) before a byte of data is read.
-#[derive(Debug)]
-pub(crate) struct OpenStripe {
-    /// `stripe 2 (DIR/stripe-02.vdis)`.
-    pub(crate) label: String,
-    /// The reader, expecting the manifest's totals.
-    pub(crate) reader: StripeReader<Input>,
-    /// The raw bytes the manifest records.
-    pub(crate) raw_bytes: u64,
-}
-
-/// Opens stripe `index` of the backup in `dir`.
-///
-/// # Errors
-///
-/// A data error (exit 5) for a missing or truncated file or a header that contradicts the
-/// manifest (naming the field and both values); an I/O error naming the file.
-pub(crate) fn open_stripe(dir: &Path, manifest: &Manifest, index: u32) -> Outcome<OpenStripe> {
-    let Some(entry) = manifest.stripe(index) else {
-        return Err(Failure::data(format!("the manifest has no stripe {index}")));
-    };
-    let path = dir.join(&entry.file);
-    let label = format!("stripe {} ({})", entry.index, path.display());
-    let file = File::open(&path).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            Failure::data(format!("{label} is missing: the backup set is incomplete"))
-        } else {
-            Failure::io(format!("opening {}", path.display()), &e)
-        }
-    })?;
-    let len = file
-        .metadata()
-        .map_err(|e| Failure::io(format!("reading {}", path.display()), &e))?
-        .len();
-    if len < entry.stored_bytes {
-        return Err(Failure::data(format!(
-            "{label} is truncated: {len} bytes, the manifest says {}",
-            entry.stored_bytes
-        )));
-    }
-    let reader = StripeReader::with_expected(Input::File(file), entry.expected())
-        .map_err(|e| Failure::data(format!("{label}: {e}")))?;
-    manifest
-        .check_stripe_header(reader.header())
-        .map_err(|p| Failure::data(format!("{label}: {p}")))?;
-    if reader.header().index != index {
-        return Err(Failure::data(format!(
-            "{label} is stripe {} of another place in the backup",
-            reader.header().index
-        )));
-    }
-    Ok(OpenStripe {
-        label,
-        reader,
-        raw_bytes: entry.raw_bytes,
-    })
-}
-
-/// "stripe 2 of 4", for a stripe read without its manifest.
-pub(crate) fn stripe_of(h: &StripeHeader) -> String {
-    format!("stripe {} of {}", h.index, h.count)
-}
-
-/// `""` for one, `"s"` otherwise.
-pub(crate) fn plural(n: u64) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}
-
-/// Unix seconds as RFC 3339 in UTC.
-pub(crate) fn rfc3339(secs: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Bytes free for an unprivileged writer in the file system of `dir`, if the platform says.
 #[cfg(unix)]
-pub(crate) fn free_space(dir: &Path) -> io::Result<u64> {
+fn free_space(dir: &Path) -> io::Result<u64> {
     let s = rustix::fs::statvfs(dir)?;
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Bytes free in the file system of `dir`: unknown on this platform.
 #[cfg(not(unix))]
-pub(crate) fn free_space(_dir: &Path) -> io::Result<u64> {
+fn free_space(_dir: &Path) -> io::Result<u64> {
     Err(io::Error::new(
         ErrorKind::Unsupported,
         "free space is not known here",
     ))
 }
+
+#[cfg(test)]
+mod tests;
