@@ -262,6 +262,42 @@ unsafe fn is_one_of(iid: *const Guid, ids: &[Guid]) -> Option<bool> {
     Some(ids.contains(&iid))
 }
 
+/// `QueryInterface` of every object here: `this` itself, with one more reference through
+/// `add_ref`, for any interface ID of `ids`; `E_NOINTERFACE` for others, `E_POINTER` for a
+/// NULL argument. `*ppv` is NULL unless it succeeds.
+///
+/// # Safety
+///
+/// COM's contract: `this` NULL or a live object whose AddRef is `add_ref`, `riid` NULL or a
+/// readable GUID, `ppv` NULL or writable for a pointer.
+unsafe fn query_interface(
+    this: *mut c_void,
+    riid: *const Guid,
+    ppv: *mut *mut c_void,
+    ids: &[Guid],
+    add_ref: unsafe extern "system" fn(*mut c_void) -> u32,
+) -> HResult {
+    if ppv.is_null() {
+        return HResult::E_POINTER;
+    }
+    // SAFETY: `ppv` is non-NULL and writable (the caller's contract).
+    unsafe { put(ppv, ptr::null_mut()) };
+    // SAFETY: `riid` is NULL or a readable GUID (the caller's contract).
+    match unsafe { is_one_of(riid, ids) } {
+        None => HResult::E_POINTER,
+        Some(false) => HResult::E_NOINTERFACE,
+        Some(true) if this.is_null() => HResult::E_POINTER,
+        Some(true) => {
+            // SAFETY: `this` is a live object whose AddRef is `add_ref`; `ppv` is writable.
+            unsafe {
+                add_ref(this);
+                put(ppv, this);
+            }
+            HResult::S_OK
+        }
+    }
+}
+
 /// The set object behind `this`.
 ///
 /// # Safety
@@ -311,33 +347,13 @@ unsafe extern "system" fn set_query_interface(
     riid: *const Guid,
     ppv: *mut *mut c_void,
 ) -> HResult {
-    if ppv.is_null() {
-        return HResult::E_POINTER;
-    }
-    // SAFETY: `ppv` is non-NULL and writable (COM's contract).
-    unsafe { put(ppv, ptr::null_mut()) };
     let ids = [
         IID_IUNKNOWN,
         IClientVirtualDeviceSet::IID,
         IClientVirtualDeviceSet2::IID,
     ];
-    // SAFETY: `riid` is NULL or a readable GUID (COM's contract).
-    match unsafe { is_one_of(riid, &ids) } {
-        None => HResult::E_POINTER,
-        Some(false) => HResult::E_NOINTERFACE,
-        Some(true) => {
-            // SAFETY: `this` is a live set object (COM's contract).
-            match unsafe { set_object(this) } {
-                Ok(object) => {
-                    object.add_ref();
-                    // SAFETY: as above.
-                    unsafe { put(ppv, this) };
-                    HResult::S_OK
-                }
-                Err(_) => HResult::E_POINTER,
-            }
-        }
-    }
+    // SAFETY: COM's contract, passed on; `set_add_ref` is this object's AddRef.
+    unsafe { query_interface(this, riid, ppv, &ids, set_add_ref) }
 }
 
 unsafe extern "system" fn set_add_ref(this: *mut c_void) -> u32 {
@@ -501,24 +517,9 @@ unsafe extern "system" fn device_query_interface(
     riid: *const Guid,
     ppv: *mut *mut c_void,
 ) -> HResult {
-    if ppv.is_null() {
-        return HResult::E_POINTER;
-    }
-    // SAFETY: `ppv` is non-NULL and writable (COM's contract).
-    unsafe { put(ppv, ptr::null_mut()) };
-    // SAFETY: `riid` is NULL or a readable GUID (COM's contract).
-    match unsafe { is_one_of(riid, &[IID_IUNKNOWN, IClientVirtualDevice::IID]) } {
-        None => HResult::E_POINTER,
-        Some(true) if this.is_null() => HResult::E_POINTER,
-        Some(false) => HResult::E_NOINTERFACE,
-        Some(true) => {
-            // SAFETY: `this` is a live device object (COM's contract).
-            unsafe { device_add_ref(this) };
-            // SAFETY: as above.
-            unsafe { put(ppv, this) };
-            HResult::S_OK
-        }
-    }
+    let ids = [IID_IUNKNOWN, IClientVirtualDevice::IID];
+    // SAFETY: COM's contract, passed on; `device_add_ref` is this object's AddRef.
+    unsafe { query_interface(this, riid, ppv, &ids, device_add_ref) }
 }
 
 unsafe extern "system" fn device_add_ref(this: *mut c_void) -> u32 {
@@ -612,20 +613,15 @@ unsafe extern "system" fn factory_query_interface(
     riid: *const Guid,
     ppv: *mut *mut c_void,
 ) -> HResult {
-    if ppv.is_null() {
-        return HResult::E_POINTER;
-    }
-    // SAFETY: `ppv` is non-NULL and writable; `riid` NULL or a readable GUID (COM's contract).
+    // SAFETY: COM's contract, passed on; `factory_add_ref` is the factory's AddRef.
     unsafe {
-        put(ppv, ptr::null_mut());
-        match is_one_of(riid, &[IID_IUNKNOWN, IID_ICLASS_FACTORY]) {
-            None => HResult::E_POINTER,
-            Some(false) => HResult::E_NOINTERFACE,
-            Some(true) => {
-                put(ppv, this);
-                HResult::S_OK
-            }
-        }
+        query_interface(
+            this,
+            riid,
+            ppv,
+            &[IID_IUNKNOWN, IID_ICLASS_FACTORY],
+            factory_add_ref,
+        )
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::{any::Any, ffi::c_void, io::Write, ptr};
 
-use vdi_core::{HResult, guids};
+use vdi_core::HResult;
+use vdi_win::raw::CLSID_MSSQL_CLIENT_VIRTUAL_DEVICE_SET;
 use windows_sys::Win32::{
     Foundation::{ERROR_FILE_NOT_FOUND, ERROR_SUCCESS, HMODULE, WIN32_ERROR},
     System::{
@@ -25,15 +26,10 @@ const DESCRIPTION: &str = "vdi: SQL Server Virtual Device Interface client (sqlv
 
 /// `CLSID\{...}` under `HKEY_CLASSES_ROOT`.
 fn class_key() -> String {
-    let g = guids::CLSID_MSSQL_CLIENT_VIRTUAL_DEVICE_SET;
-    format!(
-        "CLSID\\{{{:08X}-{:04X}-{:04X}-{:04X}-{:012X}}}",
-        g >> 96,
-        (g >> 80) & 0xFFFF,
-        (g >> 64) & 0xFFFF,
-        (g >> 48) & 0xFFFF,
-        g & 0xFFFF_FFFF_FFFF
-    )
+    let clsid = CLSID_MSSQL_CLIENT_VIRTUAL_DEVICE_SET
+        .to_string()
+        .to_uppercase();
+    format!("CLSID\\{{{clsid}}}")
 }
 
 /// The result of a registration call as an `HRESULT`: a refusal or failure is
