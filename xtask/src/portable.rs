@@ -9,6 +9,8 @@
 //!    skipped with a message.
 //! 3. `cargo test -p vdi-shm --features portable-unix`: the whole vdi-shm suite (unit tests,
 //!    multi-process, peer death, secondaries) on the portable backend, here on Linux.
+//! 4. `cargo test -p vdi-sdk --test conformance --features vdi-shm/portable-unix`: the
+//!    client-side conformance suite (vdi-shm's client and the C ABI) on the portable backend.
 //!
 //! The builds share the workspace's `target/` (each target in its own folder).
 
@@ -52,6 +54,24 @@ pub(crate) fn run() -> Result<Outcome, String> {
         "--locked",
     ]);
     stage("portable-test: cargo test -p vdi-shm (portable-unix)", test)?;
+
+    // The client-side conformance suite on the portable backend: vdi-shm's client and the C
+    // ABI over it, against the engine (which then runs on the portable backend too).
+    let mut conformance = cargo();
+    conformance.args([
+        "test",
+        "-p",
+        "vdi-sdk",
+        "--test",
+        "conformance",
+        "--features",
+        "vdi-shm/portable-unix",
+        "--locked",
+    ]);
+    stage(
+        "portable-test: the conformance suite on the portable backend",
+        conformance,
+    )?;
 
     println!(
         "=== xtask: portable-test passed in {:.1}s",
