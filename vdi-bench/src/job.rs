@@ -117,25 +117,18 @@ fn zstd_cell(plan: &Plan, agent: &Path, dir: &Path) -> Result<Row> {
     let (mut stored, mut alone_stored) = (0u64, 0u64);
     for round in 0..plan.job_rounds {
         let _ = fs::remove_dir_all(&backup_dir);
-        let level = ZSTD_LEVEL.to_string();
         let agent_run = |b: &mut Samples| -> Result<u64> {
-            let (t, rss) = run_agent(
+            b.run(
                 agent,
+                "backup",
+                &backup_dir,
                 &[
-                    "backup".as_ref(),
-                    backup_dir.as_os_str(),
-                    "--devices".as_ref(),
-                    ZSTD_DEVICES.to_string().as_ref(),
-                    format!("--zstd={level}").as_ref(),
-                    "--size".as_ref(),
-                    size.to_string().as_ref(),
-                    "--max-transfer-size".as_ref(),
-                    transfer.to_string().as_ref(),
-                    "--no-progress".as_ref(),
+                    format!("--devices={ZSTD_DEVICES}"),
+                    format!("--zstd={ZSTD_LEVEL}"),
+                    format!("--size={size}"),
+                    format!("--max-transfer-size={transfer}"),
                 ],
             )?;
-            b.agent.push(t);
-            b.rss = b.rss.max(rss);
             Ok(stripe_sizes(&backup_dir)?.iter().sum())
         };
         if round % 2 == 0 {
@@ -253,24 +246,17 @@ fn cell(
         let agent_first = round % 2 == 0;
         // Backup and its bound.
         let backup = |b: &mut Samples| -> Result<Vec<u64>> {
-            let (t, rss) = run_agent(
+            b.run(
                 agent,
+                "backup",
+                &backup_dir,
                 &[
-                    "backup".as_ref(),
-                    backup_dir.as_os_str(),
-                    "--devices".as_ref(),
-                    devices.to_string().as_ref(),
-                    "--size".as_ref(),
-                    size.to_string().as_ref(),
-                    "--max-transfer-size".as_ref(),
-                    transfer.to_string().as_ref(),
-                    "--buffer-count".as_ref(),
-                    (devices * 4).to_string().as_ref(),
-                    "--no-progress".as_ref(),
+                    format!("--devices={devices}"),
+                    format!("--size={size}"),
+                    format!("--max-transfer-size={transfer}"),
+                    format!("--buffer-count={}", devices * 4),
                 ],
             )?;
-            b.agent.push(t);
-            b.rss = b.rss.max(rss);
             stripe_sizes(&backup_dir)
         };
         // Round 0 has the agent first, so the bound knows the stripes' sizes.
@@ -283,19 +269,7 @@ fn cell(
             stripes = backup(&mut b)?;
         }
         // Restore and its bound.
-        let restore = |r: &mut Samples| -> Result<()> {
-            let (t, rss) = run_agent(
-                agent,
-                &[
-                    "restore".as_ref(),
-                    backup_dir.as_os_str(),
-                    "--no-progress".as_ref(),
-                ],
-            )?;
-            r.agent.push(t);
-            r.rss = r.rss.max(rss);
-            Ok(())
-        };
+        let restore = |r: &mut Samples| r.run(agent, "restore", &backup_dir, &[]);
         let files = stripe_files(&backup_dir)?;
         if agent_first {
             restore(&mut r)?;
@@ -307,19 +281,7 @@ fn cell(
             restore(&mut r)?;
         }
         // Verify and its bound.
-        let verify = |v: &mut Samples| -> Result<()> {
-            let (t, rss) = run_agent(
-                agent,
-                &[
-                    "verify".as_ref(),
-                    backup_dir.as_os_str(),
-                    "--no-progress".as_ref(),
-                ],
-            )?;
-            v.agent.push(t);
-            v.rss = v.rss.max(rss);
-            Ok(())
-        };
+        let verify = |v: &mut Samples| v.run(agent, "verify", &backup_dir, &[]);
         if agent_first {
             verify(&mut v)?;
         }
@@ -361,6 +323,17 @@ struct Samples {
 }
 
 impl Samples {
+    /// Runs `vdi-agent <op> <dir> <flags> --no-progress` and records its time and peak memory.
+    fn run(&mut self, agent: &Path, op: &str, dir: &Path, flags: &[String]) -> Result<()> {
+        let mut args: Vec<&std::ffi::OsStr> = vec![op.as_ref(), dir.as_os_str()];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        args.push("--no-progress".as_ref());
+        let (t, rss) = run_agent(agent, &args)?;
+        self.agent.push(t);
+        self.rss = self.rss.max(rss);
+        Ok(())
+    }
+
     fn bound(&self, round: usize) -> Duration {
         self.io[round].max(self.cpu[round])
     }

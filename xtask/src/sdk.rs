@@ -172,8 +172,14 @@ fn check_exports(lib: &Path) -> Result<(), String> {
 pub(crate) trait Host {
     /// A client process run in `dir`, output to `<dir>/<tag>.out|err`.
     fn client(&self, program: &Path, dir: &Path, tag: &str) -> Result<Command, String>;
-    /// `vdi-engine <args> --wait-for-set 30s -v`, output as for [`Host::client`].
-    fn engine(&self, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String>;
+    /// The `vdi-engine` binary for this OS.
+    fn engine_program(&self) -> &Path;
+    /// `vdi-engine <args> --wait-for-set 30s -v`, run as [`Host::client`] runs a client.
+    fn engine(&self, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String> {
+        let mut cmd = self.client(self.engine_program(), dir, tag)?;
+        cmd.args(args).args(["--wait-for-set", "30s", "-v"]);
+        Ok(cmd)
+    }
 }
 
 /// The build and run directories.
@@ -286,10 +292,8 @@ impl Host for Env {
         Ok(cmd)
     }
 
-    fn engine(&self, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String> {
-        let mut cmd = self.client(&self.engine, dir, tag)?;
-        cmd.args(args).args(["--wait-for-set", "30s", "-v"]);
-        Ok(cmd)
+    fn engine_program(&self) -> &Path {
+        &self.engine
     }
 }
 

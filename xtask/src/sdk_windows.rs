@@ -162,10 +162,8 @@ impl Host for WinEnv {
         Ok(cmd)
     }
 
-    fn engine(&self, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String> {
-        let mut cmd = self.client(&self.engine, dir, tag)?;
-        cmd.args(args).args(["--wait-for-set", "30s", "-v"]);
-        Ok(cmd)
+    fn engine_program(&self) -> &Path {
+        &self.engine
     }
 }
 
