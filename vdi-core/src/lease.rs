@@ -8,10 +8,14 @@
 //! makes a view of it and releases the claim when the view is gone, so each of those cases fails
 //! instead.
 //!
-//! The table is pure (no lock, no I/O): a backend keeps one per process, or per set, behind its
-//! own lock, and releases a [`Claim`] when the view it guards drops.
+//! The table is pure (no lock, no I/O). [`SharedLeases`] is the table behind a lock, with a
+//! [`Lease`] that gives its range back when it drops: what a backend keeps per process, or per
+//! set, so that each view holds its lease.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 /// The byte ranges that writable views are using, per address space.
 ///
@@ -92,9 +96,64 @@ impl LeaseTable {
     }
 }
 
+/// A [`LeaseTable`] behind a lock, shared by the views it guards: each claim is a [`Lease`]
+/// that gives its range back when it drops.
+///
+/// ```
+/// use std::sync::Arc;
+/// use vdi_core::SharedLeases;
+///
+/// let leases = Arc::new(SharedLeases::default());
+/// let a = SharedLeases::claim(&leases, 0, 100, 200).unwrap();
+/// assert!(SharedLeases::claim(&leases, 0, 150, 160).is_none());
+/// drop(a);
+/// assert!(leases.is_empty());
+/// ```
+#[derive(Debug, Default)]
+pub struct SharedLeases(Mutex<LeaseTable>);
+
+impl SharedLeases {
+    /// Claims bytes `start..end` of `space` (the rule of [`LeaseTable::claim`]); the lease holds
+    /// them until it drops.
+    pub fn claim(this: &Arc<Self>, space: u64, start: u64, end: u64) -> Option<Lease> {
+        let claim = this.table().claim(space, start, end)?;
+        Some(Lease {
+            leases: Arc::clone(this),
+            claim: Some(claim),
+        })
+    }
+
+    /// Whether no range is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.table().is_empty()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A range claimed in [`SharedLeases`]; dropping it gives the range back.
+#[derive(Debug)]
+#[must_use = "a lease holds its range until it drops"]
+pub struct Lease {
+    leases: Arc<SharedLeases>,
+    claim: Option<Claim>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.leases.table().release(claim);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::LeaseTable;
+    use std::sync::Arc;
+
+    use super::{LeaseTable, SharedLeases};
 
     #[test]
     fn overlaps_are_refused_and_released_ranges_free() {
@@ -156,5 +215,22 @@ mod tests {
             t.release(claim);
         }
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn shared_leases_hold_their_range_until_dropped() {
+        let leases = Arc::new(SharedLeases::default());
+        let a = SharedLeases::claim(&leases, 0, 100, 200).unwrap();
+        let b = SharedLeases::claim(&leases, 0, 200, 300).unwrap();
+        assert!(SharedLeases::claim(&leases, 0, 199, 201).is_none());
+        // Another space, and an empty range, alias nothing.
+        let other = SharedLeases::claim(&leases, 1, 150, 250).unwrap();
+        assert!(SharedLeases::claim(&leases, 0, 150, 150).is_some());
+        drop(a);
+        let again = SharedLeases::claim(&leases, 0, 120, 180).unwrap();
+        assert!(SharedLeases::claim(&leases, 0, 100, 121).is_none());
+        drop((b, other, again));
+        assert!(leases.is_empty());
+        drop(SharedLeases::claim(&leases, 0, 0, u64::MAX).unwrap());
     }
 }

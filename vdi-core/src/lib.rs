@@ -44,6 +44,7 @@ mod name;
 mod state;
 mod timeout;
 mod traits;
+mod turn;
 
 pub use codes::{CommandCode, CompletionCode, Features, HResult};
 pub use config::{
@@ -53,7 +54,7 @@ pub use config::{
     validate_device_count, validate_max_transfer_size,
 };
 pub use error::{AbortReason, Error, InvalidReason, ProtocolReason, SystemError};
-pub use lease::{Claim, LeaseTable};
+pub use lease::{Claim, Lease, LeaseTable, SharedLeases};
 pub use name::{MAX_NAME_LEN, NameError, stripe_device_name, validate_name};
 pub use state::{
     Call, ClientDeviceMachine, ClientSetMachine, ClientSetState, CloseAction, Delivery,
@@ -65,6 +66,7 @@ pub use traits::{
     MappedBuffer, SendError, ServerBackend, ServerBuffer, ServerCommand, ServerCompletion,
     ServerDevice, ServerDeviceSet,
 };
+pub use turn::{Turn, TurnGuard};
 
 /// The interface and class IDs of the VDI COM objects (`vdiguid.h`; vdi-spec.md §2.1), as
 /// `u128` values in the usual GUID text order.

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vdi_core::{Claim, LeaseTable};
+use vdi_core::{Lease, SharedLeases};
 
 use crate::{
     layout::{Control, MAX_SEGMENTS},
@@ -19,28 +19,9 @@ use crate::{
 pub(crate) struct Segments {
     maps: Mutex<Vec<Option<Arc<Mapping>>>>,
     arrived: Condvar,
-    leases: Arc<Leases>,
-}
-
-/// The byte ranges of segments that writable views in this process are using: vdi-core's
-/// [`LeaseTable`], with the segment id as the address space.
-#[derive(Debug, Default)]
-pub(crate) struct Leases(Mutex<LeaseTable>);
-
-/// A leased range; dropping it returns the range.
-#[derive(Debug)]
-pub(crate) struct Lease {
-    leases: Arc<Leases>,
-    claim: Option<Claim>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-            t.release(claim);
-        }
-    }
+    /// The byte ranges of segments that writable views in this process are using, with the
+    /// segment id as the address space.
+    leases: Arc<SharedLeases>,
 }
 
 impl Segments {
@@ -102,14 +83,10 @@ impl Segments {
     }
 
     /// Leases bytes `start..end` of segment `id` for a writable view; `None` if any part is
-    /// already leased in this process, or the range is reversed (the rule of [`LeaseTable`]).
+    /// already leased in this process, or the range is reversed (the rule of
+    /// [`vdi_core::LeaseTable`]).
     pub(crate) fn lease(&self, id: u32, start: u64, end: u64) -> Option<Lease> {
-        let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let claim = t.claim(u64::from(id), start, end)?;
-        Some(Lease {
-            leases: Arc::clone(&self.leases),
-            claim: Some(claim),
-        })
+        SharedLeases::claim(&self.leases, u64::from(id), start, end)
     }
 }
 
@@ -152,7 +129,7 @@ mod tests {
         let e = s.lease(0, 6000, 6000).unwrap();
         assert!(s.lease(0, 10, 5).is_none());
         drop((a, b, c, e));
-        assert!(s.leases.0.lock().unwrap().is_empty());
+        assert!(s.leases.is_empty());
         drop(s.lease(0, 0, u64::MAX).unwrap());
     }
 }

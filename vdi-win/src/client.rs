@@ -10,14 +10,14 @@
 #![deny(unsafe_code)]
 
 use std::{
-    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Instant,
 };
 
 use tracing::{debug, trace, warn};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, Claim, ClientConfig, ClientSetMachine, ClientSetState,
-    CommandCode, Completion, Config, Error, InvalidReason, LeaseTable, MAX_DEVICES, ProtocolReason,
+    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
+    Completion, Config, Error, InvalidReason, Lease, MAX_DEVICES, ProtocolReason, SharedLeases,
     Timeout, VdConfig,
 };
 
@@ -211,8 +211,11 @@ struct SetShared {
     /// What `GetConfiguration` returned first.
     config: OnceLock<Config>,
     local: Mutex<Local>,
-    /// The bytes of sqlvdi's buffers this process has views of.
-    leases: Arc<Leases>,
+    /// The byte ranges of sqlvdi's buffers that this process has views of: the buffers of the
+    /// commands it holds (prefix and data zone) and the mapped handles, with the process's
+    /// address space as the one space (0). sqlvdi hands out addresses only; this is what keeps
+    /// two views of the same bytes from existing at once in one process.
+    leases: Arc<SharedLeases>,
 }
 
 impl SetShared {
@@ -387,7 +390,7 @@ impl SqlVdiSet {
                 set: Arc::clone(sh),
                 index,
                 name: name.to_owned(),
-                turn: Turn::default(),
+                turn: vdi_core::Turn::default(),
             }),
         })
     }
@@ -447,7 +450,7 @@ impl SqlVdiSet {
         // ...and no other view in this process may reach them (a command this process holds,
         // or another mapping).
         let start = ptr.as_ptr() as usize;
-        let lease = Leases::take(&self.shared.leases, start, start + len as usize)
+        let lease = take_lease(&self.shared.leases, start, start + len as usize)
             .ok_or_else(|| invalid(InvalidReason::Buffer))?;
         #[allow(
             unsafe_code,
@@ -545,47 +548,6 @@ impl Drop for SqlVdiSet {
     }
 }
 
-/// Serializes the `GetCommand` calls of one device, within their timeouts.
-#[derive(Debug, Default)]
-struct Turn {
-    busy: Mutex<bool>,
-    free: Condvar,
-}
-
-impl Turn {
-    /// Waits until no other thread is in `GetCommand` on this device, or until `deadline`.
-    fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_>> {
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        while *busy {
-            busy = match deadline {
-                None => self.free.wait(busy).unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    self.free
-                        .wait_timeout(busy, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-        *busy = true;
-        Some(TurnGuard(self))
-    }
-}
-
-/// A thread's turn at `GetCommand`.
-struct TurnGuard<'a>(&'a Turn);
-
-impl Drop for TurnGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        self.0.free.notify_one();
-    }
-}
-
 #[derive(Debug)]
 struct DeviceInner {
     /// Released before the set (fields drop in order).
@@ -593,7 +555,7 @@ struct DeviceInner {
     set: Arc<SetShared>,
     index: u32,
     name: String,
-    turn: Turn,
+    turn: vdi_core::Turn,
 }
 
 /// A device of a sqlvdi set (`IClientVirtualDevice`), as the client uses it.
@@ -645,7 +607,7 @@ impl SqlVdiDevice {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
                 let lease = match cmd.zones() {
                     None => None,
-                    Some((start, end)) => match Leases::take(&set.leases, start, end) {
+                    Some((start, end)) => match take_lease(&set.leases, start, end) {
                         Some(lease) => Some(lease),
                         None => {
                             // This process still has a view of the buffer (a mapping kept
@@ -842,43 +804,6 @@ pub struct SqlVdiMapped {
     _set: Arc<SetShared>,
 }
 
-/// The byte ranges of sqlvdi's buffers that this process has views of: the buffers of the
-/// commands it holds (prefix and data zone) and the mapped handles, in vdi-core's
-/// [`LeaseTable`] with the process's address space as its one space (0). sqlvdi hands out
-/// addresses only; this is what keeps two views of the same bytes from existing at once in one
-/// process.
-#[derive(Debug, Default)]
-struct Leases(Mutex<LeaseTable>);
-
-impl Leases {
-    /// Claims `start..end`, unless it overlaps a range already claimed (an empty range aliases
-    /// nothing and is granted; see [`LeaseTable`]).
-    fn take(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
-        let mut t = this.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let claim = t.claim(0, start as u64, end as u64)?;
-        Some(Lease {
-            leases: Arc::clone(this),
-            claim: Some(claim),
-        })
-    }
-}
-
-/// A claimed range; dropping it gives the range back.
-#[derive(Debug)]
-struct Lease {
-    leases: Arc<Leases>,
-    claim: Option<Claim>,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            let mut t = self.leases.0.lock().unwrap_or_else(PoisonError::into_inner);
-            t.release(claim);
-        }
-    }
-}
-
 impl vdi_core::MappedBuffer for SqlVdiMapped {
     fn handle(&self) -> BufferHandle {
         self.handle
@@ -893,39 +818,7 @@ impl vdi_core::MappedBuffer for SqlVdiMapped {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::Leases;
-
-    #[test]
-    fn leases_refuse_overlaps_and_free_on_drop() {
-        let leases = Arc::new(Leases::default());
-        let a = Leases::take(&leases, 100, 200).unwrap();
-        // Adjacent ranges are distinct bytes.
-        let b = Leases::take(&leases, 200, 300).unwrap();
-        let c = Leases::take(&leases, 50, 100).unwrap();
-        for (start, end) in [
-            (100, 200),
-            (150, 160),
-            (99, 101),
-            (199, 201),
-            (0, 1000),
-            (60, 70),
-        ] {
-            assert!(
-                Leases::take(&leases, start, end).is_none(),
-                "{start}..{end}"
-            );
-        }
-        // Empty ranges alias nothing.
-        assert!(Leases::take(&leases, 150, 150).is_some());
-        drop(a);
-        let again = Leases::take(&leases, 120, 180).unwrap();
-        assert!(Leases::take(&leases, 100, 121).is_none());
-        drop((b, c, again));
-        assert!(leases.0.lock().unwrap().is_empty());
-        drop(Leases::take(&leases, 0, usize::MAX).unwrap());
-    }
+/// Claims the addresses `start..end` of this process (space 0).
+fn take_lease(leases: &Arc<SharedLeases>, start: usize, end: usize) -> Option<Lease> {
+    SharedLeases::claim(leases, 0, start as u64, end as u64)
 }

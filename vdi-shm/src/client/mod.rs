@@ -397,7 +397,7 @@ impl ClientSet {
         index: u32,
         generation: u16,
         len: u32,
-    ) -> Result<(BufView, segments::Lease), Error> {
+    ) -> Result<(BufView, vdi_core::Lease), Error> {
         let invalid = Error::Invalid(InvalidReason::BufferHandle);
         let shared = &self.shared;
         let cfg = shared.load_config()?.ok_or(invalid)?;
@@ -925,7 +925,7 @@ struct CommandBuffer {
     generation: u16,
     data: BufView,
     prefix: BufView,
-    _lease: segments::Lease,
+    _lease: vdi_core::Lease,
 }
 
 /// A command taken with `GetCommand`: complete it with
@@ -996,7 +996,7 @@ impl Drop for Command {
 pub struct MappedBuffer {
     handle: BufferHandle,
     view: BufView,
-    _lease: segments::Lease,
+    _lease: vdi_core::Lease,
     _set: Arc<Shared>,
 }
 
