@@ -9,6 +9,8 @@
 //!   stream at any offset, so neither side has to keep the stream.
 //! - A server set opened and configured for a [`Plan`] ([`open_and_configure`]), over any
 //!   [`vdi_core::ServerBackend`].
+//! - The workspace's own `libsqlvdi.so`, for tests that load it as a foreign library
+//!   ([`built_sqlvdi_lib`]).
 //!
 //! It is not a library for applications: every failure panics, as a test wants, and it is only
 //! ever a `[dev-dependencies]` entry. Of the workspace's crates it depends on vdi-core alone,
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod process;
+mod sdk;
 mod server;
 mod stream;
 
@@ -26,5 +29,6 @@ pub use process::{
     ChildProc, MSG_TAG, PipedChild, from_parent, init_tracing, param, param_u64, role, tell_parent,
     unique_name, watchdog,
 };
+pub use sdk::{SQLVDI_LIB_ENV, built_sqlvdi_lib};
 pub use server::{OpenRetry, Plan, open_and_configure};
 pub use stream::{check, device_name, fill, splitmix};

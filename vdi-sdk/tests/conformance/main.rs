@@ -1,7 +1,9 @@
 //! One client-side conformance suite, generic over `vdi_core::ClientBackend`, with the
 //! reference engine in a thread as the server: every backend must answer every call alike.
 //!
-//! - Linux: vdi-shm's client (`ShmClient`) and this library's C ABI (`cabi::CAbi`).
+//! - Linux: vdi-shm's client (`ShmClient`), this library's C ABI (`cabi::CAbi`), and vdi-linux
+//!   (`LibSqlVdi`, the binding made for Microsoft's libsqlvdi.so) over this library's own
+//!   `libsqlvdi.so`, loaded with `dlopen` as a foreign library.
 //! - Windows (under Wine in `cargo xtask sdk-test`): vdi-shm's client on its Windows backend,
 //!   and vdi-win (`SqlVdi`, the COM binding made for Microsoft's sqlvdi.dll) over this
 //!   library's COM server, which must be registered (`regsvr32 sqlvdi.dll`) for the `com`
@@ -311,5 +313,14 @@ macro_rules! suite {
 suite!(shm, vdi_shm::ShmClient::new());
 #[cfg(target_os = "linux")]
 suite!(c_abi, sqlvdi::cabi::CAbi::new());
+#[cfg(target_os = "linux")]
+suite!(linux, super::linux());
 #[cfg(windows)]
 suite!(com, vdi_win::SqlVdi::new());
+
+/// vdi-linux over the libsqlvdi.so this build made.
+#[cfg(target_os = "linux")]
+fn linux() -> vdi_linux::LibSqlVdi {
+    let path = vdi_testkit::built_sqlvdi_lib();
+    vdi_linux::LibSqlVdi::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,679 @@
+//! The safe layer: `vdi-core`'s client traits over a loaded library ([`LibSqlVdi`]).
+//!
+//! The library enforces the protocol itself; this layer adds what makes its answers the same
+//! as every other backend's. Before each call it consults [`ClientSetMachine`], so a call the
+//! specification's table forbids in the state this process knows gets the table's answer
+//! without reaching the library; after each call it tells the machine the outcome. Once a call
+//! reaches the library, the library's answer is the answer: its `int` becomes a
+//! [`vdi_core::Error`] in one place, [`check`].
+
+#![deny(unsafe_code)]
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    time::Instant,
+};
+
+use tracing::{debug, trace, warn};
+use vdi_core::{
+    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
+    Completion, Config, Error, HResult, InvalidReason, Lease, MAX_DEVICES, NameError,
+    ProtocolReason, SharedLeases, Timeout, Turn, VdConfig,
+};
+
+use crate::{
+    load::{self, LoadError},
+    raw::{self, ActiveCommand, Library, MappedView, RawDevice, RawSet},
+};
+
+/// The library's `int` result for call `op`, as `vdi-core` says it: **the** mapping of this
+/// crate. 0 is success; a VD_E_* code is its error; anything else is kept as it is
+/// ([`Error::Other`]), and a C++ exception the shim caught is logged as one.
+fn check(op: &'static str, rc: i32) -> Result<(), Error> {
+    if rc == raw::THREW {
+        warn!(op, "libsqlvdi threw a C++ exception; the shim caught it");
+    }
+    match Error::from_hresult(HResult(rc)) {
+        None => Ok(()),
+        Some(e) => {
+            if !matches!(e, Error::Timeout | Error::Closed) {
+                debug!(op, error = %e, "libsqlvdi call failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The error for a call that failed with `rc` (a failure the shim reports with 0, a null
+/// result, is `rc` = [`raw::THREW`]).
+fn error(op: &'static str, rc: i32) -> Error {
+    check(op, rc).err().unwrap_or(Error::Other(HResult(rc)))
+}
+
+/// A timeout in the library's unit: ms, negative for no limit.
+fn millis(t: Timeout) -> i64 {
+    if t.is_infinite() {
+        -1
+    } else {
+        i64::from(t.as_millis())
+    }
+}
+
+/// A set or device name, checked by `vdi-core`'s rules (as every backend does), NUL-terminated.
+fn c_name(name: &str) -> Result<CString, Error> {
+    vdi_core::validate_name(name)?;
+    CString::new(name).map_err(|_| Error::Invalid(InvalidReason::Name(NameError::ControlCharacter)))
+}
+
+/// The client backend over a VDI client library with the Linux SDK's C++ interface:
+/// Microsoft's `libsqlvdi.so` (SQL Server on Linux), or any library that has it.
+///
+/// The library is loaded at run time, once per process, and never unloaded.
+///
+/// ```no_run
+/// use vdi_core::{ClientBackend, ClientConfig};
+/// use vdi_linux::LibSqlVdi;
+///
+/// let sdk = LibSqlVdi::load(vdi_linux::resolve(None))?;
+/// let set = sdk.create(None, "MyBackup-1", &ClientConfig::default())?;
+/// # drop(set);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LibSqlVdi {
+    lib: &'static Library,
+    path: Arc<PathBuf>,
+    umask_zero: bool,
+}
+
+impl LibSqlVdi {
+    /// Loads the library at `path` (see [`resolve`](crate::resolve) for the usual choice).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`]: no file, not a shared library, another machine's, refused by `dlopen`,
+    /// or missing a member of the SDK's classes.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let lib = load::load(path)?;
+        debug!(path = %path.display(), "libsqlvdi loaded");
+        Ok(Self {
+            lib,
+            path: Arc::new(path.to_path_buf()),
+            umask_zero: true,
+        })
+    }
+
+    /// The library's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `Create` and `OpenInSecondary` run with the process umask set to 0 (the
+    /// default: yes). SQL Server on Linux opens the objects they create as another user of
+    /// their group, which a umask that strips group permissions prevents (vdi-spec.md
+    /// section 11); the umask is restored when the call returns. It is the process's, so
+    /// files another thread creates during those calls get it too: turn it off with `false`
+    /// when that matters more than the group's access.
+    pub fn umask_zero(mut self, yes: bool) -> Self {
+        self.umask_zero = yes;
+        self
+    }
+
+    fn new_set(&self) -> Result<RawSet, Error> {
+        RawSet::new(self.lib).map_err(|rc| error("new ClientVirtualDeviceSet", rc))
+    }
+}
+
+impl vdi_core::ClientBackend for LibSqlVdi {
+    type Set = LibSet;
+
+    /// `Create`. The SDK has no instances: an instance other than `None` or `""` is
+    /// `VD_E_INSTANCE_NAME`.
+    fn create(
+        &self,
+        instance: Option<&str>,
+        name: &str,
+        config: &ClientConfig,
+    ) -> Result<LibSet, Error> {
+        no_instance(instance)?;
+        let c = c_name(name)?;
+        config.validate()?;
+        let set = self.new_set()?;
+        let mut raw = config.to_raw();
+        check("Create", set.create(&c, &mut raw, self.umask_zero))?;
+        let mut machine = ClientSetMachine::new();
+        machine.create(config.device_count)?;
+        debug!(
+            set = name,
+            devices = config.device_count,
+            "device set created"
+        );
+        Ok(LibSet::new(set, name, machine, Some(*config)))
+    }
+
+    /// `OpenInSecondary`.
+    fn open_secondary(&self, instance: Option<&str>, name: &str) -> Result<LibSet, Error> {
+        no_instance(instance)?;
+        let c = c_name(name)?;
+        let set = self.new_set()?;
+        check(
+            "OpenInSecondary",
+            set.open_in_secondary(&c, self.umask_zero),
+        )?;
+        debug!(set = name, "joined as a secondary client");
+        // The SDK does not tell a secondary how many devices the set has: the machine allows
+        // every index, and the library checks the names.
+        Ok(LibSet::new(
+            set,
+            name,
+            ClientSetMachine::secondary(MAX_DEVICES),
+            None,
+        ))
+    }
+}
+
+/// The Linux SDK has no named instances.
+fn no_instance(instance: Option<&str>) -> Result<(), Error> {
+    match instance {
+        None | Some("") => Ok(()),
+        Some(_) => Err(Error::InstanceName),
+    }
+}
+
+/// What this process knows of the set, under one lock.
+#[derive(Debug)]
+struct Local {
+    machine: ClientSetMachine,
+    /// The devices this process opened: its index for each, and the name.
+    devices: Vec<(u32, String)>,
+}
+
+/// What a set's handle, devices and commands share.
+#[derive(Debug)]
+struct SetShared {
+    set: RawSet,
+    name: String,
+    /// The client's configuration, for the primary; `None` in a secondary.
+    client_config: Option<ClientConfig>,
+    /// What `GetConfiguration` returned first.
+    config: OnceLock<Config>,
+    local: Mutex<Local>,
+    /// The byte ranges of the library's buffers this process has views of (commands it holds
+    /// and mapped handles), in the process's one address space (0): the library hands out
+    /// addresses only, and this keeps two views of the same bytes from existing at once.
+    leases: Arc<SharedLeases>,
+}
+
+impl SetShared {
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `SignalAbort` on this process's own initiative.
+    fn abort(&self) {
+        let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        let _ = self.set.signal_abort();
+    }
+
+    /// Records an abort the library reported, so later calls answer `VD_E_ABORT` locally.
+    fn observe(&self, e: &Error) {
+        if e.is_abort() {
+            let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        }
+    }
+
+    /// The `prefixZoneSize` the buffers were laid out with: the primary's own; in a secondary,
+    /// the configuration (fetched once, without waiting, if not yet asked).
+    fn prefix_zone(&self) -> u32 {
+        if let Some(c) = self.client_config {
+            return c.prefix_zone_size;
+        }
+        if let Some(c) = self.config.get() {
+            return c.prefix_zone_size;
+        }
+        let mut raw = VdConfig::default();
+        if self.set.get_configuration(0, &mut raw) == 0 {
+            return self
+                .config
+                .get_or_init(|| Config::from_raw(&raw))
+                .prefix_zone_size;
+        }
+        0
+    }
+
+    fn lease(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
+        SharedLeases::claim(&this.leases, 0, start as u64, end as u64)
+    }
+}
+
+/// A device set of the library (`ClientVirtualDeviceSet`), as the client uses it.
+///
+/// `Send` and `Sync`. Dropping it without [`close`](vdi_core::ClientDeviceSet::close) closes
+/// it; the object itself is deleted when its last device and command are gone too.
+#[derive(Debug)]
+pub struct LibSet {
+    shared: Arc<SetShared>,
+}
+
+impl LibSet {
+    fn new(
+        set: RawSet,
+        name: &str,
+        machine: ClientSetMachine,
+        client_config: Option<ClientConfig>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(SetShared {
+                set,
+                name: name.to_owned(),
+                client_config,
+                config: OnceLock::new(),
+                local: Mutex::new(Local {
+                    machine,
+                    devices: Vec::new(),
+                }),
+                leases: Arc::default(),
+            }),
+        }
+    }
+
+    /// The set's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The set's state as this process knows it.
+    pub fn state(&self) -> ClientSetState {
+        self.shared.local().machine.state()
+    }
+}
+
+impl vdi_core::ClientDeviceSet for LibSet {
+    type Device = LibDevice;
+    type Mapped = LibMapped;
+
+    fn configuration(&self, timeout: Timeout) -> Result<Config, Error> {
+        let sh = &self.shared;
+        sh.local().machine.check_get_configuration()?;
+        let mut raw = VdConfig::default();
+        check(
+            "GetConfiguration",
+            sh.set.get_configuration(millis(timeout), &mut raw),
+        )
+        .inspect_err(|e| sh.observe(e))?;
+        let config = Config::from_raw(&raw);
+        sh.config.get_or_init(|| config);
+        sh.local().machine.configured();
+        debug!(set = %sh.name, block = config.block_size, max_transfer = config.max_transfer_size, "configured");
+        Ok(config)
+    }
+
+    fn open_device(&self, name: &str) -> Result<LibDevice, Error> {
+        let c = c_name(name)?;
+        let sh = &self.shared;
+        {
+            let mut local = sh.local();
+            if !matches!(
+                local.machine.state(),
+                ClientSetState::Initializing | ClientSetState::Active
+            ) {
+                // In these states the machine only answers, with the table's error.
+                local.machine.open_device(0, false, false)?;
+            }
+            if local.devices.iter().any(|(_, n)| n == name) {
+                return Err(Error::Protocol(ProtocolReason::DeviceAlreadyOpen));
+            }
+        }
+        let device = sh.set.open_device(&c).map_err(|rc| {
+            let e = error("OpenDevice", rc);
+            sh.observe(&e);
+            e
+        })?;
+        let index = {
+            let mut local = sh.local();
+            // The device named like the set is device 0; the library does not reveal the order
+            // of the others, so they are numbered in the order this process opens them.
+            let index = if name == sh.name {
+                0
+            } else {
+                (1..MAX_DEVICES)
+                    .find(|i| local.devices.iter().all(|(j, _)| j != i))
+                    .unwrap_or(MAX_DEVICES)
+            };
+            local.machine.open_device(index, false, false)?;
+            local.devices.push((index, name.to_owned()));
+            index
+        };
+        trace!(set = %sh.name, device = name, index, "device opened");
+        Ok(LibDevice {
+            inner: Arc::new(DeviceInner {
+                device,
+                set: Arc::clone(sh),
+                index,
+                name: name.to_owned(),
+                turn: Turn::default(),
+            }),
+        })
+    }
+
+    fn buffer_handle(&self, command: &LibCommand) -> Result<BufferHandle, Error> {
+        if !Arc::ptr_eq(&command.device.set, &self.shared) {
+            return Err(Error::Invalid(InvalidReason::NotActiveCommand));
+        }
+        let cmd = command.active();
+        if !cmd.has_buffer() {
+            return Err(Error::Invalid(InvalidReason::Buffer));
+        }
+        self.shared
+            .local()
+            .machine
+            .check_buffer_handle(Call::GetBufferHandle)?;
+        let h = self
+            .shared
+            .set
+            .get_buffer_handle(cmd)
+            .map_err(|rc| error("GetBufferHandle", rc))?;
+        Ok(BufferHandle(h))
+    }
+
+    /// The library returns an address only: the `len` bytes there must be mapped read-write
+    /// in this process (`/proc/self/maps`), within the set's `maxTransferSize`, and not already
+    /// in a view of this process (a command it holds, or another mapping).
+    fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<LibMapped, Error> {
+        let sh = &self.shared;
+        sh.local()
+            .machine
+            .check_buffer_handle(Call::MapBufferHandle)?;
+        if sh.config.get().is_some_and(|c| len > c.max_transfer_size) {
+            return Err(Error::Invalid(InvalidReason::TransferSize));
+        }
+        let ptr = sh
+            .set
+            .map_buffer_handle(handle.0)
+            .map_err(|rc| error("MapBufferHandle", rc))?;
+        let start = ptr.as_ptr() as usize;
+        let lease = SetShared::lease(sh, start, start.saturating_add(len as usize))
+            .ok_or(Error::Invalid(InvalidReason::Buffer))?;
+        #[allow(
+            unsafe_code,
+            reason = "the view's contract is met just above; see SAFETY"
+        )]
+        // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set,
+        // which the view keeps alive (`_set`); the lease taken above makes it the only view of
+        // these bytes in this process while it lives. `new` itself checks that the bytes are
+        // mapped read-write.
+        let view = unsafe { MappedView::new(ptr, len as usize) }
+            .ok_or(Error::Invalid(InvalidReason::TransferSize))?;
+        Ok(LibMapped {
+            handle,
+            view,
+            _lease: lease,
+            _set: Arc::clone(sh),
+        })
+    }
+
+    fn signal_abort(&self) -> Result<(), Error> {
+        self.shared
+            .local()
+            .machine
+            .signal_abort(AbortReason::Signalled)?;
+        debug!(set = %self.shared.name, "SignalAbort");
+        check("SignalAbort", self.shared.set.signal_abort())
+    }
+
+    fn close(&self) -> Result<(), Error> {
+        let mut local = self.shared.local();
+        if local.machine.state() == ClientSetState::DoesNotExist {
+            return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
+        }
+        let result = check("Close", self.shared.set.close());
+        // The library knows which devices are still open, in every process; its answer stands,
+        // and the machine goes back to DoesNotExist either way.
+        let open = local.machine.has_open_devices();
+        let _ = local.machine.close(open);
+        local.devices.clear();
+        drop(local);
+        debug!(set = %self.shared.name, result = ?result.as_ref().err(), "Close");
+        result
+    }
+}
+
+impl Drop for LibSet {
+    fn drop(&mut self) {
+        if self.state() != ClientSetState::DoesNotExist {
+            let _ = vdi_core::ClientDeviceSet::close(self);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DeviceInner {
+    device: RawDevice,
+    /// Keeps the set object, which owns the device object, alive.
+    set: Arc<SetShared>,
+    index: u32,
+    name: String,
+    turn: Turn,
+}
+
+/// A device of a set (`ClientVirtualDevice`), as the client uses it.
+///
+/// `Send`, `Sync` and cheap to clone. `GetCommand` calls on one device are serialized (a
+/// second thread waits, within its timeout, for the first one's call to return); completions
+/// may come from any thread.
+#[derive(Clone, Debug)]
+pub struct LibDevice {
+    inner: Arc<DeviceInner>,
+}
+
+impl LibDevice {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+/// Completes `cmd` on `inner`'s device, after the state check.
+fn complete_raw(
+    inner: &DeviceInner,
+    cmd: ActiveCommand,
+    completion: Completion,
+) -> Result<(), Error> {
+    let code = cmd.code();
+    inner
+        .set
+        .local()
+        .machine
+        .check_complete_command(inner.index)?;
+    check(
+        "CompleteCommand",
+        inner.device.complete_command(
+            cmd,
+            completion.code.0,
+            completion.bytes_transferred,
+            completion.position,
+        ),
+    )
+    .inspect_err(|e| inner.set.observe(e))?;
+    trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
+    Ok(())
+}
+
+impl vdi_core::ClientDevice for LibDevice {
+    type Command = LibCommand;
+
+    fn index(&self) -> u32 {
+        self.inner.index
+    }
+
+    fn command(&self, timeout: Timeout) -> Result<LibCommand, Error> {
+        let inner = &self.inner;
+        let set = &inner.set;
+        let deadline = timeout.as_duration().map(|d| Instant::now() + d);
+        // The set machine answers, VD_E_CLOSE too for a device that returned it, without a
+        // call into the library.
+        let state = || set.local().machine.check_get_command(inner.index);
+        state()?;
+        let Some(_turn) = inner.turn.take(deadline) else {
+            return Err(Error::Timeout);
+        };
+        // Again with the turn: the thread that had it may have ended the device.
+        state()?;
+        let remaining = deadline.map_or(Timeout::INFINITE, |d| {
+            Timeout::from(d.saturating_duration_since(Instant::now()))
+        });
+        match inner
+            .device
+            .get_command(millis(remaining), set.prefix_zone())
+        {
+            Ok(cmd) => {
+                trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
+                let lease = match cmd.zones() {
+                    None => None,
+                    Some((start, end)) => match SetShared::lease(set, start, end) {
+                        Some(lease) => Some(lease),
+                        None => {
+                            // This process still has a view of the buffer (a mapping kept after
+                            // its command was completed): two views of the same bytes must not
+                            // exist, so the command fails and the set is aborted.
+                            warn!(device = %inner.name, "GetCommand: the buffer is still mapped in this process (a view from MapBufferHandle outlived its command); aborting");
+                            let _ = complete_raw(inner, cmd, Completion::aborted());
+                            set.abort();
+                            return Err(Error::Aborted(AbortReason::Signalled));
+                        }
+                    },
+                };
+                Ok(LibCommand {
+                    device: Arc::clone(inner),
+                    cmd: Some(cmd),
+                    lease,
+                })
+            }
+            Err(rc) => {
+                let e = error("GetCommand", rc);
+                if e == Error::Closed {
+                    set.local().machine.device_closed(inner.index);
+                    trace!(device = %inner.name, "VD_E_CLOSE");
+                } else {
+                    set.observe(&e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn complete(&self, mut command: LibCommand, completion: Completion) -> Result<(), Error> {
+        if !Arc::ptr_eq(&command.device, &self.inner) {
+            // Dropping it completes it on its own device with ERROR_OPERATION_ABORTED.
+            return Err(Error::Invalid(InvalidReason::NotActiveCommand));
+        }
+        let cmd = command.active();
+        if cmd.code().has_buffer() && completion.bytes_transferred > cmd.size() {
+            return Err(Error::Invalid(InvalidReason::BytesTransferred));
+        }
+        // The buffer goes back with the completion: give up this process's claim first, so a
+        // thread that receives it again at once finds it free.
+        drop(command.lease.take());
+        match command.cmd.take() {
+            Some(cmd) => complete_raw(&self.inner, cmd, completion),
+            None => Err(Error::Invalid(InvalidReason::NotActiveCommand)),
+        }
+    }
+}
+
+/// A command taken with `GetCommand`: complete it with
+/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete).
+///
+/// Its data are the library's shared buffer itself, no copy. Dropping a command without
+/// completing it completes it with `ERROR_OPERATION_ABORTED` and logs a warning.
+#[derive(Debug)]
+pub struct LibCommand {
+    device: Arc<DeviceInner>,
+    /// `None` only once `complete` or `drop` took it.
+    cmd: Option<ActiveCommand>,
+    /// This process's claim on the buffer's bytes, for commands that carry one.
+    lease: Option<Lease>,
+}
+
+impl LibCommand {
+    fn active(&self) -> &ActiveCommand {
+        self.cmd
+            .as_ref()
+            .expect("only complete and drop take the command, and both consume it")
+    }
+
+    fn active_mut(&mut self) -> &mut ActiveCommand {
+        self.cmd
+            .as_mut()
+            .expect("only complete and drop take the command, and both consume it")
+    }
+}
+
+impl vdi_core::ClientCommand for LibCommand {
+    fn code(&self) -> CommandCode {
+        self.active().code()
+    }
+
+    fn size(&self) -> u32 {
+        self.active().size()
+    }
+
+    fn position(&self) -> u64 {
+        self.active().position()
+    }
+
+    fn device_index(&self) -> u32 {
+        self.device.index
+    }
+
+    fn data(&self) -> &[u8] {
+        self.active().data()
+    }
+
+    fn data_mut(&mut self) -> &mut [u8] {
+        self.active_mut().data_mut()
+    }
+
+    fn prefix_zone(&mut self) -> &mut [u8] {
+        self.active_mut().prefix_zone()
+    }
+}
+
+impl Drop for LibCommand {
+    fn drop(&mut self) {
+        drop(self.lease.take());
+        if let Some(cmd) = self.cmd.take() {
+            warn!(code = ?cmd.code(), device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
+            let _ = complete_raw(&self.device, cmd, Completion::aborted());
+        }
+    }
+}
+
+/// A buffer mapped from a handle
+/// ([`ClientDeviceSet::map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle)).
+///
+/// Drop it before the process that holds the command completes it.
+#[derive(Debug)]
+pub struct LibMapped {
+    handle: BufferHandle,
+    view: MappedView,
+    _lease: Lease,
+    _set: Arc<SetShared>,
+}
+
+impl vdi_core::MappedBuffer for LibMapped {
+    fn handle(&self) -> BufferHandle {
+        self.handle
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.view.as_slice()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.view.as_mut_slice()
+    }
+}

@@ -1,0 +1,534 @@
+//! The unsafe layer: the shim's C ABI (`cpp/shim.cpp`) and the few types that own what the
+//! library hands out. Everything above it ([`crate::client`]) is safe code.
+//!
+//! The library is trusted as much as any code loaded into the process: its objects live as
+//! long as it says, and the commands it returns point at buffers of `size` bytes. What the
+//! other process (SQL Server) writes into those buffers is data, never a pointer or a length
+//! this layer follows.
+
+use std::{
+    ffi::{CStr, c_char, c_int, c_void},
+    fmt, fs,
+    ptr::{self, NonNull},
+    slice,
+};
+
+use vdi_core::{CommandCode, VdConfig, VdcCommand};
+
+/// What the shim returns when the library threw a C++ exception (COM's `E_UNEXPECTED`, which
+/// no VDI library returns: their codes are in facility 0x77).
+pub(crate) const THREW: i32 = 0x8000_FFFF_u32 as i32;
+
+/// The shim's table of the library's members (opaque here).
+#[repr(C)]
+struct ShimLib {
+    _opaque: [u8; 0],
+}
+
+// SAFETY (for the whole block): these are the functions of cpp/shim.cpp, declared with the
+// same parameter types (`VdConfig` and `VdcCommand` are `#[repr(C)]` copies of the SDK's
+// structures, checked by size in both languages). Each catches every C++ exception.
+unsafe extern "C" {
+    fn vdi_linux_load(
+        path: *const c_char,
+        out: *mut *const ShimLib,
+        message: *mut c_char,
+        message_len: usize,
+    ) -> c_int;
+    fn vdi_linux_set_new(lib: *const ShimLib, out: *mut *mut c_void) -> c_int;
+    fn vdi_linux_set_delete(lib: *const ShimLib, set: *mut c_void) -> c_int;
+    fn vdi_linux_create(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        name: *mut c_char,
+        cfg: *mut VdConfig,
+        umask_zero: c_int,
+    ) -> c_int;
+    fn vdi_linux_get_configuration(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        timeout: i64,
+        cfg: *mut VdConfig,
+    ) -> c_int;
+    fn vdi_linux_open_device(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        name: *mut c_char,
+        device: *mut *mut c_void,
+    ) -> c_int;
+    fn vdi_linux_close(lib: *const ShimLib, set: *mut c_void) -> c_int;
+    fn vdi_linux_signal_abort(lib: *const ShimLib, set: *mut c_void) -> c_int;
+    fn vdi_linux_open_in_secondary(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        name: *mut c_char,
+        umask_zero: c_int,
+    ) -> c_int;
+    fn vdi_linux_get_buffer_handle(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        buffer: *mut u8,
+        handle: *mut u32,
+    ) -> c_int;
+    fn vdi_linux_map_buffer_handle(
+        lib: *const ShimLib,
+        set: *mut c_void,
+        handle: c_int,
+        buffer: *mut *mut u8,
+    ) -> c_int;
+    fn vdi_linux_get_command(
+        lib: *const ShimLib,
+        device: *mut c_void,
+        timeout: i64,
+        cmd: *mut *mut VdcCommand,
+    ) -> c_int;
+    fn vdi_linux_complete_command(
+        lib: *const ShimLib,
+        device: *mut c_void,
+        cmd: *mut VdcCommand,
+        code: i32,
+        bytes: u64,
+        position: i64,
+    ) -> c_int;
+}
+
+/// Why the shim could not load a library.
+#[derive(Debug)]
+pub(crate) enum ShimLoadError {
+    /// `dlopen` failed, with `dlerror`'s message.
+    Dlopen(String),
+    /// A member is missing: its declaration and mangled name.
+    Missing(String),
+}
+
+/// A loaded library with every member resolved. Never unloaded: `dlclose` under live objects
+/// and threads is unsound, and a process loads the SDK once.
+pub(crate) struct Library {
+    lib: NonNull<ShimLib>,
+}
+
+// SAFETY: the shim's table is written once, in `vdi_linux_load`, and only read afterwards; the
+// library's own objects say nothing of threads here (see `RawSet`).
+unsafe impl Send for Library {}
+// SAFETY: as for Send.
+unsafe impl Sync for Library {}
+
+impl fmt::Debug for Library {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Library").field("lib", &self.lib).finish()
+    }
+}
+
+impl Library {
+    /// `dlopen`s `path` and resolves the SDK's members.
+    pub(crate) fn load(path: &CStr) -> Result<Self, ShimLoadError> {
+        let mut out = ptr::null();
+        let mut message = [0 as c_char; 512];
+        // SAFETY: a NUL-terminated path, a writable out pointer, and a writable buffer of the
+        // length given; the shim writes a NUL-terminated message into it.
+        let rc =
+            unsafe { vdi_linux_load(path.as_ptr(), &mut out, message.as_mut_ptr(), message.len()) };
+        // SAFETY: the buffer is NUL-terminated: zeroed, and snprintf terminates what it writes.
+        let text = unsafe { CStr::from_ptr(message.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        match (rc, NonNull::new(out.cast_mut())) {
+            (0, Some(lib)) => Ok(Self { lib }),
+            (2, _) => Err(ShimLoadError::Missing(text)),
+            _ => Err(ShimLoadError::Dlopen(text)),
+        }
+    }
+
+    fn ptr(&self) -> *const ShimLib {
+        self.lib.as_ptr()
+    }
+}
+
+/// A `ClientVirtualDeviceSet` object, deleted when this value drops.
+///
+/// `Send` and `Sync`: the SDK's clients call one set from many threads (Microsoft's samples
+/// service each device from a thread of its own); `crate::client` serializes what the SDK does
+/// not promise (one `GetCommand` at a time per device).
+pub(crate) struct RawSet {
+    lib: &'static Library,
+    set: NonNull<c_void>,
+}
+
+// SAFETY: see the type's documentation.
+unsafe impl Send for RawSet {}
+// SAFETY: as for Send.
+unsafe impl Sync for RawSet {}
+
+impl fmt::Debug for RawSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSet").field("set", &self.set).finish()
+    }
+}
+
+impl RawSet {
+    /// `new ClientVirtualDeviceSet`.
+    pub(crate) fn new(lib: &'static Library) -> Result<Self, i32> {
+        let mut out = ptr::null_mut();
+        // SAFETY: a loaded library and a writable out pointer.
+        let rc = unsafe { vdi_linux_set_new(lib.ptr(), &mut out) };
+        match NonNull::new(out) {
+            Some(set) if rc == 0 => Ok(Self { lib, set }),
+            _ => Err(if rc == 0 { THREW } else { rc }),
+        }
+    }
+
+    /// `Create(name, cfg)`, with umask 0 for the call when `umask_zero`.
+    pub(crate) fn create(&self, name: &CStr, cfg: &mut VdConfig, umask_zero: bool) -> i32 {
+        // SAFETY: a live set; the SDK takes `char*` but only reads the NUL-terminated name; the
+        // configuration is writable for the call.
+        unsafe {
+            vdi_linux_create(
+                self.lib.ptr(),
+                self.set.as_ptr(),
+                name.as_ptr().cast_mut(),
+                cfg,
+                c_int::from(umask_zero),
+            )
+        }
+    }
+
+    /// `OpenInSecondary(name)`, with umask 0 for the call when `umask_zero`.
+    pub(crate) fn open_in_secondary(&self, name: &CStr, umask_zero: bool) -> i32 {
+        // SAFETY: as in `create`.
+        unsafe {
+            vdi_linux_open_in_secondary(
+                self.lib.ptr(),
+                self.set.as_ptr(),
+                name.as_ptr().cast_mut(),
+                c_int::from(umask_zero),
+            )
+        }
+    }
+
+    /// `GetConfiguration(timeout, cfg)`; `timeout` in ms, negative: no limit.
+    pub(crate) fn get_configuration(&self, timeout: i64, cfg: &mut VdConfig) -> i32 {
+        // SAFETY: a live set and a writable configuration.
+        unsafe { vdi_linux_get_configuration(self.lib.ptr(), self.set.as_ptr(), timeout, cfg) }
+    }
+
+    /// `OpenDevice(name)`: the device object, which the set owns (it lives until the set is
+    /// deleted; the caller keeps the set alive while it uses the device).
+    pub(crate) fn open_device(&self, name: &CStr) -> Result<RawDevice, i32> {
+        let mut out = ptr::null_mut();
+        // SAFETY: a live set, a NUL-terminated name only read, a writable out pointer.
+        let rc = unsafe {
+            vdi_linux_open_device(
+                self.lib.ptr(),
+                self.set.as_ptr(),
+                name.as_ptr().cast_mut(),
+                &mut out,
+            )
+        };
+        match NonNull::new(out) {
+            Some(device) if rc == 0 => Ok(RawDevice {
+                lib: self.lib,
+                device,
+            }),
+            _ => Err(if rc == 0 { THREW } else { rc }),
+        }
+    }
+
+    /// `Close()`.
+    pub(crate) fn close(&self) -> i32 {
+        // SAFETY: a live set.
+        unsafe { vdi_linux_close(self.lib.ptr(), self.set.as_ptr()) }
+    }
+
+    /// `SignalAbort()`.
+    pub(crate) fn signal_abort(&self) -> i32 {
+        // SAFETY: a live set.
+        unsafe { vdi_linux_signal_abort(self.lib.ptr(), self.set.as_ptr()) }
+    }
+
+    /// `GetBufferHandle(buffer)`: the handle of a command's buffer.
+    pub(crate) fn get_buffer_handle(&self, command: &ActiveCommand) -> Result<u32, i32> {
+        let mut h = 0;
+        // SAFETY: a live set and a writable handle; the library only compares the buffer
+        // address with those of its buffers.
+        let rc = unsafe {
+            vdi_linux_get_buffer_handle(self.lib.ptr(), self.set.as_ptr(), command.buffer, &mut h)
+        };
+        if rc == 0 { Ok(h) } else { Err(rc) }
+    }
+
+    /// `MapBufferHandle(handle)`: the buffer's address in this process.
+    pub(crate) fn map_buffer_handle(&self, handle: u32) -> Result<NonNull<u8>, i32> {
+        let mut out = ptr::null_mut();
+        // SAFETY: a live set and a writable out pointer. The handle is a plain integer the
+        // library looks up (the SDK's `int`; the bits pass through unchanged).
+        let rc = unsafe {
+            vdi_linux_map_buffer_handle(
+                self.lib.ptr(),
+                self.set.as_ptr(),
+                handle as c_int,
+                &mut out,
+            )
+        };
+        match NonNull::new(out) {
+            Some(p) if rc == 0 => Ok(p),
+            _ => Err(if rc == 0 { THREW } else { rc }),
+        }
+    }
+}
+
+impl Drop for RawSet {
+    fn drop(&mut self) {
+        // SAFETY: the set came from `vdi_linux_set_new` and is deleted once, here; every device
+        // and command of it keeps this value alive (crate::client), so none outlives it.
+        let _ = unsafe { vdi_linux_set_delete(self.lib.ptr(), self.set.as_ptr()) };
+    }
+}
+
+/// A `ClientVirtualDevice` object of a set; valid while its `RawSet` lives.
+pub(crate) struct RawDevice {
+    lib: &'static Library,
+    device: NonNull<c_void>,
+}
+
+// SAFETY: the device is called from many threads by SDK clients (completions from any thread);
+// `crate::client` serializes its `GetCommand` calls.
+unsafe impl Send for RawDevice {}
+// SAFETY: as for Send.
+unsafe impl Sync for RawDevice {}
+
+impl fmt::Debug for RawDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawDevice")
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl RawDevice {
+    /// `GetCommand(timeout)`; `timeout` in ms, negative: no limit. The set must still live
+    /// (the caller holds it).
+    pub(crate) fn get_command(&self, timeout: i64, prefix_zone: u32) -> Result<ActiveCommand, i32> {
+        let mut out = ptr::null_mut();
+        // SAFETY: a live device (its set is alive, the caller's contract) and a writable out
+        // pointer.
+        let rc = unsafe {
+            vdi_linux_get_command(self.lib.ptr(), self.device.as_ptr(), timeout, &mut out)
+        };
+        if rc != 0 {
+            return Err(rc);
+        }
+        let cmd = NonNull::new(out).ok_or(THREW)?;
+        // SAFETY: on success the library returned a command that stays valid, with its buffer,
+        // until it is completed; its fields are read once, here.
+        let raw = unsafe { cmd.as_ptr().read() };
+        Ok(ActiveCommand {
+            cmd,
+            code: CommandCode(raw.command_code),
+            size: raw.size,
+            position: raw.position,
+            buffer: raw.buffer,
+            prefix_zone,
+        })
+    }
+
+    /// `CompleteCommand`: ends `command` (one this device returned), handing its buffer back.
+    pub(crate) fn complete_command(
+        &self,
+        command: ActiveCommand,
+        code: u32,
+        bytes: u32,
+        position: u64,
+    ) -> i32 {
+        // SAFETY: a live device; the command pointer came from this device's `GetCommand` and is
+        // passed back once (`ActiveCommand` is consumed). The SDK's `int` and `int64_t` take
+        // the bits of the completion code and position unchanged.
+        unsafe {
+            vdi_linux_complete_command(
+                self.lib.ptr(),
+                self.device.as_ptr(),
+                command.cmd.as_ptr(),
+                code as i32,
+                u64::from(bytes),
+                position as i64,
+            )
+        }
+    }
+}
+
+/// A command `GetCommand` returned and that has not been completed: it owns the buffer until
+/// [`RawDevice::complete_command`] consumes it. The fields are copied when it arrives.
+pub(crate) struct ActiveCommand {
+    cmd: NonNull<VdcCommand>,
+    code: CommandCode,
+    size: u32,
+    position: u64,
+    buffer: *mut u8,
+    prefix_zone: u32,
+}
+
+// SAFETY: the command and its buffer belong to whoever holds it until completion (the VDI
+// contract); plain memory, not tied to a thread.
+unsafe impl Send for ActiveCommand {}
+
+impl fmt::Debug for ActiveCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActiveCommand")
+            .field("code", &self.code)
+            .field("size", &self.size)
+            .field("position", &self.position)
+            .field("buffer", &self.buffer)
+            .finish()
+    }
+}
+
+impl ActiveCommand {
+    pub(crate) fn code(&self) -> CommandCode {
+        self.code
+    }
+
+    pub(crate) fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub(crate) fn has_buffer(&self) -> bool {
+        self.data_len().is_some()
+    }
+
+    /// The data zone: `size` bytes at `buffer` for Read and Write, empty otherwise.
+    pub(crate) fn data(&self) -> &[u8] {
+        match self.data_len() {
+            // SAFETY: a Read or Write command's buffer holds `size` bytes, ours until the
+            // command is completed, which consumes `self`.
+            Some(len) => unsafe { slice::from_raw_parts(self.buffer, len) },
+            None => &[],
+        }
+    }
+
+    /// The data zone, to write.
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        match self.data_len() {
+            // SAFETY: as in `data`; `&mut self` makes this the only view.
+            Some(len) => unsafe { slice::from_raw_parts_mut(self.buffer, len) },
+            None => &mut [],
+        }
+    }
+
+    /// The prefix zone: the `prefixZoneSize` bytes directly below the data zone of a Read or
+    /// Write; empty otherwise.
+    pub(crate) fn prefix_zone(&mut self) -> &mut [u8] {
+        if self.data_len().is_none() || self.prefix_zone == 0 {
+            return &mut [];
+        }
+        let len = self.prefix_zone as usize;
+        // SAFETY: the set was configured with this prefix zone, so each buffer has `len` client
+        // bytes directly below its data zone, ours until completion; `&mut self` makes this the
+        // only view.
+        unsafe { slice::from_raw_parts_mut(self.buffer.sub(len), len) }
+    }
+
+    /// The addresses the buffer covers (prefix and data zone), for commands that have one.
+    pub(crate) fn zones(&self) -> Option<(usize, usize)> {
+        let len = self.data_len()?;
+        let data = self.buffer as usize;
+        Some((
+            data.saturating_sub(self.prefix_zone as usize),
+            data.saturating_add(len),
+        ))
+    }
+
+    fn data_len(&self) -> Option<usize> {
+        (self.code.has_buffer() && !self.buffer.is_null() && self.size > 0)
+            .then_some(self.size as usize)
+    }
+}
+
+/// A buffer mapped from a handle, `len` bytes checked to be mapped read-write.
+pub(crate) struct MappedView {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain shared memory of the set; `&mut self` is needed to write it.
+unsafe impl Send for MappedView {}
+
+impl fmt::Debug for MappedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedView")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl MappedView {
+    /// A view of the `len` bytes at `ptr`, when this process has them mapped read-write.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `MapBufferHandle` of a set that stays alive as long as the view, and no
+    /// other view of these bytes exists in this process while this one lives (the caller holds
+    /// a lease on them).
+    pub(crate) unsafe fn new(ptr: NonNull<u8>, len: usize) -> Option<Self> {
+        read_write(ptr.as_ptr() as usize, len).then_some(Self { ptr, len })
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `new`'s contract: `len` mapped read-write bytes, alive as long as the view,
+        // with no other view in this process.
+        unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; `&mut self` makes this the only view.
+        unsafe { slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// Whether `start..start + len` lies in mappings of this process that are readable and
+/// writable (`/proc/self/maps`; adjacent mappings may cover it together).
+pub(crate) fn read_write(start: usize, len: usize) -> bool {
+    let Some(end) = start.checked_add(len) else {
+        return false;
+    };
+    if len == 0 {
+        return true;
+    }
+    let Ok(maps) = fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    let mut ranges: Vec<(usize, usize)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            if !perms.starts_with("rw") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut covered = start;
+    for (a, b) in ranges {
+        if a > covered {
+            // A gap: the ranges are sorted, so nothing later fills it.
+            return false;
+        }
+        if b > covered {
+            covered = b;
+        }
+        if covered >= end {
+            return true;
+        }
+    }
+    false
+}
