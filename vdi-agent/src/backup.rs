@@ -23,8 +23,9 @@ use vdi_core::{
 };
 
 use crate::{
+    backend::Hints,
     cli::BackupArgs,
-    engine::Engine,
+    engine::{self, Engine},
     failure::{Exit, Failure, Outcome},
     interrupt::Interrupt,
     output::StripeOutput,
@@ -50,6 +51,7 @@ pub(crate) struct BackupReport {
 /// Runs `vdi-agent backup` over the client backend `backend`.
 pub(crate) async fn run<B>(
     backend: &B,
+    hints: Hints,
     args: &BackupArgs,
     progress: bool,
     interrupt: &Interrupt,
@@ -110,12 +112,14 @@ where
         args.devices,
         &args.engine,
         &["--size".to_owned(), args.size.to_string()],
+        hints,
     )
     .map_err(discard)?;
     if args.engine.external {
         eprintln!(
-            "vdi-agent: set '{name}' is ready; run BACKUP DATABASE ... TO {}",
-            device_clause(&name, args.devices)
+            "vdi-agent: set '{name}' is ready ({}); run:\n  {}",
+            hints.backend,
+            engine::statement("backup", &args.engine, &name, args.devices, None, None)
         );
     }
     let shared = Arc::new(SharedManifest {
@@ -205,14 +209,6 @@ fn check_free_space(store: &dyn BackupStore, args: &BackupArgs) -> Outcome {
             bytes(need)
         ),
     ))
-}
-
-/// `VIRTUAL_DEVICE = 'a', VIRTUAL_DEVICE = 'a-stripe1', ...` for the user's statement.
-pub(crate) fn device_clause(name: &str, devices: u32) -> String {
-    (0..devices)
-        .map(|i| format!("VIRTUAL_DEVICE = '{}'", stripe_device_name(name, i)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The manifest, shared by the writer threads and the end of the backup: each barrier updates
@@ -363,7 +359,7 @@ async fn serve<S: ClientDeviceSet + 'static>(
         let device = set
             .open_device(&dev_name)
             .await
-            .map_err(|e| open_failure("backup", &dev_name, e))?;
+            .map_err(|e| open_failure("backup", &dev_name, e, engine.hints()))?;
         let (output, label): (Box<dyn StripeOutput>, String) = match &manifest.store {
             Some(store) => store.create_stripe(&stripe_file_name(i))?,
             None => (Box::new(io::stdout()), "stdout".to_owned()),
@@ -492,10 +488,18 @@ where
 }
 
 /// Why `OpenDevice` failed, for the user: an abort is the engine's doing.
-pub(crate) fn open_failure(operation: &str, device: &str, e: vdi_core::Error) -> Failure {
+pub(crate) fn open_failure(
+    operation: &str,
+    device: &str,
+    e: vdi_core::Error,
+    hints: Hints,
+) -> Failure {
     match abort_words(&e) {
         Some(words) => Failure::engine(format!(
-            "{words} while device '{device}' was being opened for the {operation}"
+            "{words} while device '{device}' was being opened for the {operation}{}",
+            hints
+                .early_abort
+                .map_or(String::new(), |h| format!(". {h}"))
         )),
         None => Failure::other(format!("cannot open device '{device}': {e}")),
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use vdi_engine::units::{Limit, parse_limit, parse_size};
 
@@ -11,8 +11,8 @@ pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for verify: the backup is complete and every record checks out)
   1  any other failure
-  2  usage error (a bad flag or value, a directory that does not exist), found before anything
-     starts
+  2  usage error (a bad flag or value, a directory that does not exist, a --backend sqlvdi
+     library that cannot be loaded), found before anything starts
   3  the engine failed, aborted the operation, or died (its message is printed)
   4  no engine configured the set in time
   5  a stripe or the manifest is missing, corrupt, truncated, or contradicts the other
@@ -87,6 +87,18 @@ pub(crate) struct EngineArgs {
     /// VIRTUAL_DEVICE = '<SET>', ...), instead of starting the reference engine.
     #[arg(long)]
     pub(crate) external: bool,
+    /// The VDI client library the agent speaks through: shm (this project's shared memory, what
+    /// the reference engine speaks), sqlvdi (SQL Server's own: libsqlvdi.so on Linux,
+    /// sqlvdi.dll on Windows), or auto: sqlvdi with --external where it is installed, else shm.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub(crate) backend: BackendChoice,
+    /// Linux, --backend sqlvdi: the library [default: $VDI_SQLVDI_LIB, else
+    /// /opt/mssql/lib/libsqlvdi.so, where mssql-server installs it].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) sqlvdi_lib: Option<PathBuf>,
+    /// With --external: the database the printed BACKUP or RESTORE statement names.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) database: Option<String>,
     /// How long to wait for the engine to configure the set (0: no limit).
     #[arg(long, value_parser = parse_limit, default_value = "60s", value_name = "DURATION")]
     pub(crate) connect_timeout: Limit,
@@ -104,18 +116,31 @@ pub(crate) struct EngineArgs {
     /// engine's, 512, as SQL Server's; restore: the backup's]
     #[arg(long, value_parser = parse_block_size, value_name = "BYTES")]
     pub(crate) block_size: Option<u32>,
-    /// Reference engine only: MAXTRANSFERSIZE, a multiple of 64KiB up to 4MiB [default: the
-    /// engine's, 64KiB, as SQL Server's; restore: the backup's]
+    /// MAXTRANSFERSIZE, a multiple of 64KiB up to 4MiB, for the reference engine, or for the
+    /// statement printed with --external [default: reference engine: its own, 64KiB, as SQL
+    /// Server's; --external: 4MiB, the fastest; restore: the backup's]
     #[arg(long, value_parser = parse_max_transfer_size, value_name = "BYTES")]
     pub(crate) max_transfer_size: Option<u32>,
-    /// Reference engine only: BUFFERCOUNT, at least one per device [default: the engine's, 5
-    /// per device + 2]
+    /// BUFFERCOUNT, at least one per device, for the reference engine, or for the statement
+    /// printed with --external [default: reference engine: its own, 5 per device + 2;
+    /// --external: 4 per device, each of MAXTRANSFERSIZE bytes of SQL Server's memory]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096), value_name = "N")]
     pub(crate) buffer_count: Option<u32>,
     /// Reference engine only: one more argument for it (repeat for several), for example
     /// --engine-arg=--abort-at=10 to inject a fault; see `vdi-engine --help`.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     pub(crate) engine_args: Vec<String>,
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendChoice {
+    /// sqlvdi with --external where it is installed, else shm.
+    Auto,
+    /// vdi-shm, this project's shared memory.
+    Shm,
+    /// SQL Server's own client library.
+    Sqlvdi,
 }
 
 /// A BLOCKSIZE as VDI allows it.

@@ -3,8 +3,8 @@
 use vdi_engine::units::parse_limit;
 
 use crate::{
-    backup,
-    cli::{BackupArgs, DemoArgs, EngineArgs, RestoreArgs},
+    backend, backup,
+    cli::{BackendChoice, BackupArgs, DemoArgs, EngineArgs, RestoreArgs},
     failure::{Failure, Outcome},
     interrupt::Interrupt,
     restore, store, verify,
@@ -29,6 +29,9 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
     let engine = |set: &str, block: Option<u32>| EngineArgs {
         set: Some(set.to_owned()),
         external: false,
+        backend: BackendChoice::Shm,
+        sqlvdi_lib: None,
+        database: None,
         connect_timeout: connect_timeout.clone(),
         server_timeout: server_timeout.clone(),
         admit_uid: None,
@@ -58,7 +61,8 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
         stall_after: None,
     };
     let b = backup::run(
-        &crate::shm_client(&backup_args.engine),
+        &backend::shm_client(&backup_args.engine),
+        backend::SHM_HINTS,
         &backup_args,
         progress,
         interrupt,
@@ -72,7 +76,8 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
         engine: engine(&format!("vdi-demo-restore-{pid}"), None),
     };
     let r = restore::run(
-        &crate::shm_client(&restore_args.engine),
+        &backend::shm_client(&restore_args.engine),
+        backend::SHM_HINTS,
         &restore_args,
         progress,
         interrupt,

@@ -14,6 +14,7 @@ use vdi_core::{ClientDeviceSet, Config, Error};
 use vdi_engine::units::Limit;
 
 use crate::{
+    backend::Hints,
     cli::EngineArgs,
     failure::{Exit, Failure, Outcome},
 };
@@ -21,9 +22,16 @@ use crate::{
 /// The first argument that makes this binary run the reference engine instead of the agent.
 pub(crate) const ENGINE_ARG: &str = "__engine";
 
-/// The engine of one operation.
+/// The engine of one operation, and what to tell the user when it does not come.
 #[derive(Debug)]
-pub(crate) enum Engine {
+pub(crate) struct Engine {
+    side: Side,
+    hints: Hints,
+}
+
+/// Where the engine runs.
+#[derive(Debug)]
+enum Side {
     /// The reference engine, our child.
     Builtin(Box<EngineChild>),
     /// Someone else's engine; all we know of it is what VDI tells.
@@ -82,9 +90,13 @@ impl Engine {
         devices: u32,
         args: &EngineArgs,
         extra: &[String],
+        hints: Hints,
     ) -> Outcome<Self> {
         if args.external {
-            return Ok(Self::External);
+            return Ok(Self {
+                side: Side::External,
+                hints,
+            });
         }
         let exe = std::env::current_exe().map_err(|e| {
             Failure::other(format!(
@@ -119,12 +131,15 @@ impl Engine {
             .map_err(|e| Failure::other(format!("cannot start the reference engine: {e}")))?;
         let stdout = collect(child.stdout.take());
         let stderr = collect(child.stderr.take());
-        Ok(Self::Builtin(Box::new(EngineChild {
-            child,
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-            end: None,
-        })))
+        Ok(Self {
+            side: Side::Builtin(Box::new(EngineChild {
+                child,
+                stdout: Some(stdout),
+                stderr: Some(stderr),
+                end: None,
+            })),
+            hints,
+        })
     }
 
     /// Waits until the engine configured the set; fails with a message that names the likely
@@ -139,9 +154,10 @@ impl Engine {
         S: ClientDeviceSet + 'static,
     {
         let wait = tokio::time::timeout(timeout.or_no_limit(), set.configuration());
-        let result = match self {
-            Self::External => wait.await,
-            Self::Builtin(child) => {
+        let hints = self.hints;
+        let result = match &mut self.side {
+            Side::External => wait.await,
+            Side::Builtin(child) => {
                 tokio::select! {
                     r = wait => r,
                     status = child.child.wait() => {
@@ -158,17 +174,18 @@ impl Engine {
         match result {
             Ok(Ok(config)) => Ok(config),
             Ok(Err(Error::Aborted(_))) => Err(Failure::engine(format!(
-                "the {operation} was aborted before the engine configured the set"
+                "the {operation} was aborted before the engine configured the set{}",
+                hints
+                    .early_abort
+                    .map_or(String::new(), |h| format!(". {h}"))
             ))),
             Ok(Err(e)) => Err(Failure::other(format!("GetConfiguration failed: {e}"))),
             Err(_) => Err(Failure::new(
                 Exit::NoEngine,
                 format!(
                     "no engine configured the set '{}' within {timeout}. Is the statement running \
-                     ({} DATABASE ... {} VIRTUAL_DEVICE = '{}'{}), on this host, as this user or \
-                     one admitted with --admit-uid/--admit-gid (SQL Server on Linux runs as \
-                     mssql)? A long wait for locks or file creation needs a longer \
-                     --connect-timeout",
+                     ({} DATABASE ... {} VIRTUAL_DEVICE = '{}'{}), {}? A long wait for locks or \
+                     file creation needs a longer --connect-timeout",
                     set.name(),
                     operation.to_ascii_uppercase(),
                     if operation == "backup" { "TO" } else { "FROM" },
@@ -178,15 +195,21 @@ impl Engine {
                     } else {
                         ""
                     },
+                    hints.access,
                 ),
             )),
         }
     }
 
+    /// What to tell the user about this engine.
+    pub(crate) fn hints(&self) -> Hints {
+        self.hints
+    }
+
     /// Waits (at most `limit`) for the reference engine to exit and returns how it ended; kills
     /// it when it does not. `None` for an external engine.
     pub(crate) async fn finish(&mut self, limit: Duration) -> Option<EngineEnd> {
-        let Self::Builtin(child) = self else {
+        let Side::Builtin(child) = &mut self.side else {
             return None;
         };
         if let Some(end) = &child.end {
@@ -249,4 +272,61 @@ fn collect<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
         }
         s
     })
+}
+
+/// `VIRTUAL_DEVICE = 'a', VIRTUAL_DEVICE = 'a-stripe1', ...` for the user's statement.
+pub(crate) fn device_clause(name: &str, devices: u32) -> String {
+    (0..devices)
+        .map(|i| {
+            format!(
+                "VIRTUAL_DEVICE = '{}'",
+                vdi_core::stripe_device_name(name, i)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The T-SQL statement an external engine must run for the set `name` of `devices` devices,
+/// ready to paste: `BACKUP DATABASE [db] TO VIRTUAL_DEVICE = ... WITH MAXTRANSFERSIZE = ...,
+/// BUFFERCOUNT = ...` (and `RESTORE ... FROM ...` with the backup's `block_size`).
+///
+/// MAXTRANSFERSIZE defaults to 4MiB (`max_transfer_size`: a restore's default, the backup's),
+/// the largest and fastest, and BUFFERCOUNT to 4 per device: enough for SQL Server to fill one
+/// buffer while the agent writes the others, at 16MiB of SQL Server's memory per device.
+pub(crate) fn statement(
+    operation: &str,
+    args: &EngineArgs,
+    name: &str,
+    devices: u32,
+    block_size: Option<u32>,
+    max_transfer_size: Option<u32>,
+) -> String {
+    let database = args.database.as_deref().map_or_else(
+        || "[<database>]".to_owned(),
+        |d| format!("[{}]", d.replace(']', "]]")),
+    );
+    let max_transfer = args
+        .max_transfer_size
+        .or(max_transfer_size)
+        .unwrap_or(vdi_core::MAX_TRANSFER_SIZE);
+    let buffers = args
+        .buffer_count
+        .unwrap_or_else(|| devices.saturating_mul(4));
+    let mut with = Vec::new();
+    if let Some(b) = block_size {
+        with.push(format!("BLOCKSIZE = {b}"));
+    }
+    with.push(format!("MAXTRANSFERSIZE = {max_transfer}"));
+    with.push(format!("BUFFERCOUNT = {buffers}"));
+    let (verb, prep) = if operation == "backup" {
+        ("BACKUP", "TO")
+    } else {
+        ("RESTORE", "FROM")
+    };
+    format!(
+        "{verb} DATABASE {database} {prep} {} WITH {}",
+        device_clause(name, devices),
+        with.join(", ")
+    )
 }

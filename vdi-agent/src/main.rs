@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 
 #[cfg(any(unix, windows))]
+mod backend;
+#[cfg(any(unix, windows))]
 mod backup;
 mod cli;
 #[cfg(any(unix, windows))]
@@ -105,14 +107,20 @@ async fn run(cli: Cli) -> Outcome {
                         "--json prints on stdout, where `backup -` writes the stripe: use one",
                     ));
                 }
-                let report =
-                    backup::run(&shm_client(&args.engine), args, progress, &interrupt).await?;
+                let client = backend::Client::choose(&args.engine)?;
+                let hints = client.hints();
+                let report = backend::with_client!(client, b => {
+                    backup::run(&b, hints, args, progress, &interrupt).await?
+                });
                 backup::print_report(&report, &args.target, json);
                 Ok(())
             }
             Command::Restore(args) => {
-                let report =
-                    restore::run(&shm_client(&args.engine), args, progress, &interrupt).await?;
+                let client = backend::Client::choose(&args.engine)?;
+                let hints = client.hints();
+                let report = backend::with_client!(client, b => {
+                    restore::run(&b, hints, args, progress, &interrupt).await?
+                });
                 restore::print_report(&report, json);
                 Ok(())
             }
@@ -215,18 +223,4 @@ pub(crate) fn set_name(given: Option<&str>) -> Outcome<String> {
             Ok(format!("vdi-agent-{}-{nanos:08x}", std::process::id()))
         }
     }
-}
-
-/// The shared-memory client, admitting the users the command line names: the one place the
-/// agent names its client backend (backup and restore are generic over it).
-#[cfg(any(unix, windows))]
-pub(crate) fn shm_client(args: &cli::EngineArgs) -> vdi_shm::ShmClient {
-    let mut options = vdi_shm::Options::default();
-    if let Some(uid) = args.admit_uid {
-        options = options.admit_uid(uid);
-    }
-    if let Some(gid) = args.admit_gid {
-        options = options.admit_gid(gid);
-    }
-    vdi_shm::ShmClient::with_options(options)
 }

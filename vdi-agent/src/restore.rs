@@ -25,6 +25,7 @@ use vdi_core::{
 };
 
 use crate::{
+    backend::Hints,
     backup::{device_failure, on_every_device, open_failure},
     cli::{EngineArgs, RestoreArgs},
     engine::Engine,
@@ -59,6 +60,7 @@ struct Source {
 /// Runs `vdi-agent restore` over the client backend `backend`.
 pub(crate) async fn run<B>(
     backend: &B,
+    hints: Hints,
     args: &RestoreArgs,
     progress: bool,
     interrupt: &Interrupt,
@@ -107,12 +109,19 @@ where
     let set = AsyncSet::create(backend, None, &name, &client_config)
         .await
         .map_err(|e| Failure::other(format!("cannot create the device set '{name}': {e}")))?;
-    let mut engine = Engine::start("restore", &name, devices, &engine_args, &[])?;
+    let mut engine = Engine::start("restore", &name, devices, &engine_args, &[], hints)?;
     if args.engine.external {
         eprintln!(
-            "vdi-agent: set '{name}' is ready; run RESTORE DATABASE ... FROM {} WITH BLOCKSIZE = \
-             {block_size}",
-            crate::backup::device_clause(&name, devices)
+            "vdi-agent: set '{name}' is ready ({}); run:\n  {}",
+            hints.backend,
+            crate::engine::statement(
+                "restore",
+                &args.engine,
+                &name,
+                devices,
+                Some(block_size),
+                Some(max_transfer_size)
+            )
         );
     }
     let guard = interrupt.abort_on_signal(&set);
@@ -246,7 +255,7 @@ async fn serve<S: ClientDeviceSet + 'static>(
         let device = set
             .open_device(&dev_name)
             .await
-            .map_err(|e| open_failure("restore", &dev_name, e))?;
+            .map_err(|e| open_failure("restore", &dev_name, e, engine.hints()))?;
         devices.push((
             device,
             StripeSource::start(i, source, Arc::clone(&counters))?,
