@@ -12,6 +12,8 @@
 //!
 //! - **backup with zstd** (level 1, 4 devices, tmpfs): against zstd alone at the same level
 //!   on the same bytes, one job per core (as `zstd -T0`), with both compression ratios.
+//! - **backup through SQL Server's library** (`--backend sqlvdi`: vdi-linux over vdi-sdk's
+//!   `libsqlvdi.so`, 4 devices, tmpfs): against the same backup through `--backend shm`.
 //!
 //! Each runs on tmpfs (`/dev/shm`) and on the disk the default demo uses (the temporary
 //! directory). The agent's peak memory (`VmHWM`, sampled from `/proc` while it runs) is
@@ -95,7 +97,84 @@ pub(crate) fn run(plan: &Plan) -> Result<(Vec<Row>, Option<String>)> {
     let r = zstd_cell(plan, &agent, &dir);
     let _ = fs::remove_dir_all(&dir);
     rows.push(r?);
+    let lib = agent.with_file_name("libsqlvdi.so");
+    if lib.is_file() {
+        let dir = PathBuf::from("/dev/shm").join(util::unique_name("jobb"));
+        let r = backend_cell(plan, &agent, &lib, &dir);
+        let _ = fs::remove_dir_all(&dir);
+        rows.push(r?);
+    } else {
+        eprintln!(
+            "  main job: the backend row skipped: {} is not built (`cargo build --release -p vdi-sdk`)",
+            lib.display()
+        );
+    }
     Ok((rows, None))
+}
+
+/// The devices of the backend row.
+const BACKEND_DEVICES: u32 = 4;
+
+/// A backup through `--backend sqlvdi` (vdi-linux over vdi-sdk's `libsqlvdi.so`, loaded with
+/// `dlopen`) against the same backup through `--backend shm` (vdi-shm called directly), 4
+/// devices to tmpfs, interleaved: what the binding to SQL Server's library costs the agent.
+/// In the row, "CPU alone" holds the shm backend's rate and the ratio is sqlvdi's time ÷ shm's.
+fn backend_cell(plan: &Plan, agent: &Path, lib: &Path, dir: &Path) -> Result<Row> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let size = plan.job_bytes;
+    let transfer = plan.job_transfers.first().copied().unwrap_or(1 << 20);
+    let backup_dir = dir.join("backup");
+    let common = [
+        format!("--devices={BACKEND_DEVICES}"),
+        format!("--size={size}"),
+        format!("--max-transfer-size={transfer}"),
+        format!("--buffer-count={}", BACKEND_DEVICES * 4),
+    ];
+    let mut sqlvdi = Samples::default();
+    let mut shm = Samples::default();
+    let mut bytes = 0;
+    for round in 0..plan.job_rounds {
+        let mut one = |s: &mut Samples, backend: &[String]| -> Result<()> {
+            let _ = fs::remove_dir_all(&backup_dir);
+            let flags: Vec<String> = common.iter().chain(backend).cloned().collect();
+            s.run(agent, "backup", &backup_dir, &flags)?;
+            bytes = stripe_sizes(&backup_dir)?.iter().sum();
+            Ok(())
+        };
+        let via_lib = [
+            "--backend=sqlvdi".to_owned(),
+            format!("--sqlvdi-lib={}", lib.display()),
+        ];
+        let via_shm = ["--backend=shm".to_owned()];
+        if round % 2 == 0 {
+            one(&mut sqlvdi, &via_lib)?;
+            one(&mut shm, &via_shm)?;
+        } else {
+            one(&mut shm, &via_shm)?;
+            one(&mut sqlvdi, &via_lib)?;
+        }
+        eprintln!(
+            "  main job tmpfs backup {BACKEND_DEVICES} devices, round {}/{}: --backend sqlvdi {:.2}s, --backend shm {:.2}s",
+            round + 1,
+            plan.job_rounds,
+            sqlvdi.agent[round].as_secs_f64(),
+            shm.agent[round].as_secs_f64(),
+        );
+    }
+    sqlvdi.cpu = shm.agent;
+    sqlvdi.io = vec![Duration::ZERO; plan.job_rounds];
+    sqlvdi.rss = sqlvdi.rss.max(shm.rss);
+    let mut row = sqlvdi.row(
+        "backup-sqlvdi",
+        "tmpfs",
+        BACKEND_DEVICES,
+        transfer,
+        bytes,
+        plan.job_rounds,
+    );
+    row.io_gbps = f64::NAN;
+    row.bound = "shm";
+    Ok(row)
 }
 
 /// The zstd level of the compressed row (the agent's `--zstd` default and zstd's fastest).

@@ -47,12 +47,25 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
 pub(crate) fn run(root: &Path, o: &Options) -> Result<(), String> {
     let start = Instant::now();
     let mut build = crate::cargo();
-    // vdi-agent too: the main job's rows run its release binary.
-    build.args(["build", "--release", "-p", "vdi-bench", "-p", "vdi-agent"]);
+    // vdi-agent too: the main job's rows run its release binary; vdi-sdk's libsqlvdi.so for the
+    // row of the agent through it.
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "vdi-bench",
+        "-p",
+        "vdi-agent",
+        "-p",
+        "vdi-sdk",
+    ]);
     if !o.no_iceoryx2 {
         build.args(["--features", "vdi-bench/iceoryx2"]);
     }
-    crate::stage("bench: build vdi-bench and vdi-agent (release)", build)?;
+    crate::stage(
+        "bench: build vdi-bench, vdi-agent and libsqlvdi.so (release)",
+        build,
+    )?;
 
     let exe = root.join("target/release/vdi-bench");
     let mut bench = std::process::Command::new(&exe);
