@@ -18,15 +18,24 @@ use std::{
 
 use tracing::{debug, trace, warn};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
-    Completion, Config, Error, HResult, InvalidReason, Lease, MAX_DEVICES, NameError,
-    ProtocolReason, SharedLeases, Timeout, Turn, VdConfig,
+    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, Completion,
+    Config, Error, HResult, InvalidReason, MAX_DEVICES, NameError, ProtocolReason, SharedLeases,
+    Timeout, Turn, VdConfig,
 };
+use vdi_foreign::{ActiveCommand, ForeignDevice, MappedView};
 
 use crate::{
     load::{self, LoadError},
-    raw::{self, ActiveCommand, Library, MappedView, RawDevice, RawSet},
+    raw::{self, Library, RawDevice, RawSet},
 };
+
+/// A command taken with `GetCommand` (vdi-foreign's, shared with vdi-win): complete it with
+/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete); dropped, it completes with
+/// `ERROR_OPERATION_ABORTED`.
+pub type LibCommand = vdi_foreign::Command;
+
+/// A buffer mapped from a handle (vdi-foreign's, shared with vdi-win).
+pub type LibMapped = vdi_foreign::Mapped;
 
 /// The library's `int` result for call `op`, as `vdi-core` says it: **the** mapping of this
 /// crate. 0 is success; a VD_E_* code is its error; anything else is kept as it is
@@ -243,10 +252,6 @@ impl SetShared {
         }
         0
     }
-
-    fn lease(this: &Arc<Self>, start: usize, end: usize) -> Option<Lease> {
-        SharedLeases::claim(&this.leases, 0, start as u64, end as u64)
-    }
 }
 
 /// A device set of the library (`ClientVirtualDeviceSet`), as the client uses it.
@@ -360,7 +365,7 @@ impl vdi_core::ClientDeviceSet for LibSet {
     }
 
     fn buffer_handle(&self, command: &LibCommand) -> Result<BufferHandle, Error> {
-        if !Arc::ptr_eq(&command.device.set, &self.shared) {
+        if !command.is_of_set(Arc::as_ptr(&self.shared) as usize) {
             return Err(Error::Invalid(InvalidReason::NotActiveCommand));
         }
         let cmd = command.active();
@@ -395,24 +400,28 @@ impl vdi_core::ClientDeviceSet for LibSet {
             .map_buffer_handle(handle.0)
             .map_err(|rc| error("MapBufferHandle", rc))?;
         let start = ptr.as_ptr() as usize;
-        let lease = SetShared::lease(sh, start, start.saturating_add(len as usize))
-            .ok_or(Error::Invalid(InvalidReason::Buffer))?;
+        let lease = SharedLeases::claim(
+            &sh.leases,
+            0,
+            start as u64,
+            start.saturating_add(len as usize) as u64,
+        )
+        .ok_or(Error::Invalid(InvalidReason::Buffer))?;
+        // The library says nothing of the buffer's length: the memory itself must hold `len`
+        // bytes this process may read and write.
+        if !raw::read_write(start, len as usize) {
+            return Err(Error::Invalid(InvalidReason::TransferSize));
+        }
         #[allow(
             unsafe_code,
             reason = "the view's contract is met just above; see SAFETY"
         )]
         // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set,
-        // which the view keeps alive (`_set`); the lease taken above makes it the only view of
-        // these bytes in this process while it lives. `new` itself checks that the bytes are
-        // mapped read-write.
-        let view = unsafe { MappedView::new(ptr, len as usize) }
-            .ok_or(Error::Invalid(InvalidReason::TransferSize))?;
-        Ok(LibMapped {
-            handle,
-            view,
-            _lease: lease,
-            _set: Arc::clone(sh),
-        })
+        // whose memory stays mapped while the view keeps the set alive (`Mapped` holds it);
+        // the `len` bytes are mapped read-write (checked just now); the lease makes this the
+        // only view of them in this process while it lives.
+        let view = unsafe { MappedView::new(ptr, len as usize) };
+        Ok(LibMapped::new(handle, view, lease, Arc::clone(sh) as _))
     }
 
     fn signal_abort(&self) -> Result<(), Error> {
@@ -476,30 +485,42 @@ impl LibDevice {
     }
 }
 
-/// Completes `cmd` on `inner`'s device, after the state check.
-fn complete_raw(
-    inner: &DeviceInner,
-    cmd: ActiveCommand,
-    completion: Completion,
-) -> Result<(), Error> {
-    let code = cmd.code();
-    inner
-        .set
-        .local()
-        .machine
-        .check_complete_command(inner.index)?;
-    check(
-        "CompleteCommand",
-        inner.device.complete_command(
-            cmd,
-            completion.code.0,
-            completion.bytes_transferred,
-            completion.position,
-        ),
-    )
-    .inspect_err(|e| inner.set.observe(e))?;
-    trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
-    Ok(())
+impl ForeignDevice for DeviceInner {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_id(&self) -> usize {
+        Arc::as_ptr(&self.set) as usize
+    }
+
+    fn complete_raw(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
+        let code = cmd.code();
+        self.set
+            .local()
+            .machine
+            .check_complete_command(self.index)?;
+        check(
+            "CompleteCommand",
+            self.device.complete_command(
+                cmd,
+                completion.code.0,
+                completion.bytes_transferred,
+                completion.position,
+            ),
+        )
+        .inspect_err(|e| self.set.observe(e))?;
+        trace!(device = %self.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
+        Ok(())
+    }
+
+    fn abort_set(&self) {
+        self.set.abort();
+    }
 }
 
 impl vdi_core::ClientDevice for LibDevice {
@@ -531,26 +552,7 @@ impl vdi_core::ClientDevice for LibDevice {
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
-                let lease = match cmd.zones() {
-                    None => None,
-                    Some((start, end)) => match SetShared::lease(set, start, end) {
-                        Some(lease) => Some(lease),
-                        None => {
-                            // This process still has a view of the buffer (a mapping kept after
-                            // its command was completed): two views of the same bytes must not
-                            // exist, so the command fails and the set is aborted.
-                            warn!(device = %inner.name, "GetCommand: the buffer is still mapped in this process (a view from MapBufferHandle outlived its command); aborting");
-                            let _ = complete_raw(inner, cmd, Completion::aborted());
-                            set.abort();
-                            return Err(Error::Aborted(AbortReason::Signalled));
-                        }
-                    },
-                };
-                Ok(LibCommand {
-                    device: Arc::clone(inner),
-                    cmd: Some(cmd),
-                    lease,
-                })
+                LibCommand::arrive(Arc::clone(inner) as _, cmd, &set.leases)
             }
             Err(rc) => {
                 let e = error("GetCommand", rc);
@@ -565,115 +567,7 @@ impl vdi_core::ClientDevice for LibDevice {
         }
     }
 
-    fn complete(&self, mut command: LibCommand, completion: Completion) -> Result<(), Error> {
-        if !Arc::ptr_eq(&command.device, &self.inner) {
-            // Dropping it completes it on its own device with ERROR_OPERATION_ABORTED.
-            return Err(Error::Invalid(InvalidReason::NotActiveCommand));
-        }
-        let cmd = command.active();
-        if cmd.code().has_buffer() && completion.bytes_transferred > cmd.size() {
-            return Err(Error::Invalid(InvalidReason::BytesTransferred));
-        }
-        // The buffer goes back with the completion: give up this process's claim first, so a
-        // thread that receives it again at once finds it free.
-        drop(command.lease.take());
-        match command.cmd.take() {
-            Some(cmd) => complete_raw(&self.inner, cmd, completion),
-            None => Err(Error::Invalid(InvalidReason::NotActiveCommand)),
-        }
-    }
-}
-
-/// A command taken with `GetCommand`: complete it with
-/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete).
-///
-/// Its data are the library's shared buffer itself, no copy. Dropping a command without
-/// completing it completes it with `ERROR_OPERATION_ABORTED` and logs a warning.
-#[derive(Debug)]
-pub struct LibCommand {
-    device: Arc<DeviceInner>,
-    /// `None` only once `complete` or `drop` took it.
-    cmd: Option<ActiveCommand>,
-    /// This process's claim on the buffer's bytes, for commands that carry one.
-    lease: Option<Lease>,
-}
-
-impl LibCommand {
-    fn active(&self) -> &ActiveCommand {
-        self.cmd
-            .as_ref()
-            .expect("only complete and drop take the command, and both consume it")
-    }
-
-    fn active_mut(&mut self) -> &mut ActiveCommand {
-        self.cmd
-            .as_mut()
-            .expect("only complete and drop take the command, and both consume it")
-    }
-}
-
-impl vdi_core::ClientCommand for LibCommand {
-    fn code(&self) -> CommandCode {
-        self.active().code()
-    }
-
-    fn size(&self) -> u32 {
-        self.active().size()
-    }
-
-    fn position(&self) -> u64 {
-        self.active().position()
-    }
-
-    fn device_index(&self) -> u32 {
-        self.device.index
-    }
-
-    fn data(&self) -> &[u8] {
-        self.active().data()
-    }
-
-    fn data_mut(&mut self) -> &mut [u8] {
-        self.active_mut().data_mut()
-    }
-
-    fn prefix_zone(&mut self) -> &mut [u8] {
-        self.active_mut().prefix_zone()
-    }
-}
-
-impl Drop for LibCommand {
-    fn drop(&mut self) {
-        drop(self.lease.take());
-        if let Some(cmd) = self.cmd.take() {
-            warn!(code = ?cmd.code(), device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
-            let _ = complete_raw(&self.device, cmd, Completion::aborted());
-        }
-    }
-}
-
-/// A buffer mapped from a handle
-/// ([`ClientDeviceSet::map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle)).
-///
-/// Drop it before the process that holds the command completes it.
-#[derive(Debug)]
-pub struct LibMapped {
-    handle: BufferHandle,
-    view: MappedView,
-    _lease: Lease,
-    _set: Arc<SetShared>,
-}
-
-impl vdi_core::MappedBuffer for LibMapped {
-    fn handle(&self) -> BufferHandle {
-        self.handle
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        self.view.as_slice()
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.view.as_mut_slice()
+    fn complete(&self, command: LibCommand, completion: Completion) -> Result<(), Error> {
+        command.complete(&*self.inner, completion)
     }
 }

@@ -1,5 +1,6 @@
-//! The unsafe layer: the shim's C ABI (`cpp/shim.cpp`) and the few types that own what the
-//! library hands out. Everything above it ([`crate::client`]) is safe code.
+//! The unsafe layer: the shim's C ABI (`cpp/shim.cpp`) and the objects the library hands out
+//! (commands become vdi-foreign's `ActiveCommand`s here). Everything above it
+//! ([`crate::client`]) is safe code.
 //!
 //! The library is trusted as much as any code loaded into the process: its objects live as
 //! long as it says, and the commands it returns point at buffers of `size` bytes. What the
@@ -10,10 +11,10 @@ use std::{
     ffi::{CStr, c_char, c_int, c_void},
     fmt, fs,
     ptr::{self, NonNull},
-    slice,
 };
 
-use vdi_core::{CommandCode, VdConfig, VdcCommand};
+use vdi_core::{VdConfig, VdcCommand};
+use vdi_foreign::ActiveCommand;
 
 /// What the shim returns when the library threw a C++ exception (COM's `E_UNEXPECTED`, which
 /// no VDI library returns: their codes are in facility 0x77).
@@ -251,7 +252,7 @@ impl RawSet {
         // SAFETY: a live set and a writable handle; the library only compares the buffer
         // address with those of its buffers.
         let rc = unsafe {
-            vdi_linux_get_buffer_handle(self.lib.ptr(), self.set.as_ptr(), command.buffer, &mut h)
+            vdi_linux_get_buffer_handle(self.lib.ptr(), self.set.as_ptr(), command.buffer(), &mut h)
         };
         if rc == 0 { Ok(h) } else { Err(rc) }
     }
@@ -318,17 +319,10 @@ impl RawDevice {
             return Err(rc);
         }
         let cmd = NonNull::new(out).ok_or(THREW)?;
-        // SAFETY: on success the library returned a command that stays valid, with its buffer,
-        // until it is completed; its fields are read once, here.
-        let raw = unsafe { cmd.as_ptr().read() };
-        Ok(ActiveCommand {
-            cmd,
-            code: CommandCode(raw.command_code),
-            size: raw.size,
-            position: raw.position,
-            buffer: raw.buffer,
-            prefix_zone,
-        })
+        // SAFETY: `from_raw`'s contract: the library returned this command from a successful
+        // GetCommand; it stays valid, with its buffer (and the prefix zone the set was
+        // configured with below it), until it is completed; the caller keeps the set alive.
+        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone) })
     }
 
     /// `CompleteCommand`: ends `command` (one this device returned), handing its buffer back.
@@ -346,145 +340,12 @@ impl RawDevice {
             vdi_linux_complete_command(
                 self.lib.ptr(),
                 self.device.as_ptr(),
-                command.cmd.as_ptr(),
+                command.as_ptr(),
                 code as i32,
                 u64::from(bytes),
                 position as i64,
             )
         }
-    }
-}
-
-/// A command `GetCommand` returned and that has not been completed: it owns the buffer until
-/// [`RawDevice::complete_command`] consumes it. The fields are copied when it arrives.
-pub(crate) struct ActiveCommand {
-    cmd: NonNull<VdcCommand>,
-    code: CommandCode,
-    size: u32,
-    position: u64,
-    buffer: *mut u8,
-    prefix_zone: u32,
-}
-
-// SAFETY: the command and its buffer belong to whoever holds it until completion (the VDI
-// contract); plain memory, not tied to a thread.
-unsafe impl Send for ActiveCommand {}
-
-impl fmt::Debug for ActiveCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActiveCommand")
-            .field("code", &self.code)
-            .field("size", &self.size)
-            .field("position", &self.position)
-            .field("buffer", &self.buffer)
-            .finish()
-    }
-}
-
-impl ActiveCommand {
-    pub(crate) fn code(&self) -> CommandCode {
-        self.code
-    }
-
-    pub(crate) fn size(&self) -> u32 {
-        self.size
-    }
-
-    pub(crate) fn position(&self) -> u64 {
-        self.position
-    }
-
-    pub(crate) fn has_buffer(&self) -> bool {
-        self.data_len().is_some()
-    }
-
-    /// The data zone: `size` bytes at `buffer` for Read and Write, empty otherwise.
-    pub(crate) fn data(&self) -> &[u8] {
-        match self.data_len() {
-            // SAFETY: a Read or Write command's buffer holds `size` bytes, ours until the
-            // command is completed, which consumes `self`.
-            Some(len) => unsafe { slice::from_raw_parts(self.buffer, len) },
-            None => &[],
-        }
-    }
-
-    /// The data zone, to write.
-    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
-        match self.data_len() {
-            // SAFETY: as in `data`; `&mut self` makes this the only view.
-            Some(len) => unsafe { slice::from_raw_parts_mut(self.buffer, len) },
-            None => &mut [],
-        }
-    }
-
-    /// The prefix zone: the `prefixZoneSize` bytes directly below the data zone of a Read or
-    /// Write; empty otherwise.
-    pub(crate) fn prefix_zone(&mut self) -> &mut [u8] {
-        if self.data_len().is_none() || self.prefix_zone == 0 {
-            return &mut [];
-        }
-        let len = self.prefix_zone as usize;
-        // SAFETY: the set was configured with this prefix zone, so each buffer has `len` client
-        // bytes directly below its data zone, ours until completion; `&mut self` makes this the
-        // only view.
-        unsafe { slice::from_raw_parts_mut(self.buffer.sub(len), len) }
-    }
-
-    /// The addresses the buffer covers (prefix and data zone), for commands that have one.
-    pub(crate) fn zones(&self) -> Option<(usize, usize)> {
-        let len = self.data_len()?;
-        let data = self.buffer as usize;
-        Some((
-            data.saturating_sub(self.prefix_zone as usize),
-            data.saturating_add(len),
-        ))
-    }
-
-    fn data_len(&self) -> Option<usize> {
-        (self.code.has_buffer() && !self.buffer.is_null() && self.size > 0)
-            .then_some(self.size as usize)
-    }
-}
-
-/// A buffer mapped from a handle, `len` bytes checked to be mapped read-write.
-pub(crate) struct MappedView {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: plain shared memory of the set; `&mut self` is needed to write it.
-unsafe impl Send for MappedView {}
-
-impl fmt::Debug for MappedView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MappedView")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl MappedView {
-    /// A view of the `len` bytes at `ptr`, when this process has them mapped read-write.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` came from `MapBufferHandle` of a set that stays alive as long as the view, and no
-    /// other view of these bytes exists in this process while this one lives (the caller holds
-    /// a lease on them).
-    pub(crate) unsafe fn new(ptr: NonNull<u8>, len: usize) -> Option<Self> {
-        read_write(ptr.as_ptr() as usize, len).then_some(Self { ptr, len })
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: `new`'s contract: `len` mapped read-write bytes, alive as long as the view,
-        // with no other view in this process.
-        unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`; `&mut self` makes this the only view.
-        unsafe { slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 

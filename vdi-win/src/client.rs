@@ -14,12 +14,14 @@ use std::{
     time::Instant,
 };
 
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, CommandCode,
-    Completion, Config, Error, InvalidReason, Lease, MAX_DEVICES, ProtocolReason, SharedLeases,
-    Timeout, VdConfig,
+    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, Completion,
+    Config, Error, InvalidReason, Lease, MAX_DEVICES, ProtocolReason, SharedLeases, Timeout,
+    VdConfig,
 };
+
+use vdi_foreign::ForeignDevice;
 
 use crate::{
     error::{Cause, HResultExt, Op, WinError},
@@ -29,6 +31,16 @@ use crate::{
         runtime::{Apartment, MtaUsage},
     },
 };
+
+/// A command taken with `GetCommand` (vdi-foreign's, shared with vdi-linux): complete it with
+/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete). Its data are sqlvdi's shared
+/// buffer itself, no copy; dropped, it completes with `ERROR_OPERATION_ABORTED` and logs a
+/// warning, so SQL Server is never left waiting.
+pub type SqlVdiCommand = vdi_foreign::Command;
+
+/// A buffer mapped from a handle (vdi-foreign's, shared with vdi-linux). Drop it before the
+/// process that holds the command completes it.
+pub type SqlVdiMapped = vdi_foreign::Mapped;
 
 /// The client backend over Microsoft's sqlvdi.dll: creates device sets (`CreateEx`) and joins
 /// them from secondary processes (`OpenInSecondaryEx`).
@@ -397,7 +409,7 @@ impl SqlVdiSet {
 
     fn buffer_handle_inner(&self, command: &SqlVdiCommand) -> Result<BufferHandle, WinError> {
         let op = Op::GetBufferHandle;
-        if !Arc::ptr_eq(&command.device.set, &self.shared) {
+        if !command.is_of_set(Arc::as_ptr(&self.shared) as usize) {
             return Err(WinError::local(
                 op,
                 Error::Invalid(InvalidReason::NotActiveCommand),
@@ -463,12 +475,12 @@ impl SqlVdiSet {
         // buffers live as long as the object). The lease makes this the only view of those
         // bytes in this process until it drops, with the view.
         let view = unsafe { MappedView::new(ptr, len as usize) };
-        Ok(SqlVdiMapped {
+        Ok(SqlVdiMapped::new(
             handle,
             view,
-            _lease: lease,
-            _set: Arc::clone(&self.shared),
-        })
+            lease,
+            Arc::clone(&self.shared) as _,
+        ))
     }
 
     fn signal_abort_inner(&self) -> Result<(), WinError> {
@@ -605,30 +617,8 @@ impl SqlVdiDevice {
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
-                let lease = match cmd.zones() {
-                    None => None,
-                    Some((start, end)) => match take_lease(&set.leases, start, end) {
-                        Some(lease) => Some(lease),
-                        None => {
-                            // This process still has a view of the buffer (a mapping kept
-                            // after the command it came from was completed): two views of the
-                            // same bytes must not exist, so the command fails and the set is
-                            // aborted, as when a peer breaks the protocol.
-                            warn!(device = %inner.name, "GetCommand: the buffer is still mapped in this process (a view from MapBufferHandle outlived its command); aborting");
-                            let _ = complete_raw(inner, cmd, Completion::aborted());
-                            set.abort();
-                            return Err(WinError::local(
-                                op,
-                                Error::Aborted(AbortReason::Signalled),
-                            ));
-                        }
-                    },
-                };
-                Ok(SqlVdiCommand {
-                    device: Arc::clone(inner),
-                    cmd: Some(cmd),
-                    lease,
-                })
+                SqlVdiCommand::arrive(Arc::clone(inner) as _, cmd, &set.leases)
+                    .map_err(|e| WinError::local(op, e))
             }
             Err(hr) => {
                 let e = WinError::from_hresult(op, hr);
@@ -642,68 +632,55 @@ impl SqlVdiDevice {
             }
         }
     }
+}
 
-    fn complete_inner(
-        &self,
-        mut command: SqlVdiCommand,
-        completion: Completion,
-    ) -> Result<(), WinError> {
-        let op = Op::CompleteCommand;
-        if !Arc::ptr_eq(&command.device, &self.inner) {
-            // Dropping it completes it on its own device with ERROR_OPERATION_ABORTED.
-            return Err(WinError::local(
-                op,
-                Error::Invalid(InvalidReason::NotActiveCommand),
-            ));
-        }
-        let cmd = command.active();
-        if cmd.code().has_buffer() && completion.bytes_transferred > cmd.size() {
-            return Err(WinError::local(
-                op,
-                Error::Invalid(InvalidReason::BytesTransferred),
-            ));
-        }
-        // The buffer goes back with the completion: give up this process's claim on it first,
-        // so a thread that receives it again at once finds it free.
-        drop(command.lease.take());
-        match command.cmd.take() {
-            Some(cmd) => complete_raw(&self.inner, cmd, completion),
-            None => Err(WinError::local(
-                op,
-                Error::Invalid(InvalidReason::NotActiveCommand),
-            )),
-        }
+impl ForeignDevice for DeviceInner {
+    fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn set_id(&self) -> usize {
+        Arc::as_ptr(&self.set) as usize
+    }
+
+    /// `CompleteCommand`, after the state check.
+    fn complete_raw(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
+        self.complete_in_mta(cmd, completion)
+            .map_err(WinError::report)
+    }
+
+    fn abort_set(&self) {
+        self.set.abort();
     }
 }
 
-/// Completes `cmd` on `inner`'s device, after the state check.
-fn complete_raw(
-    inner: &DeviceInner,
-    cmd: ActiveCommand,
-    completion: Completion,
-) -> Result<(), WinError> {
-    let op = Op::CompleteCommand;
-    let code = cmd.code();
-    let _apartment = enter(op)?;
-    inner
-        .set
-        .local()
-        .machine
-        .check_complete_command(inner.index)
-        .map_err(|e| WinError::local(op, e))?;
-    inner
-        .device
-        .get()
-        .complete_command(
-            cmd,
-            completion.code.0,
-            completion.bytes_transferred,
-            completion.position,
-        )
-        .check(op)
-        .inspect_err(|e| inner.set.observe(e))?;
-    trace!(device = %inner.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
-    Ok(())
+impl DeviceInner {
+    fn complete_in_mta(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), WinError> {
+        let op = Op::CompleteCommand;
+        let code = cmd.code();
+        let _apartment = enter(op)?;
+        self.set
+            .local()
+            .machine
+            .check_complete_command(self.index)
+            .map_err(|e| WinError::local(op, e))?;
+        self.device
+            .get()
+            .complete_command(
+                cmd,
+                completion.code.0,
+                completion.bytes_transferred,
+                completion.position,
+            )
+            .check(op)
+            .inspect_err(|e| self.set.observe(e))?;
+        trace!(device = %self.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
+        Ok(())
+    }
 }
 
 impl vdi_core::ClientDevice for SqlVdiDevice {
@@ -718,103 +695,7 @@ impl vdi_core::ClientDevice for SqlVdiDevice {
     }
 
     fn complete(&self, command: SqlVdiCommand, completion: Completion) -> Result<(), Error> {
-        self.complete_inner(command, completion)
-            .map_err(WinError::report)
-    }
-}
-
-/// A command taken with `GetCommand`: complete it with
-/// [`ClientDevice::complete`](vdi_core::ClientDevice::complete).
-///
-/// Its data are sqlvdi's shared buffer itself, no copy. Dropping a command without completing
-/// it completes it with `ERROR_OPERATION_ABORTED` and logs a warning, so SQL Server is never
-/// left waiting.
-#[derive(Debug)]
-pub struct SqlVdiCommand {
-    device: Arc<DeviceInner>,
-    /// `None` only once `complete` or `drop` took it.
-    cmd: Option<ActiveCommand>,
-    /// This process's claim on the buffer's bytes, for commands that carry one.
-    lease: Option<Lease>,
-}
-
-impl SqlVdiCommand {
-    fn active(&self) -> &ActiveCommand {
-        self.cmd
-            .as_ref()
-            .expect("only complete and drop take the command, and both consume it")
-    }
-
-    fn active_mut(&mut self) -> &mut ActiveCommand {
-        self.cmd
-            .as_mut()
-            .expect("only complete and drop take the command, and both consume it")
-    }
-}
-
-impl vdi_core::ClientCommand for SqlVdiCommand {
-    fn code(&self) -> CommandCode {
-        self.active().code()
-    }
-
-    fn size(&self) -> u32 {
-        self.active().size()
-    }
-
-    fn position(&self) -> u64 {
-        self.active().position()
-    }
-
-    fn device_index(&self) -> u32 {
-        self.device.index
-    }
-
-    fn data(&self) -> &[u8] {
-        self.active().data()
-    }
-
-    fn data_mut(&mut self) -> &mut [u8] {
-        self.active_mut().data_mut()
-    }
-
-    fn prefix_zone(&mut self) -> &mut [u8] {
-        self.active_mut().prefix_zone()
-    }
-}
-
-impl Drop for SqlVdiCommand {
-    fn drop(&mut self) {
-        drop(self.lease.take());
-        if let Some(cmd) = self.cmd.take() {
-            warn!(code = ?cmd.code(), device = %self.device.name, "Command dropped without complete(); completing with ERROR_OPERATION_ABORTED");
-            let _ = complete_raw(&self.device, cmd, Completion::aborted());
-        }
-    }
-}
-
-/// A buffer mapped from a handle
-/// ([`ClientDeviceSet::map_buffer_handle`](vdi_core::ClientDeviceSet::map_buffer_handle)).
-///
-/// Drop it before the process that holds the command completes it.
-#[derive(Debug)]
-pub struct SqlVdiMapped {
-    handle: BufferHandle,
-    view: MappedView,
-    _lease: Lease,
-    _set: Arc<SetShared>,
-}
-
-impl vdi_core::MappedBuffer for SqlVdiMapped {
-    fn handle(&self) -> BufferHandle {
-        self.handle
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        self.view.as_slice()
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.view.as_mut_slice()
+        command.complete(&*self.inner, completion)
     }
 }
 

@@ -31,10 +31,13 @@
 //! The declarations build on every platform (they need no COM runtime), so layout tests and
 //! tests with a fake COM object run on Linux too; only activation and apartments need Windows.
 
-use core::{ffi::c_void, fmt, marker::PhantomData, mem, ops::Deref, ptr, ptr::NonNull, slice};
+use core::{ffi::c_void, fmt, marker::PhantomData, mem, ops::Deref, ptr, ptr::NonNull};
 
-use vdi_core::{CommandCode, guids};
+use vdi_core::guids;
 pub use vdi_core::{HResult, VdConfig, VdcCommand};
+/// The commands and mapped buffers the interfaces hand out: vdi-foreign's, shared with
+/// vdi-linux.
+pub use vdi_foreign::{ActiveCommand, MappedView};
 
 #[cfg_attr(windows, path = "runtime_windows.rs")]
 #[cfg_attr(not(windows), path = "runtime_stub.rs")]
@@ -485,17 +488,10 @@ impl IClientVirtualDevice {
             return Err(hr);
         }
         let cmd = NonNull::new(out).ok_or(E_POINTER)?;
-        // SAFETY: on success the object returned a command that stays valid, with its buffer,
-        // until it is completed (`from_raw`'s contract); the fields are read once, here.
-        let raw = unsafe { cmd.as_ptr().read() };
-        Ok(ActiveCommand {
-            cmd,
-            code: CommandCode(raw.command_code),
-            size: raw.size,
-            position: raw.position,
-            buffer: raw.buffer,
-            prefix_zone,
-        })
+        // SAFETY: `ActiveCommand::from_raw`'s contract: on success the object returned a
+        // command that stays valid, with its buffer (and the prefix zone the set was configured
+        // with below it), until it is completed (`from_raw`'s contract of this interface).
+        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone) })
     }
 
     /// `CompleteCommand`: ends `command`, handing its buffer back.
@@ -516,7 +512,7 @@ impl IClientVirtualDevice {
             call!(
                 self,
                 CompleteCommand(
-                    command.cmd.as_ptr(),
+                    command.as_ptr(),
                     completion_code,
                     bytes_transferred,
                     position
@@ -589,7 +585,7 @@ impl IClientVirtualDeviceSet {
         let mut handle = 0;
         // SAFETY: a live object (`from_raw`); the buffer pointer is one the implementation
         // itself returned with a command, and the out pointer is valid for the call.
-        let hr = unsafe { call!(self, GetBufferHandle(command.buffer, &mut handle)) };
+        let hr = unsafe { call!(self, GetBufferHandle(command.buffer(), &mut handle)) };
         if hr.is_ok() { Ok(handle) } else { Err(hr) }
     }
 
@@ -649,160 +645,6 @@ impl Deref for IClientVirtualDeviceSet2 {
         // struct), as COM's single inheritance lays it out. The reference borrows `self`, so no
         // extra reference is released.
         unsafe { &*(self as *const Self as *const IClientVirtualDeviceSet) }
-    }
-}
-
-/// A command `GetCommand` returned and that has not been completed yet.
-///
-/// It owns the command, and its buffer, until [`IClientVirtualDevice::complete_command`]
-/// consumes it: only then does the buffer go back to the server. The fields are copied when the
-/// command arrives (the `VDC_Command` is read-only to the client).
-///
-/// It holds no interface pointer, so it may move to another thread (`Send`), to be completed
-/// there.
-pub struct ActiveCommand {
-    cmd: NonNull<VdcCommand>,
-    code: CommandCode,
-    size: u32,
-    position: u64,
-    buffer: *mut u8,
-    prefix_zone: u32,
-}
-
-// SAFETY: the command and its buffer belong to whoever holds the `ActiveCommand` until it is
-// completed (the VDI contract); they are plain memory, not tied to a thread or an apartment.
-// `&ActiveCommand` allows only reads, so it is not `Sync`, which nothing needs.
-unsafe impl Send for ActiveCommand {}
-
-impl ActiveCommand {
-    /// The `VDC_Command` pointer, as `CompleteCommand` takes it back.
-    pub fn as_ptr(&self) -> *mut VdcCommand {
-        self.cmd.as_ptr()
-    }
-
-    /// `commandCode`.
-    pub fn code(&self) -> CommandCode {
-        self.code
-    }
-
-    /// `size` (the byte count of Read and Write; overloaded by other commands).
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
-    /// `position`.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// `buffer`, as the server sent it (meaningful for Read and Write only).
-    pub fn buffer(&self) -> *mut u8 {
-        self.buffer
-    }
-
-    /// The data zone: `size` bytes at `buffer` for Read and Write, empty otherwise (other
-    /// commands overload `size` and carry no buffer).
-    pub fn data(&self) -> &[u8] {
-        match self.data_len() {
-            // SAFETY: a Read or Write command's buffer holds at least `size` bytes, valid and
-            // ours until the command is completed, which needs `self` by value
-            // (`IClientVirtualDevice::from_raw`'s contract).
-            Some(len) => unsafe { slice::from_raw_parts(self.buffer, len) },
-            None => &[],
-        }
-    }
-
-    /// The data zone, to write (see [`ActiveCommand::data`]).
-    pub fn data_mut(&mut self) -> &mut [u8] {
-        match self.data_len() {
-            // SAFETY: as in `data`; `&mut self` makes this the only view of the buffer.
-            Some(len) => unsafe { slice::from_raw_parts_mut(self.buffer, len) },
-            None => &mut [],
-        }
-    }
-
-    /// The prefix zone: the `prefixZoneSize` bytes directly below the data zone of a Read or
-    /// Write; empty otherwise.
-    pub fn prefix_zone(&mut self) -> &mut [u8] {
-        if self.data_len().is_none() || self.prefix_zone == 0 {
-            return &mut [];
-        }
-        let len = self.prefix_zone as usize;
-        // SAFETY: the set was configured with this prefix zone, so every buffer has `len`
-        // client bytes directly below its data zone, ours until completion
-        // (`IClientVirtualDevice::from_raw`'s contract); `&mut self` makes this the only view.
-        unsafe { slice::from_raw_parts_mut(self.buffer.sub(len), len) }
-    }
-
-    /// The addresses the command's buffer covers, `start..end` (prefix zone and data zone),
-    /// for commands that have one.
-    pub fn zones(&self) -> Option<(usize, usize)> {
-        let len = self.data_len()?;
-        let data = self.buffer as usize;
-        Some((
-            data.saturating_sub(self.prefix_zone as usize),
-            data.saturating_add(len),
-        ))
-    }
-
-    /// The data zone's length, for commands that have one.
-    fn data_len(&self) -> Option<usize> {
-        (self.code.has_buffer() && !self.buffer.is_null() && self.size > 0)
-            .then_some(self.size as usize)
-    }
-}
-
-impl fmt::Debug for ActiveCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ActiveCommand")
-            .field("cmd", &self.cmd)
-            .field("code", &self.code)
-            .field("size", &self.size)
-            .field("position", &self.position)
-            .field("buffer", &self.buffer)
-            .finish()
-    }
-}
-
-/// A buffer mapped from a handle (`MapBufferHandle`), with the length its user vouches for.
-pub struct MappedView {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the view is plain shared memory of the set, not tied to a thread or an apartment;
-// `&mut self` is needed to write it.
-unsafe impl Send for MappedView {}
-
-impl MappedView {
-    /// A view of `len` bytes at `ptr`.
-    ///
-    /// # Safety
-    ///
-    /// `ptr` was returned by `MapBufferHandle` for a buffer of at least `len` bytes, and
-    /// nothing else in this process reads or writes those bytes while the view lives (the
-    /// command that carries the buffer is held, uncompleted, by the process that made the
-    /// handle, and it does not touch the buffer meanwhile).
-    pub unsafe fn new(ptr: NonNull<u8>, len: usize) -> Self {
-        Self { ptr, len }
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `new`'s contract: `len` valid bytes, not written by anyone else meanwhile.
-        unsafe { slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The bytes, to write.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `new`'s contract, and `&mut self` makes this the only view.
-        unsafe { slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl fmt::Debug for MappedView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MappedView({:p}, {} bytes)", self.ptr, self.len)
     }
 }
 
