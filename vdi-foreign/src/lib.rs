@@ -9,13 +9,17 @@
 //! - [`Command`]: the command as [`vdi_core::ClientCommand`] sees it, holding this process's
 //!   lease on the buffer's bytes, completed exactly once (a dropped one with
 //!   `ERROR_OPERATION_ABORTED`) through its device ([`ForeignDevice`]);
-//! - [`Mapped`]: the mapped buffer as [`vdi_core::MappedBuffer`] sees it, with its lease.
+//! - [`Mapped`]: the mapped buffer as [`vdi_core::MappedBuffer`] sees it, with its lease;
+//! - [`SetState`]: what a binding knows of a set in this process, and `vdi-core`'s state
+//!   machine asked before, and told after, each call into the library.
 //!
 //! The `unsafe` code is in `raw`: the two types that turn the libraries' pointers into slices,
 //! each behind an `unsafe` constructor whose contract the binding upholds.
 
 mod raw;
+mod set;
 mod wrap;
 
 pub use raw::{ActiveCommand, MappedView};
+pub use set::{SetState, remaining};
 pub use wrap::{Command, ForeignDevice, Mapped};

@@ -1,28 +1,26 @@
 //! The safe layer: `vdi-core`'s client traits over a loaded library ([`LibSqlVdi`]).
 //!
 //! The library enforces the protocol itself; this layer adds what makes its answers the same
-//! as every other backend's. Before each call it consults [`ClientSetMachine`], so a call the
-//! specification's table forbids in the state this process knows gets the table's answer
-//! without reaching the library; after each call it tells the machine the outcome. Once a call
-//! reaches the library, the library's answer is the answer: its `int` becomes a
-//! [`vdi_core::Error`] in one place, [`check`].
+//! as every other backend's, through vdi-foreign's [`SetState`] (the state machine asked before
+//! each call and told the outcome after, as vdi-win does). Once a call reaches the library, the
+//! library's answer is the answer: its `int` becomes a [`vdi_core::Error`] in one place,
+//! [`check`].
 
 #![deny(unsafe_code)]
 
 use std::{
     ffi::CString,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::Arc,
     time::Instant,
 };
 
 use tracing::{debug, trace, warn};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, Completion,
-    Config, Error, HResult, InvalidReason, MAX_DEVICES, NameError, ProtocolReason, SharedLeases,
-    Timeout, Turn, VdConfig,
+    BufferHandle, Call, ClientConfig, ClientSetState, Completion, Config, Error, HResult,
+    InvalidReason, NameError, SharedLeases, Timeout, Turn, VdConfig,
 };
-use vdi_foreign::{ActiveCommand, ForeignDevice, MappedView};
+use vdi_foreign::{ActiveCommand, ForeignDevice, MappedView, SetState};
 
 use crate::{
     load::{self, LoadError},
@@ -153,14 +151,13 @@ impl vdi_core::ClientBackend for LibSqlVdi {
         let set = self.new_set()?;
         let mut raw = config.to_raw();
         check("Create", set.create(&c, &mut raw, self.umask_zero))?;
-        let mut machine = ClientSetMachine::new();
-        machine.create(config.device_count)?;
+        let state = SetState::created(name, config)?;
         debug!(
             set = name,
             devices = config.device_count,
             "device set created"
         );
-        Ok(LibSet::new(set, name, machine, Some(*config)))
+        Ok(LibSet::new(set, state))
     }
 
     /// `OpenInSecondary`.
@@ -173,14 +170,7 @@ impl vdi_core::ClientBackend for LibSqlVdi {
             set.open_in_secondary(&c, self.umask_zero),
         )?;
         debug!(set = name, "joined as a secondary client");
-        // The SDK does not tell a secondary how many devices the set has: the machine allows
-        // every index, and the library checks the names.
-        Ok(LibSet::new(
-            set,
-            name,
-            ClientSetMachine::secondary(MAX_DEVICES),
-            None,
-        ))
+        Ok(LibSet::new(set, SetState::joined(name)))
     }
 }
 
@@ -192,65 +182,26 @@ fn no_instance(instance: Option<&str>) -> Result<(), Error> {
     }
 }
 
-/// What this process knows of the set, under one lock.
-#[derive(Debug)]
-struct Local {
-    machine: ClientSetMachine,
-    /// The devices this process opened: its index for each, and the name.
-    devices: Vec<(u32, String)>,
-}
-
 /// What a set's handle, devices and commands share.
 #[derive(Debug)]
 struct SetShared {
     set: RawSet,
-    name: String,
-    /// The client's configuration, for the primary; `None` in a secondary.
-    client_config: Option<ClientConfig>,
-    /// What `GetConfiguration` returned first.
-    config: OnceLock<Config>,
-    local: Mutex<Local>,
-    /// The byte ranges of the library's buffers this process has views of (commands it holds
-    /// and mapped handles), in the process's one address space (0): the library hands out
-    /// addresses only, and this keeps two views of the same bytes from existing at once.
-    leases: Arc<SharedLeases>,
+    state: SetState,
 }
 
 impl SetShared {
-    fn local(&self) -> MutexGuard<'_, Local> {
-        self.local.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// `SignalAbort` on this process's own initiative.
     fn abort(&self) {
-        let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        self.state.aborted();
         let _ = self.set.signal_abort();
     }
 
-    /// Records an abort the library reported, so later calls answer `VD_E_ABORT` locally.
-    fn observe(&self, e: &Error) {
-        if e.is_abort() {
-            let _ = self.local().machine.signal_abort(AbortReason::Signalled);
-        }
-    }
-
-    /// The `prefixZoneSize` the buffers were laid out with: the primary's own; in a secondary,
-    /// the configuration (fetched once, without waiting, if not yet asked).
+    /// The prefix zone the buffers were laid out with.
     fn prefix_zone(&self) -> u32 {
-        if let Some(c) = self.client_config {
-            return c.prefix_zone_size;
-        }
-        if let Some(c) = self.config.get() {
-            return c.prefix_zone_size;
-        }
-        let mut raw = VdConfig::default();
-        if self.set.get_configuration(0, &mut raw) == 0 {
-            return self
-                .config
-                .get_or_init(|| Config::from_raw(&raw))
-                .prefix_zone_size;
-        }
-        0
+        self.state.prefix_zone(|| {
+            let mut raw = VdConfig::default();
+            (self.set.get_configuration(0, &mut raw) == 0).then_some(raw)
+        })
     }
 }
 
@@ -264,35 +215,20 @@ pub struct LibSet {
 }
 
 impl LibSet {
-    fn new(
-        set: RawSet,
-        name: &str,
-        machine: ClientSetMachine,
-        client_config: Option<ClientConfig>,
-    ) -> Self {
+    fn new(set: RawSet, state: SetState) -> Self {
         Self {
-            shared: Arc::new(SetShared {
-                set,
-                name: name.to_owned(),
-                client_config,
-                config: OnceLock::new(),
-                local: Mutex::new(Local {
-                    machine,
-                    devices: Vec::new(),
-                }),
-                leases: Arc::default(),
-            }),
+            shared: Arc::new(SetShared { set, state }),
         }
     }
 
     /// The set's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.state.name()
     }
 
     /// The set's state as this process knows it.
     pub fn state(&self) -> ClientSetState {
-        self.shared.local().machine.state()
+        self.shared.state.state()
     }
 }
 
@@ -302,57 +238,29 @@ impl vdi_core::ClientDeviceSet for LibSet {
 
     fn configuration(&self, timeout: Timeout) -> Result<Config, Error> {
         let sh = &self.shared;
-        sh.local().machine.check_get_configuration()?;
+        sh.state.before_configuration()?;
         let mut raw = VdConfig::default();
         check(
             "GetConfiguration",
             sh.set.get_configuration(millis(timeout), &mut raw),
         )
-        .inspect_err(|e| sh.observe(e))?;
-        let config = Config::from_raw(&raw);
-        sh.config.get_or_init(|| config);
-        sh.local().machine.configured();
-        debug!(set = %sh.name, block = config.block_size, max_transfer = config.max_transfer_size, "configured");
+        .inspect_err(|e| sh.state.observe(e))?;
+        let config = sh.state.configured(&raw);
+        debug!(set = %sh.state.name(), block = config.block_size, max_transfer = config.max_transfer_size, "configured");
         Ok(config)
     }
 
     fn open_device(&self, name: &str) -> Result<LibDevice, Error> {
         let c = c_name(name)?;
         let sh = &self.shared;
-        {
-            let mut local = sh.local();
-            if !matches!(
-                local.machine.state(),
-                ClientSetState::Initializing | ClientSetState::Active
-            ) {
-                // In these states the machine only answers, with the table's error.
-                local.machine.open_device(0, false, false)?;
-            }
-            if local.devices.iter().any(|(_, n)| n == name) {
-                return Err(Error::Protocol(ProtocolReason::DeviceAlreadyOpen));
-            }
-        }
+        sh.state.before_open(name)?;
         let device = sh.set.open_device(&c).map_err(|rc| {
             let e = error("OpenDevice", rc);
-            sh.observe(&e);
+            sh.state.observe(&e);
             e
         })?;
-        let index = {
-            let mut local = sh.local();
-            // The device named like the set is device 0; the library does not reveal the order
-            // of the others, so they are numbered in the order this process opens them.
-            let index = if name == sh.name {
-                0
-            } else {
-                (1..MAX_DEVICES)
-                    .find(|i| local.devices.iter().all(|(j, _)| j != i))
-                    .unwrap_or(MAX_DEVICES)
-            };
-            local.machine.open_device(index, false, false)?;
-            local.devices.push((index, name.to_owned()));
-            index
-        };
-        trace!(set = %sh.name, device = name, index, "device opened");
+        let index = sh.state.opened(name)?;
+        trace!(set = %sh.state.name(), device = name, index, "device opened");
         Ok(LibDevice {
             inner: Arc::new(DeviceInner {
                 device,
@@ -373,9 +281,8 @@ impl vdi_core::ClientDeviceSet for LibSet {
             return Err(Error::Invalid(InvalidReason::Buffer));
         }
         self.shared
-            .local()
-            .machine
-            .check_buffer_handle(Call::GetBufferHandle)?;
+            .state
+            .before_buffer_handle(Call::GetBufferHandle, 0)?;
         let h = self
             .shared
             .set
@@ -389,19 +296,14 @@ impl vdi_core::ClientDeviceSet for LibSet {
     /// in a view of this process (a command it holds, or another mapping).
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<LibMapped, Error> {
         let sh = &self.shared;
-        sh.local()
-            .machine
-            .check_buffer_handle(Call::MapBufferHandle)?;
-        if sh.config.get().is_some_and(|c| len > c.max_transfer_size) {
-            return Err(Error::Invalid(InvalidReason::TransferSize));
-        }
+        sh.state.before_buffer_handle(Call::MapBufferHandle, len)?;
         let ptr = sh
             .set
             .map_buffer_handle(handle.0)
             .map_err(|rc| error("MapBufferHandle", rc))?;
         let start = ptr.as_ptr() as usize;
         let lease = SharedLeases::claim(
-            &sh.leases,
+            sh.state.leases(),
             0,
             start as u64,
             start.saturating_add(len as usize) as u64,
@@ -425,27 +327,18 @@ impl vdi_core::ClientDeviceSet for LibSet {
     }
 
     fn signal_abort(&self) -> Result<(), Error> {
-        self.shared
-            .local()
-            .machine
-            .signal_abort(AbortReason::Signalled)?;
-        debug!(set = %self.shared.name, "SignalAbort");
+        self.shared.state.before_abort()?;
+        debug!(set = %self.shared.state.name(), "SignalAbort");
         check("SignalAbort", self.shared.set.signal_abort())
     }
 
     fn close(&self) -> Result<(), Error> {
-        let mut local = self.shared.local();
-        if local.machine.state() == ClientSetState::DoesNotExist {
-            return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
-        }
-        let result = check("Close", self.shared.set.close());
-        // The library knows which devices are still open, in every process; its answer stands,
-        // and the machine goes back to DoesNotExist either way.
-        let open = local.machine.has_open_devices();
-        let _ = local.machine.close(open);
-        local.devices.clear();
-        drop(local);
-        debug!(set = %self.shared.name, result = ?result.as_ref().err(), "Close");
+        let result = self
+            .shared
+            .state
+            .close(|| check("Close", self.shared.set.close()))
+            .and_then(|r| r);
+        debug!(set = %self.shared.state.name(), result = ?result.as_ref().err(), "Close");
         result
     }
 }
@@ -500,10 +393,7 @@ impl ForeignDevice for DeviceInner {
 
     fn complete_raw(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
         let code = cmd.code();
-        self.set
-            .local()
-            .machine
-            .check_complete_command(self.index)?;
+        self.set.state.before_complete(self.index)?;
         check(
             "CompleteCommand",
             self.device.complete_command(
@@ -513,7 +403,7 @@ impl ForeignDevice for DeviceInner {
                 completion.position,
             ),
         )
-        .inspect_err(|e| self.set.observe(e))?;
+        .inspect_err(|e| self.set.state.observe(e))?;
         trace!(device = %self.name, code = ?code, completion = ?completion.code, bytes = completion.bytes_transferred, "completed");
         Ok(())
     }
@@ -534,34 +424,24 @@ impl vdi_core::ClientDevice for LibDevice {
         let inner = &self.inner;
         let set = &inner.set;
         let deadline = timeout.as_duration().map(|d| Instant::now() + d);
-        // The set machine answers, VD_E_CLOSE too for a device that returned it, without a
-        // call into the library.
-        let state = || set.local().machine.check_get_command(inner.index);
-        state()?;
+        set.state.before_command(inner.index)?;
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(Error::Timeout);
         };
         // Again with the turn: the thread that had it may have ended the device.
-        state()?;
-        let remaining = deadline.map_or(Timeout::INFINITE, |d| {
-            Timeout::from(d.saturating_duration_since(Instant::now()))
-        });
+        set.state.before_command(inner.index)?;
+        let remaining = vdi_foreign::remaining(deadline);
         match inner
             .device
             .get_command(millis(remaining), set.prefix_zone())
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
-                LibCommand::arrive(Arc::clone(inner) as _, cmd, &set.leases)
+                LibCommand::arrive(Arc::clone(inner) as _, cmd, set.state.leases())
             }
             Err(rc) => {
                 let e = error("GetCommand", rc);
-                if e == Error::Closed {
-                    set.local().machine.device_closed(inner.index);
-                    trace!(device = %inner.name, "VD_E_CLOSE");
-                } else {
-                    set.observe(&e);
-                }
+                set.state.command_failed(inner.index, &e);
                 Err(e)
             }
         }

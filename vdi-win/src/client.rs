@@ -9,19 +9,15 @@
 
 #![deny(unsafe_code)]
 
-use std::{
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use tracing::{debug, trace};
 use vdi_core::{
-    AbortReason, BufferHandle, Call, ClientConfig, ClientSetMachine, ClientSetState, Completion,
-    Config, Error, InvalidReason, Lease, MAX_DEVICES, ProtocolReason, SharedLeases, Timeout,
-    VdConfig,
+    BufferHandle, Call, ClientConfig, ClientSetState, Completion, Config, Error, InvalidReason,
+    Lease, SharedLeases, Timeout, VdConfig,
 };
 
-use vdi_foreign::ForeignDevice;
+use vdi_foreign::{ForeignDevice, SetState};
 
 use crate::{
     error::{Cause, HResultExt, Op, WinError},
@@ -108,16 +104,13 @@ impl SqlVdi {
         set.get()
             .create_ex(instance.as_ref(), &wide, &mut raw)
             .check(op)?;
-        let mut machine = ClientSetMachine::new();
-        machine
-            .create(config.device_count)
-            .map_err(|e| WinError::local(op, e))?;
+        let state = SetState::created(name, config).map_err(|e| WinError::local(op, e))?;
         debug!(
             set = name,
             devices = config.device_count,
             "device set created"
         );
-        Ok(SqlVdiSet::new(set, mta, name, machine, Some(*config)))
+        Ok(SqlVdiSet::new(set, mta, state))
     }
 
     /// `OpenInSecondaryEx`: joins the configured set `name` of `instance` from this secondary
@@ -143,10 +136,7 @@ impl SqlVdi {
             .open_in_secondary_ex(instance.as_ref(), &wide)
             .check(op)?;
         debug!(set = name, "joined as a secondary client");
-        // sqlvdi does not tell a secondary how many devices the set has: the machine allows
-        // every index, and sqlvdi checks the names.
-        let machine = ClientSetMachine::secondary(MAX_DEVICES);
-        Ok(SqlVdiSet::new(set, mta, name, machine, None))
+        Ok(SqlVdiSet::new(set, mta, SetState::joined(name)))
     }
 
     /// A new set object, in the multithreaded apartment, kept alive with it.
@@ -203,68 +193,37 @@ fn wide_name(op: Op, name: &str) -> Result<WideCString, WinError> {
     ))
 }
 
-/// What this process knows of the set, under one lock.
-#[derive(Debug)]
-struct Local {
-    machine: ClientSetMachine,
-    /// The devices this process opened: its index for each, and the name.
-    devices: Vec<(u32, String)>,
-}
-
 /// What a set's handle, devices and commands share.
 #[derive(Debug)]
 struct SetShared {
     /// Released before `_mta` (fields drop in order).
     set: FreeThreaded<IClientVirtualDeviceSet2>,
     _mta: MtaUsage,
-    name: String,
-    /// The client's configuration, for the primary; `None` in a secondary.
-    client_config: Option<ClientConfig>,
-    /// What `GetConfiguration` returned first.
-    config: OnceLock<Config>,
-    local: Mutex<Local>,
-    /// The byte ranges of sqlvdi's buffers that this process has views of: the buffers of the
-    /// commands it holds (prefix and data zone) and the mapped handles, with the process's
-    /// address space as the one space (0). sqlvdi hands out addresses only; this is what keeps
-    /// two views of the same bytes from existing at once in one process.
-    leases: Arc<SharedLeases>,
+    state: SetState,
 }
 
 impl SetShared {
-    fn local(&self) -> MutexGuard<'_, Local> {
-        self.local.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// `SignalAbort` on this process's own initiative (the caller is in the MTA).
     fn abort(&self) {
-        let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+        self.state.aborted();
         let _ = self.set.get().signal_abort();
     }
 
-    /// Records an abort that sqlvdi reported, so later calls answer `VD_E_ABORT` locally.
+    /// Records what a failed call of sqlvdi says of the set (an abort).
     fn observe(&self, e: &WinError) {
-        if e.error().is_abort() {
-            let _ = self.local().machine.signal_abort(AbortReason::Signalled);
-        }
+        self.state.observe(&e.error());
     }
 
-    /// The `prefixZoneSize` the set's buffers were laid out with: the primary's own request;
-    /// in a secondary, the configuration (fetched once, without waiting, if not yet asked).
+    /// The `prefixZoneSize` the set's buffers were laid out with.
     fn prefix_zone(&self) -> u32 {
-        if let Some(c) = self.client_config {
-            return c.prefix_zone_size;
-        }
-        if let Some(c) = self.config.get() {
-            return c.prefix_zone_size;
-        }
-        let mut raw = VdConfig::default();
-        if self.set.get().get_configuration(0, &mut raw).is_ok() {
-            return self
-                .config
-                .get_or_init(|| Config::from_raw(&raw))
-                .prefix_zone_size;
-        }
-        0
+        self.state.prefix_zone(|| {
+            let mut raw = VdConfig::default();
+            self.set
+                .get()
+                .get_configuration(0, &mut raw)
+                .is_ok()
+                .then_some(raw)
+        })
     }
 }
 
@@ -279,56 +238,32 @@ pub struct SqlVdiSet {
 }
 
 impl SqlVdiSet {
-    fn new(
-        set: FreeThreaded<IClientVirtualDeviceSet2>,
-        mta: MtaUsage,
-        name: &str,
-        machine: ClientSetMachine,
-        client_config: Option<ClientConfig>,
-    ) -> Self {
+    fn new(set: FreeThreaded<IClientVirtualDeviceSet2>, mta: MtaUsage, state: SetState) -> Self {
         Self {
             shared: Arc::new(SetShared {
                 set,
                 _mta: mta,
-                name: name.to_owned(),
-                client_config,
-                config: OnceLock::new(),
-                local: Mutex::new(Local {
-                    machine,
-                    devices: Vec::new(),
-                }),
-                leases: Arc::default(),
+                state,
             }),
         }
     }
 
     /// The set's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.state.name()
     }
 
     /// The set's state as this process knows it.
     pub fn state(&self) -> ClientSetState {
-        self.shared.local().machine.state()
-    }
-
-    /// GetBufferHandle and MapBufferHandle: the set machine's answer (VD_E_PROTOCOL once the
-    /// set is not open).
-    fn check_open(&self, op: Op, call: Call) -> Result<(), WinError> {
-        self.shared
-            .local()
-            .machine
-            .check_buffer_handle(call)
-            .map_err(|e| WinError::local(op, e))
+        self.shared.state.state()
     }
 
     fn configuration_inner(&self, timeout: Timeout) -> Result<Config, WinError> {
         let op = Op::GetConfiguration;
         let _apartment = enter(op)?;
         let sh = &self.shared;
-        sh.local()
-            .machine
-            .check_get_configuration()
+        sh.state
+            .before_configuration()
             .map_err(|e| WinError::local(op, e))?;
         let mut raw = VdConfig::default();
         let result = sh
@@ -340,10 +275,8 @@ impl SqlVdiSet {
             sh.observe(&e);
             return Err(e);
         }
-        let config = Config::from_raw(&raw);
-        sh.config.get_or_init(|| config);
-        sh.local().machine.configured();
-        debug!(set = %sh.name, features = ?config.features, block = config.block_size, max_transfer = config.max_transfer_size, "configured");
+        let config = sh.state.configured(&raw);
+        debug!(set = %sh.state.name(), features = ?config.features, block = config.block_size, max_transfer = config.max_transfer_size, "configured");
         Ok(config)
     }
 
@@ -352,50 +285,17 @@ impl SqlVdiSet {
         let wide = wide_name(op, name)?;
         let _apartment = enter(op)?;
         let sh = &self.shared;
-        {
-            let mut local = sh.local();
-            if !matches!(
-                local.machine.state(),
-                ClientSetState::Initializing | ClientSetState::Active
-            ) {
-                // In these states the machine only answers, with the table's error.
-                local
-                    .machine
-                    .open_device(0, false, false)
-                    .map_err(|e| WinError::local(op, e))?;
-            }
-            if local.devices.iter().any(|(_, n)| n == name) {
-                return Err(WinError::local(
-                    op,
-                    Error::Protocol(ProtocolReason::DeviceAlreadyOpen),
-                ));
-            }
-        }
+        sh.state
+            .before_open(name)
+            .map_err(|e| WinError::local(op, e))?;
         let device = sh.set.open_device(&wide).map_err(|hr| {
             let e = WinError::from_hresult(op, hr);
             sh.observe(&e);
             e
         })?;
-        let index = {
-            let mut local = sh.local();
-            // The device named like the set is device 0; sqlvdi does not reveal the order of
-            // the other names, so they are numbered in the order this process opens them.
-            let index = if name == sh.name {
-                0
-            } else {
-                (1..MAX_DEVICES)
-                    .find(|i| local.devices.iter().all(|(j, _)| j != i))
-                    .unwrap_or(MAX_DEVICES)
-            };
-            // On an error here `device` is released as it drops.
-            local
-                .machine
-                .open_device(index, false, false)
-                .map_err(|e| WinError::local(op, e))?;
-            local.devices.push((index, name.to_owned()));
-            index
-        };
-        trace!(set = %sh.name, device = name, index, "device opened");
+        // On an error here `device` is released as it drops.
+        let index = sh.state.opened(name).map_err(|e| WinError::local(op, e))?;
+        trace!(set = %sh.state.name(), device = name, index, "device opened");
         Ok(SqlVdiDevice {
             inner: Arc::new(DeviceInner {
                 device,
@@ -420,7 +320,10 @@ impl SqlVdiSet {
             return Err(WinError::local(op, Error::Invalid(InvalidReason::Buffer)));
         }
         let _apartment = enter(op)?;
-        self.check_open(op, Call::GetBufferHandle)?;
+        self.shared
+            .state
+            .before_buffer_handle(Call::GetBufferHandle, 0)
+            .map_err(|e| WinError::local(op, e))?;
         let handle = self
             .shared
             .set
@@ -437,16 +340,11 @@ impl SqlVdiSet {
     ) -> Result<SqlVdiMapped, WinError> {
         let op = Op::MapBufferHandle;
         let _apartment = enter(op)?;
-        self.check_open(op, Call::MapBufferHandle)?;
+        self.shared
+            .state
+            .before_buffer_handle(Call::MapBufferHandle, len)
+            .map_err(|e| WinError::local(op, e))?;
         let invalid = |reason| WinError::local(op, Error::Invalid(reason));
-        if self
-            .shared
-            .config
-            .get()
-            .is_some_and(|c| len > c.max_transfer_size)
-        {
-            return Err(invalid(InvalidReason::TransferSize));
-        }
         // sqlvdi checks the handle; an unknown one gets its own error.
         let ptr = self
             .shared
@@ -462,7 +360,7 @@ impl SqlVdiSet {
         // ...and no other view in this process may reach them (a command this process holds,
         // or another mapping).
         let start = ptr.as_ptr() as usize;
-        let lease = take_lease(&self.shared.leases, start, start + len as usize)
+        let lease = take_lease(self.shared.state.leases(), start, start + len as usize)
             .ok_or_else(|| invalid(InvalidReason::Buffer))?;
         #[allow(
             unsafe_code,
@@ -487,32 +385,23 @@ impl SqlVdiSet {
         let op = Op::SignalAbort;
         let _apartment = enter(op)?;
         self.shared
-            .local()
-            .machine
-            .signal_abort(AbortReason::Signalled)
+            .state
+            .before_abort()
             .map_err(|e| WinError::local(op, e))?;
-        debug!(set = %self.shared.name, "SignalAbort");
+        debug!(set = %self.shared.state.name(), "SignalAbort");
         self.shared.set.get().signal_abort().check(op)
     }
 
     fn close_inner(&self) -> Result<(), WinError> {
         let op = Op::Close;
         let _apartment = enter(op)?;
-        let mut local = self.shared.local();
-        if local.machine.state() == ClientSetState::DoesNotExist {
-            return Err(WinError::local(
-                op,
-                Error::Protocol(ProtocolReason::WrongState(Call::Close)),
-            ));
-        }
-        let result = self.shared.set.get().close().check(op);
-        // sqlvdi knows which devices are still open, in every process; its answer stands, and
-        // the machine goes back to DoesNotExist either way.
-        let open = local.machine.has_open_devices();
-        let _ = local.machine.close(open);
-        local.devices.clear();
-        drop(local);
-        debug!(set = %self.shared.name, result = ?result.as_ref().err().map(WinError::error), "Close");
+        let result = self
+            .shared
+            .state
+            .close(|| self.shared.set.get().close().check(op))
+            .map_err(|e| WinError::local(op, e))
+            .and_then(|r| r);
+        debug!(set = %self.shared.state.name(), result = ?result.as_ref().err().map(WinError::error), "Close");
         result
     }
 }
@@ -595,9 +484,8 @@ impl SqlVdiDevice {
         // The set machine answers, VD_E_CLOSE too for a device that returned it (see
         // `ClientSetMachine::check_get_command`), without a call into sqlvdi.
         let check = || {
-            set.local()
-                .machine
-                .check_get_command(inner.index)
+            set.state
+                .before_command(inner.index)
                 .map_err(|e| WinError::local(op, e))
         };
         check()?;
@@ -607,9 +495,7 @@ impl SqlVdiDevice {
         };
         // Again with the turn: the thread that had it may have ended the device.
         check()?;
-        let remaining = deadline.map_or(Timeout::INFINITE, |d| {
-            Timeout::from(d.saturating_duration_since(Instant::now()))
-        });
+        let remaining = vdi_foreign::remaining(deadline);
         match inner
             .device
             .get()
@@ -617,17 +503,12 @@ impl SqlVdiDevice {
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
-                SqlVdiCommand::arrive(Arc::clone(inner) as _, cmd, &set.leases)
+                SqlVdiCommand::arrive(Arc::clone(inner) as _, cmd, set.state.leases())
                     .map_err(|e| WinError::local(op, e))
             }
             Err(hr) => {
                 let e = WinError::from_hresult(op, hr);
-                if e.error() == Error::Closed {
-                    set.local().machine.device_closed(inner.index);
-                    trace!(device = %inner.name, "VD_E_CLOSE");
-                } else {
-                    set.observe(&e);
-                }
+                set.state.command_failed(inner.index, &e.error());
                 Err(e)
             }
         }
@@ -664,9 +545,8 @@ impl DeviceInner {
         let code = cmd.code();
         let _apartment = enter(op)?;
         self.set
-            .local()
-            .machine
-            .check_complete_command(self.index)
+            .state
+            .before_complete(self.index)
             .map_err(|e| WinError::local(op, e))?;
         self.device
             .get()

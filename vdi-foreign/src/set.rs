@@ -1,0 +1,265 @@
+//! What a binding knows of one set in this process, and the state machine's word before and
+//! after each call: the glue between `vdi-core`'s [`ClientSetMachine`] and a foreign library,
+//! the same for sqlvdi.dll and libsqlvdi.so.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    time::Instant,
+};
+
+use vdi_core::{
+    AbortReason, Call, ClientConfig, ClientSetMachine, ClientSetState, Config, Error,
+    InvalidReason, MAX_DEVICES, ProtocolReason, SharedLeases, Timeout, VdConfig,
+};
+
+/// What this process knows of the set, under one lock.
+#[derive(Debug)]
+struct Local {
+    machine: ClientSetMachine,
+    /// The devices this process opened: its index for each, and the name.
+    devices: Vec<(u32, String)>,
+}
+
+/// One set's state in this process: its machine, its devices, its configuration, and the
+/// leases on the views of its buffers.
+///
+/// The binding asks it before each call into the library (a call the specification's table
+/// forbids in the state this process knows gets the table's answer without reaching the
+/// library) and tells it each outcome after (configured, device opened, `VD_E_CLOSE`, abort).
+/// Once a call reaches the library, the library's answer is the answer.
+#[derive(Debug)]
+pub struct SetState {
+    name: String,
+    /// The client's configuration, for the primary; `None` in a secondary.
+    client_config: Option<ClientConfig>,
+    /// What `GetConfiguration` returned first.
+    config: OnceLock<Config>,
+    local: Mutex<Local>,
+    /// The byte ranges of the library's buffers this process has views of (the commands it
+    /// holds, prefix and data zone, and the mapped handles), in the process's one address space
+    /// (0): the libraries hand out addresses only, and this keeps two views of the same bytes
+    /// from existing at once.
+    leases: Arc<SharedLeases>,
+}
+
+impl SetState {
+    /// The set `name` this process created with `config` (the library's `Create` succeeded).
+    ///
+    /// # Errors
+    ///
+    /// What the machine says of `Create` (it does not fail on a new set).
+    pub fn created(name: &str, config: &ClientConfig) -> Result<Self, Error> {
+        let mut machine = ClientSetMachine::new();
+        machine.create(config.device_count)?;
+        Ok(Self::new(name, machine, Some(*config)))
+    }
+
+    /// The set `name` this secondary process joined. The libraries do not tell a secondary how
+    /// many devices the set has: the machine allows every index, and the library checks names.
+    pub fn joined(name: &str) -> Self {
+        Self::new(name, ClientSetMachine::secondary(MAX_DEVICES), None)
+    }
+
+    fn new(name: &str, machine: ClientSetMachine, client_config: Option<ClientConfig>) -> Self {
+        Self {
+            name: name.to_owned(),
+            client_config,
+            config: OnceLock::new(),
+            local: Mutex::new(Local {
+                machine,
+                devices: Vec::new(),
+            }),
+            leases: Arc::default(),
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The set's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The set's state as this process knows it.
+    pub fn state(&self) -> ClientSetState {
+        self.local().machine.state()
+    }
+
+    /// The leases on the views of the set's buffers in this process.
+    pub fn leases(&self) -> &Arc<SharedLeases> {
+        &self.leases
+    }
+
+    /// Records an abort: this process's own, or one the library reported. Later calls answer
+    /// `VD_E_ABORT` locally.
+    pub fn aborted(&self) {
+        let _ = self.local().machine.signal_abort(AbortReason::Signalled);
+    }
+
+    /// Records what a failed call says of the set (an abort).
+    pub fn observe(&self, e: &Error) {
+        if e.is_abort() {
+            self.aborted();
+        }
+    }
+
+    /// Before `GetConfiguration`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn before_configuration(&self) -> Result<(), Error> {
+        self.local().machine.check_get_configuration()
+    }
+
+    /// `GetConfiguration` returned `raw`.
+    pub fn configured(&self, raw: &VdConfig) -> Config {
+        let config = Config::from_raw(raw);
+        self.config.get_or_init(|| config);
+        self.local().machine.configured();
+        config
+    }
+
+    /// The `prefixZoneSize` the set's buffers were laid out with: the primary's own request;
+    /// in a secondary, the configuration (fetched once with `fetch`, a `GetConfiguration` that
+    /// does not wait, if not yet asked).
+    pub fn prefix_zone(&self, fetch: impl FnOnce() -> Option<VdConfig>) -> u32 {
+        if let Some(c) = self.client_config {
+            return c.prefix_zone_size;
+        }
+        if let Some(c) = self.config.get() {
+            return c.prefix_zone_size;
+        }
+        match fetch() {
+            Some(raw) => {
+                self.config
+                    .get_or_init(|| Config::from_raw(&raw))
+                    .prefix_zone_size
+            }
+            None => 0,
+        }
+    }
+
+    /// Before `OpenDevice` of `name`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer in a state where devices cannot be opened; `VD_E_PROTOCOL` for a
+    /// device this process has open.
+    pub fn before_open(&self, name: &str) -> Result<(), Error> {
+        let mut local = self.local();
+        if !matches!(
+            local.machine.state(),
+            ClientSetState::Initializing | ClientSetState::Active
+        ) {
+            // In these states the machine only answers, with the table's error.
+            local.machine.open_device(0, false, false)?;
+        }
+        if local.devices.iter().any(|(_, n)| n == name) {
+            return Err(Error::Protocol(ProtocolReason::DeviceAlreadyOpen));
+        }
+        Ok(())
+    }
+
+    /// `OpenDevice` of `name` succeeded: the device's index. The device named like the set is
+    /// device 0; the libraries do not reveal the order of the other names, so they are
+    /// numbered in the order this process opens them.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer (the binding releases the device object).
+    pub fn opened(&self, name: &str) -> Result<u32, Error> {
+        let mut local = self.local();
+        let index = if name == self.name {
+            0
+        } else {
+            (1..MAX_DEVICES)
+                .find(|i| local.devices.iter().all(|(j, _)| j != i))
+                .unwrap_or(MAX_DEVICES)
+        };
+        local.machine.open_device(index, false, false)?;
+        local.devices.push((index, name.to_owned()));
+        Ok(index)
+    }
+
+    /// Before `GetBufferHandle` or `MapBufferHandle` (`call`) of `len` bytes (0 for
+    /// GetBufferHandle).
+    ///
+    /// # Errors
+    ///
+    /// `VD_E_PROTOCOL` once the set is not open; `VD_E_INVALID` for more than the set's
+    /// `maxTransferSize`.
+    pub fn before_buffer_handle(&self, call: Call, len: u32) -> Result<(), Error> {
+        self.local().machine.check_buffer_handle(call)?;
+        if self.config.get().is_some_and(|c| len > c.max_transfer_size) {
+            return Err(Error::Invalid(InvalidReason::TransferSize));
+        }
+        Ok(())
+    }
+
+    /// Before `SignalAbort` on this process's own initiative.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn before_abort(&self) -> Result<(), Error> {
+        self.local().machine.signal_abort(AbortReason::Signalled)
+    }
+
+    /// `Close`, with `call` (the library's) made under the set's lock: the library knows which
+    /// devices are still open, in every process, and its answer, `call`'s result, stands; the
+    /// machine goes back to DoesNotExist either way.
+    ///
+    /// # Errors
+    ///
+    /// `VD_E_PROTOCOL`, without a call, when the set does not exist here.
+    pub fn close<R>(&self, call: impl FnOnce() -> R) -> Result<R, Error> {
+        let mut local = self.local();
+        if local.machine.state() == ClientSetState::DoesNotExist {
+            return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
+        }
+        let result = call();
+        let open = local.machine.has_open_devices();
+        let _ = local.machine.close(open);
+        local.devices.clear();
+        Ok(result)
+    }
+
+    /// Before `GetCommand` on device `index` (the machine answers `VD_E_CLOSE` too, for a
+    /// device that returned it, without a call into the library).
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn before_command(&self, index: u32) -> Result<(), Error> {
+        self.local().machine.check_get_command(index)
+    }
+
+    /// `GetCommand` on device `index` failed with `e`.
+    pub fn command_failed(&self, index: u32, e: &Error) {
+        if *e == Error::Closed {
+            self.local().machine.device_closed(index);
+        } else {
+            self.observe(e);
+        }
+    }
+
+    /// Before `CompleteCommand` on device `index`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn before_complete(&self, index: u32) -> Result<(), Error> {
+        self.local().machine.check_complete_command(index)
+    }
+}
+
+/// The time left until `deadline` (`None`: no limit), for the library's call after a wait for
+/// the device's turn.
+pub fn remaining(deadline: Option<Instant>) -> Timeout {
+    deadline.map_or(Timeout::INFINITE, |d| {
+        Timeout::from(d.saturating_duration_since(Instant::now()))
+    })
+}
