@@ -7,7 +7,8 @@
 //! 1. Wine, MinGW-w64 (C and C++) and the Rust target, installed when missing, and the prefix
 //!    `target/wine/sdk-prefix` (see [`crate::wine::Wine`]); it is not the prefix of
 //!    `wine-test`, whose vdi-win tests insist that no sqlvdi.dll is registered.
-//! 2. `cargo build --target x86_64-pc-windows-gnu -p vdi-sdk -p vdi-engine`, and a check that
+//! 2. `cargo build --target x86_64-pc-windows-gnu -p vdi-sdk -p vdi-engine`, then `-p vdi-agent`
+//!    on its own (as `wine-test` builds it, so the two share the build), and a check that
 //!    `sqlvdi.dll` exports exactly `DllCanUnloadNow`, `DllGetClassObject`, `DllRegisterServer`
 //!    and `DllUnregisterServer` (`objdump -p`).
 //! 3. Registration through `regsvr32`: a registration, found in the registry with
@@ -28,7 +29,16 @@
 //!    - mthread with 3 devices and an engine abort (`--abort-at`): the sample's failure path;
 //!    - BackupX: the same four runs as on Linux ([`crate::sdk::backupx`]);
 //!    - our client: the same runs as on Linux ([`crate::sdk::own_client`]): bad input, and two
-//!      devices with `OpenInSecondaryEx` and buffer handles mapped in a second process.
+//!      devices with `OpenInSecondaryEx` and buffer handles mapped in a second process;
+//!    - `vdi-agent.exe --external --set NAME` (`--backend auto`, which is vdi-win on Windows:
+//!      sqlvdi.dll through COM) against `vdi-engine.exe` started on its own, 4 MiB through 1
+//!      and 4 devices: a backup (the engine's exit 0 and the agent's, `info --json` saying
+//!      `complete`, `verify` clean) and a restore of it with every byte checked by the engine;
+//!      each run's vdi-win log (`RUST_LOG=vdi_win=debug`) says it created the set; a restore
+//!      of a copy whose stripe has one byte changed, which the agent refuses (its exit 5; the
+//!      engine's 1, its Read completed with an error) as `verify` does; and a backup with the
+//!      class unregistered (`regsvr32 /u`), which fails with `REGDB_E_CLASSNOTREG`, before the
+//!      final registration.
 //! 6. vdi-sdk's conformance suite under Wine, against vdi-shm's Windows backend and against
 //!    vdi-win (the binding made for Microsoft's sqlvdi.dll) over our registered COM server:
 //!    the first time vdi-win talks to a real COM server.
@@ -42,7 +52,7 @@ use std::{
 
 use crate::{
     Outcome, project_root,
-    sdk::{self, Host, Ran, copy, file, log_lines, mkdir, run_one},
+    sdk::{self, Host, Ran, copy, file, log_lines, mkdir, pair, run_one},
     stage,
     wine::{MINGW_GXX, Wine},
 };
@@ -77,6 +87,11 @@ pub(crate) fn run() -> Result<Outcome, String> {
         "sdk-test (Windows): build sqlvdi.dll, vdi-engine.exe, vdi-sqlcmd.exe",
         build,
     )?;
+    // On its own, as wine-test builds it: the same features, so the two stages share the build.
+    stage(
+        "sdk-test (Windows): build vdi-agent.exe",
+        wine.cargo(&["build", "-p", "vdi-agent"]),
+    )?;
     let debug = wine.debug_dir();
     check_exports(&debug.join("sqlvdi.dll"))?;
 
@@ -88,6 +103,7 @@ pub(crate) fn run() -> Result<Outcome, String> {
         root,
         lib: work.join("lib"),
         engine: debug.join("vdi-engine.exe"),
+        agent: debug.join("vdi-agent.exe"),
         work,
     };
     mkdir(&env.lib)?;
@@ -102,6 +118,7 @@ pub(crate) fn run() -> Result<Outcome, String> {
     sdk::backupx(&env, &dir, &dir.join("build/backupx-sqlvdi.exe"))?;
     let dir = env.work.join("own");
     sdk::own_client(&env, &dir, &dir.join("com_client.exe"))?;
+    agent(&env)?;
 
     // The conformance suite: vdi-shm's Windows backend, and vdi-win over our COM server.
     let mut conformance = env
@@ -151,6 +168,7 @@ struct WinEnv {
     work: PathBuf,
     lib: PathBuf,
     engine: PathBuf,
+    agent: PathBuf,
 }
 
 impl Host for WinEnv {
@@ -491,5 +509,223 @@ fn mthread(env: &WinEnv) -> Result<(), String> {
         return Err(format!("osql.exe's log says {got:?}, expected {want:?}"));
     }
     println!("=== xtask: sdk-test (Windows): ok: the engine's exit codes behind mthread.cpp");
+    Ok(())
+}
+
+/// The size of the pseudo-database of each agent run.
+const AGENT_SIZE: &str = "4MiB";
+
+/// `vdi-agent.exe <args>` in `dir` (no engine), with vdi-win's debug log on stderr.
+fn agent_cmd(env: &WinEnv, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String> {
+    let mut c = env.client(&env.agent, dir, tag)?;
+    c.args(args)
+        .args(["--no-progress"])
+        .env("RUST_LOG", "vdi_win=debug");
+    Ok(c)
+}
+
+/// The agent's log says vdi-win created the set: the run went through COM, to the class
+/// registered in the prefix (ours), not through vdi-shm directly.
+fn through_com(ran: &Ran, what: &str) -> Result<(), String> {
+    let created = ran
+        .err
+        .lines()
+        .any(|l| l.contains("vdi_win") && l.contains("device set created"));
+    if !created {
+        return Err(format!(
+            "{what}: no vdi-win log line 'device set created' on stderr: the agent did not go \
+             through sqlvdi.dll\n--- stderr:\n{}",
+            ran.err
+        ));
+    }
+    Ok(())
+}
+
+/// `vdi-agent.exe --external` (vdi-win over our registered sqlvdi.dll) against `vdi-engine.exe`
+/// started on its own: backup and restore through 1 and 4 devices, the engine checking every
+/// byte; the manifest complete and `verify` clean; a restore of a stripe with one byte changed
+/// refused; and with the class unregistered, the agent fails for that reason.
+fn agent(env: &WinEnv) -> Result<(), String> {
+    let dir = env.work.join("agent");
+    mkdir(&dir)?;
+    for n in ["1", "4"] {
+        let backup = format!("backup-{n}");
+        let set = format!("agent-b{n}");
+        let c = agent_cmd(
+            env,
+            &dir,
+            &backup,
+            &[
+                "backup",
+                &backup,
+                "--external",
+                "--set",
+                &set,
+                "--devices",
+                n,
+                "--json",
+            ],
+        )?;
+        let e = env.engine(
+            &dir,
+            &format!("{backup}-engine"),
+            &[
+                "backup",
+                "--set",
+                &set,
+                "--devices",
+                n,
+                "--size",
+                AGENT_SIZE,
+            ],
+        )?;
+        let (c, e) = pair(c, e, &dir, &backup)?;
+        e.expect(
+            &format!("engine: vdi-agent.exe backup through {n} devices"),
+            0,
+            &["BACKUP DATABASE successfully processed"],
+            &[&format!("{n} devices")],
+        )?;
+        c.expect(
+            &format!("vdi-agent.exe --external backup through {n} devices (vdi-win)"),
+            0,
+            &[r#""state": "complete""#, &format!(r#""devices": {n}"#)],
+            &[],
+        )?;
+        through_com(&c, &backup)?;
+
+        let c = agent_cmd(
+            env,
+            &dir,
+            &format!("{backup}-info"),
+            &["info", &backup, "--json"],
+        )?;
+        run_one(c, &dir, &format!("{backup}-info"))?.expect(
+            &format!("vdi-agent.exe info: the {n}-device backup is complete"),
+            0,
+            &[
+                r#""state": "complete""#,
+                r#""good": true"#,
+                &format!(r#""devices": {n}"#),
+            ],
+            &[],
+        )?;
+        let c = agent_cmd(env, &dir, &format!("{backup}-verify"), &["verify", &backup])?;
+        run_one(c, &dir, &format!("{backup}-verify"))?.expect(
+            &format!("vdi-agent.exe verify of the {n}-device backup"),
+            0,
+            &[],
+            &[],
+        )?;
+
+        let restore = format!("restore-{n}");
+        let set = format!("agent-r{n}");
+        let c = agent_cmd(
+            env,
+            &dir,
+            &restore,
+            &["restore", &backup, "--external", "--set", &set, "--json"],
+        )?;
+        let e = env.engine(
+            &dir,
+            &format!("{restore}-engine"),
+            &["restore", "--set", &set, "--devices", n],
+        )?;
+        let (c, e) = pair(c, e, &dir, &restore)?;
+        e.expect(
+            &format!("engine: vdi-agent.exe restore through {n} devices (every byte checked)"),
+            0,
+            &["RESTORE DATABASE successfully processed"],
+            &["verified: true"],
+        )?;
+        c.expect(
+            &format!("vdi-agent.exe --external restore through {n} devices (vdi-win)"),
+            0,
+            &[r#""operation": "restore""#, &format!(r#""devices": {n}"#)],
+            &[],
+        )?;
+        through_com(&c, &restore)?;
+    }
+
+    // One byte changed in the middle of the stripe: the agent's checksums refuse it.
+    let changed = dir.join("changed");
+    mkdir(&changed)?;
+    for f in ["manifest.json", "stripe-00.vdis"] {
+        copy(&dir.join("backup-1").join(f), &changed.join(f))?;
+    }
+    let stripe = changed.join("stripe-00.vdis");
+    let mut bytes = fs::read(&stripe).map_err(|e| format!("{}: {e}", stripe.display()))?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&stripe, bytes).map_err(|e| format!("{}: {e}", stripe.display()))?;
+    let c = agent_cmd(
+        env,
+        &dir,
+        "restore-changed",
+        &["restore", "changed", "--external", "--set", "agent-bad"],
+    )?;
+    let e = env.engine(
+        &dir,
+        "restore-changed-engine",
+        &["restore", "--set", "agent-bad"],
+    )?;
+    let (c, e) = pair(c, e, &dir, "restore-changed")?;
+    c.expect(
+        "vdi-agent.exe restore of a stripe with one byte changed fails (exit 5: corrupt)",
+        5,
+        &[],
+        &["payload checksum mismatch"],
+    )?;
+    // The agent completes the engine's Read with an error: the engine's exit 1.
+    e.expect(
+        "engine: the restore of the changed stripe failed (a Read completed with an error)",
+        1,
+        &[],
+        &["RESTORE failed", "VDC_Read failed"],
+    )?;
+    let c = agent_cmd(env, &dir, "verify-changed", &["verify", "changed"])?;
+    run_one(c, &dir, "verify-changed")?.expect(
+        "vdi-agent.exe verify of the changed stripe fails (exit 5)",
+        5,
+        &[],
+        &[],
+    )?;
+
+    // Without the registration the agent cannot create a set: it used the COM class.
+    env.regsvr32("agent-unregister", &["/u", "/s"], false)?
+        .expect("regsvr32 /u sqlvdi.dll (for the agent)", 0, &[], &[])?;
+    let c = agent_cmd(
+        env,
+        &dir,
+        "unregistered",
+        &[
+            "backup",
+            "unregistered",
+            "--external",
+            "--set",
+            "agent-unreg",
+            "--connect-timeout",
+            "20s",
+        ],
+    )?;
+    let unregistered = run_one(c, &dir, "unregistered")?;
+    env.regsvr32("agent-register", &["/s"], false)?.expect(
+        "regsvr32 sqlvdi.dll again (for the conformance suite)",
+        0,
+        &[],
+        &[],
+    )?;
+    unregistered.expect(
+        "vdi-agent.exe --external with sqlvdi.dll unregistered fails for that reason",
+        1,
+        &[],
+        &[
+            "cannot create the device set 'agent-unreg'",
+            "REGDB_E_CLASSNOTREG",
+        ],
+    )?;
+    if env.registered("agent-query")?.as_deref() != Some(env.our_dll().as_str()) {
+        return Err("sqlvdi.dll is not registered again after the agent's runs".to_owned());
+    }
     Ok(())
 }
