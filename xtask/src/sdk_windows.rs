@@ -34,16 +34,19 @@
 //!      sqlvdi.dll through COM) against `vdi-engine.exe` started on its own, 4 MiB through 1
 //!      and 4 devices: a backup (the engine's exit 0 and the agent's, `info --json` saying
 //!      `complete`, `verify` clean) and a restore of it with every byte checked by the engine;
-//!      each run's vdi-win log (`RUST_LOG=vdi_win=debug`) says it created the set; a restore
-//!      of a copy whose stripe has one byte changed, which the agent refuses (its exit 5; the
-//!      engine's 1, its Read completed with an error) as `verify` does; and a backup with the
-//!      class unregistered (`regsvr32 /u`), which fails with `REGDB_E_CLASSNOTREG`, before the
-//!      final registration.
+//!      each run's vdi-win log (`RUST_LOG=vdi_win=debug`) says it created the set, and Wine's
+//!      relay log of each backup (`+relay`, only `CreateFileW` and `FlushFileBuffers`, the
+//!      prefix's `RelayInclude`) shows a successful FlushFileBuffers on every stripe file and
+//!      the manifest; a restore of a copy whose stripe has one byte changed, which the agent
+//!      refuses (its exit 5; the engine's 1, its Read completed with an error) as `verify`
+//!      does; and a backup with the class unregistered (`regsvr32 /u`), which fails with
+//!      `REGDB_E_CLASSNOTREG`, before the final registration.
 //! 6. vdi-sdk's conformance suite under Wine, against vdi-shm's Windows backend and against
 //!    vdi-win (the binding made for Microsoft's sqlvdi.dll) over our registered COM server:
 //!    the first time vdi-win talks to a real COM server.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -524,6 +527,87 @@ fn agent_cmd(env: &WinEnv, dir: &Path, tag: &str, args: &[&str]) -> Result<Comma
     Ok(c)
 }
 
+/// Makes Wine's `+relay` channel (on for the agent's backups) log only `CreateFileW` and
+/// `FlushFileBuffers`: the prefix's `RelayInclude`.
+fn relay_file_calls(env: &WinEnv, dir: &Path) -> Result<(), String> {
+    let mut add = env.client(Path::new("reg"), dir, "relay-include")?;
+    add.args([
+        "add",
+        r"HKCU\Software\Wine\Debug",
+        "/v",
+        "RelayInclude",
+        "/d",
+        "CreateFileW;FlushFileBuffers",
+        "/f",
+    ]);
+    run_one(add, dir, "relay-include")?.expect(
+        "reg add RelayInclude (Wine logs the agent's CreateFileW and FlushFileBuffers)",
+        0,
+        &[],
+        &[],
+    )
+}
+
+/// The names of the files a successful `FlushFileBuffers` was called on, from a `+relay` log:
+/// `TID:Call KERNEL32.CreateFileW(ADDR L"PATH",...)` then `TID:Ret  KERNEL32.CreateFileW()
+/// retval=HANDLE` name the handles; `TID:Call KERNEL32.FlushFileBuffers(HANDLE)` then `TID:Ret
+/// KERNEL32.FlushFileBuffers() retval=NONZERO` is a flush that worked.
+fn flushed_files(log: &str) -> BTreeSet<String> {
+    let hex = |s: &str| u64::from_str_radix(s.split([' ', ')']).next().unwrap_or(""), 16).ok();
+    let mut opening: HashMap<&str, String> = HashMap::new();
+    let mut flushing: HashMap<&str, String> = HashMap::new();
+    let mut handles: HashMap<u64, String> = HashMap::new();
+    let mut flushed = BTreeSet::new();
+    for line in log.lines() {
+        let Some((thread, call)) = line.split_once(':') else {
+            continue;
+        };
+        if let Some(args) = call.strip_prefix("Call KERNEL32.CreateFileW(") {
+            if let Some(name) = args.split('"').nth(1).and_then(|p| p.rsplit('\\').next()) {
+                opening.insert(thread, name.to_owned());
+            }
+        } else if let Some(ret) = call.strip_prefix("Ret  KERNEL32.CreateFileW() retval=") {
+            if let (Some(name), Some(h)) = (opening.remove(thread), hex(ret))
+                && h != u64::MAX
+            {
+                handles.insert(h, name);
+            }
+        } else if let Some(args) = call.strip_prefix("Call KERNEL32.FlushFileBuffers(") {
+            if let Some(name) = hex(args).and_then(|h| handles.get(&h)) {
+                flushing.insert(thread, name.clone());
+            }
+        } else if let Some(ret) = call.strip_prefix("Ret  KERNEL32.FlushFileBuffers() retval=")
+            && let Some(name) = flushing.remove(thread)
+            && hex(ret).is_some_and(|r| r != 0)
+        {
+            flushed.insert(name);
+        }
+    }
+    flushed
+}
+
+/// The relay log of a backup through `n` devices shows a successful FlushFileBuffers on every
+/// stripe file and on the manifest: the agent's fsync, on Windows.
+fn flushed_every(ran: &Ran, what: &str, n: &str) -> Result<(), String> {
+    let count: u32 = n.parse().map_err(|_| format!("bad device count {n}"))?;
+    let flushed = flushed_files(&ran.err);
+    let unsynced: Vec<String> = (0..count)
+        .map(|i| format!("stripe-{i:02}.vdis"))
+        .chain(["manifest.json.tmp".to_owned()])
+        .filter(|f| !flushed.contains(f))
+        .collect();
+    if !unsynced.is_empty() {
+        return Err(format!(
+            "{what}: no successful FlushFileBuffers on {unsynced:?} (flushed: {flushed:?})"
+        ));
+    }
+    println!(
+        "=== xtask: sdk-test (Windows): ok: FlushFileBuffers on every stripe and the manifest \
+         ({n} devices)"
+    );
+    Ok(())
+}
+
 /// The agent's log says vdi-win created the set: the run went through COM, to the class
 /// registered in the prefix (ours), not through vdi-shm directly.
 fn through_com(ran: &Ran, what: &str) -> Result<(), String> {
@@ -543,15 +627,17 @@ fn through_com(ran: &Ran, what: &str) -> Result<(), String> {
 
 /// `vdi-agent.exe --external` (vdi-win over our registered sqlvdi.dll) against `vdi-engine.exe`
 /// started on its own: backup and restore through 1 and 4 devices, the engine checking every
-/// byte; the manifest complete and `verify` clean; a restore of a stripe with one byte changed
-/// refused; and with the class unregistered, the agent fails for that reason.
+/// byte; the manifest complete, `verify` clean, and every stripe and the manifest hardened with
+/// FlushFileBuffers; a restore of a stripe with one byte changed refused; and with the class
+/// unregistered, the agent fails for that reason.
 fn agent(env: &WinEnv) -> Result<(), String> {
     let dir = env.work.join("agent");
     mkdir(&dir)?;
+    relay_file_calls(env, &dir)?;
     for n in ["1", "4"] {
         let backup = format!("backup-{n}");
         let set = format!("agent-b{n}");
-        let c = agent_cmd(
+        let mut c = agent_cmd(
             env,
             &dir,
             &backup,
@@ -566,6 +652,7 @@ fn agent(env: &WinEnv) -> Result<(), String> {
                 "--json",
             ],
         )?;
+        c.env("WINEDEBUG", "+relay");
         let e = env.engine(
             &dir,
             &format!("{backup}-engine"),
@@ -593,6 +680,7 @@ fn agent(env: &WinEnv) -> Result<(), String> {
             &[],
         )?;
         through_com(&c, &backup)?;
+        flushed_every(&c, &backup, n)?;
 
         let c = agent_cmd(
             env,
@@ -728,4 +816,34 @@ fn agent(env: &WinEnv) -> Result<(), String> {
         return Err("sqlvdi.dll is not registered again after the agent's runs".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flushed_files;
+
+    /// A relay log as Wine 8 writes it: two threads interleaved, a failed open, a handle
+    /// reused for another file, and a failed flush.
+    #[test]
+    fn flushed_files_follows_handles_per_thread() {
+        let log = r#"0110:Call KERNEL32.CreateFileW(00390120 L"\\\\?\\Z:\\w\\b",00000000)
+0110:Ret  KERNEL32.CreateFileW() retval=ffffffffffffffff ret=14090bdd5
+0110:Call KERNEL32.CreateFileW(00387b90 L"\\\\?\\Z:\\w\\b\\stripe-00.vdis",40000000)
+0110:Ret  KERNEL32.CreateFileW() retval=000000bc ret=14090bdd5
+0110:Call KERNEL32.CreateFileW(00388f80 L"\\\\?\\Z:\\w\\b\\stripe-01.vdis",40000000)
+0110:Ret  KERNEL32.CreateFileW() retval=000000c4 ret=14090bdd5
+0160:Call KERNEL32.FlushFileBuffers(000000c4) ret=140906402
+0158:Call KERNEL32.FlushFileBuffers(000000bc) ret=140906402
+0158:Ret  KERNEL32.FlushFileBuffers() retval=00000001 ret=140906402
+0160:Ret  KERNEL32.FlushFileBuffers() retval=00000000 ret=140906402
+0158:Call KERNEL32.CreateFileW(0039e990 L"\\\\?\\Z:\\w\\b\\manifest.json.tmp",40000000)
+0158:Ret  KERNEL32.CreateFileW() retval=000000bc ret=14090bdd5
+0158:Call KERNEL32.FlushFileBuffers(000000bc) ret=140906402
+0158:Ret  KERNEL32.FlushFileBuffers() retval=00000001 ret=140906402
+0158:trace:relay:load_list L"RelayInclude" = L"CreateFileW;FlushFileBuffers"
+"#;
+        let got: Vec<String> = flushed_files(log).into_iter().collect();
+        // stripe-01's flush failed; the failed open named no handle.
+        assert_eq!(got, ["manifest.json.tmp", "stripe-00.vdis"]);
+    }
 }
