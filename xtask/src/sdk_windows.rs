@@ -7,7 +7,8 @@
 //! 1. Wine, MinGW-w64 (C and C++) and the Rust target, installed when missing, and the prefix
 //!    `target/wine/sdk-prefix` (see [`crate::wine::Wine`]); it is not the prefix of
 //!    `wine-test`, whose vdi-win tests insist that no sqlvdi.dll is registered.
-//! 2. `cargo build --target x86_64-pc-windows-gnu -p vdi-sdk -p vdi-engine`, and a check that
+//! 2. `cargo build --target x86_64-pc-windows-gnu -p vdi-sdk -p vdi-engine`, then `-p vdi-agent`
+//!    on its own (as `wine-test` builds it, so the two share the build), and a check that
 //!    `sqlvdi.dll` exports exactly `DllCanUnloadNow`, `DllGetClassObject`, `DllRegisterServer`
 //!    and `DllUnregisterServer` (`objdump -p`).
 //! 3. Registration through `regsvr32`: a registration, found in the registry with
@@ -28,12 +29,24 @@
 //!    - mthread with 3 devices and an engine abort (`--abort-at`): the sample's failure path;
 //!    - BackupX: the same four runs as on Linux ([`crate::sdk::backupx`]);
 //!    - our client: the same runs as on Linux ([`crate::sdk::own_client`]): bad input, and two
-//!      devices with `OpenInSecondaryEx` and buffer handles mapped in a second process.
+//!      devices with `OpenInSecondaryEx` and buffer handles mapped in a second process;
+//!    - `vdi-agent.exe --external --set NAME` (`--backend auto`, which is vdi-win on Windows:
+//!      sqlvdi.dll through COM) against `vdi-engine.exe` started on its own, 4 MiB through 1
+//!      and 4 devices: a backup (the engine's exit 0 and the agent's, `info --json` saying
+//!      `complete`, `verify` clean) and a restore of it with every byte checked by the engine;
+//!      each run's vdi-win log (`RUST_LOG=vdi_win=debug`) says it created the set, and Wine's
+//!      relay log of each backup (`+relay`, only `CreateFileW` and `FlushFileBuffers`, the
+//!      prefix's `RelayInclude`) shows a successful FlushFileBuffers on every stripe file and
+//!      the manifest; a restore of a copy whose stripe has one byte changed, which the agent
+//!      refuses (its exit 5; the engine's 1, its Read completed with an error) as `verify`
+//!      does; and a backup with the class unregistered (`regsvr32 /u`), which fails with
+//!      `REGDB_E_CLASSNOTREG`, before the final registration.
 //! 6. vdi-sdk's conformance suite under Wine, against vdi-shm's Windows backend and against
 //!    vdi-win (the binding made for Microsoft's sqlvdi.dll) over our registered COM server:
 //!    the first time vdi-win talks to a real COM server.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -42,7 +55,7 @@ use std::{
 
 use crate::{
     Outcome, project_root,
-    sdk::{self, Host, Ran, copy, file, log_lines, mkdir, run_one},
+    sdk::{self, Host, Ran, copy, file, log_lines, mkdir, pair, run_one},
     stage,
     wine::{MINGW_GXX, Wine},
 };
@@ -77,6 +90,11 @@ pub(crate) fn run() -> Result<Outcome, String> {
         "sdk-test (Windows): build sqlvdi.dll, vdi-engine.exe, vdi-sqlcmd.exe",
         build,
     )?;
+    // On its own, as wine-test builds it: the same features, so the two stages share the build.
+    stage(
+        "sdk-test (Windows): build vdi-agent.exe",
+        wine.cargo(&["build", "-p", "vdi-agent"]),
+    )?;
     let debug = wine.debug_dir();
     check_exports(&debug.join("sqlvdi.dll"))?;
 
@@ -88,6 +106,7 @@ pub(crate) fn run() -> Result<Outcome, String> {
         root,
         lib: work.join("lib"),
         engine: debug.join("vdi-engine.exe"),
+        agent: debug.join("vdi-agent.exe"),
         work,
     };
     mkdir(&env.lib)?;
@@ -102,6 +121,7 @@ pub(crate) fn run() -> Result<Outcome, String> {
     sdk::backupx(&env, &dir, &dir.join("build/backupx-sqlvdi.exe"))?;
     let dir = env.work.join("own");
     sdk::own_client(&env, &dir, &dir.join("com_client.exe"))?;
+    agent(&env)?;
 
     // The conformance suite: vdi-shm's Windows backend, and vdi-win over our COM server.
     let mut conformance = env
@@ -151,6 +171,7 @@ struct WinEnv {
     work: PathBuf,
     lib: PathBuf,
     engine: PathBuf,
+    agent: PathBuf,
 }
 
 impl Host for WinEnv {
@@ -492,4 +513,337 @@ fn mthread(env: &WinEnv) -> Result<(), String> {
     }
     println!("=== xtask: sdk-test (Windows): ok: the engine's exit codes behind mthread.cpp");
     Ok(())
+}
+
+/// The size of the pseudo-database of each agent run.
+const AGENT_SIZE: &str = "4MiB";
+
+/// `vdi-agent.exe <args>` in `dir` (no engine), with vdi-win's debug log on stderr.
+fn agent_cmd(env: &WinEnv, dir: &Path, tag: &str, args: &[&str]) -> Result<Command, String> {
+    let mut c = env.client(&env.agent, dir, tag)?;
+    c.args(args)
+        .args(["--no-progress"])
+        .env("RUST_LOG", "vdi_win=debug");
+    Ok(c)
+}
+
+/// Makes Wine's `+relay` channel (on for the agent's backups) log only `CreateFileW` and
+/// `FlushFileBuffers`: the prefix's `RelayInclude`.
+fn relay_file_calls(env: &WinEnv, dir: &Path) -> Result<(), String> {
+    let mut add = env.client(Path::new("reg"), dir, "relay-include")?;
+    add.args([
+        "add",
+        r"HKCU\Software\Wine\Debug",
+        "/v",
+        "RelayInclude",
+        "/d",
+        "CreateFileW;FlushFileBuffers",
+        "/f",
+    ]);
+    run_one(add, dir, "relay-include")?.expect(
+        "reg add RelayInclude (Wine logs the agent's CreateFileW and FlushFileBuffers)",
+        0,
+        &[],
+        &[],
+    )
+}
+
+/// The names of the files a successful `FlushFileBuffers` was called on, from a `+relay` log:
+/// `TID:Call KERNEL32.CreateFileW(ADDR L"PATH",...)` then `TID:Ret  KERNEL32.CreateFileW()
+/// retval=HANDLE` name the handles; `TID:Call KERNEL32.FlushFileBuffers(HANDLE)` then `TID:Ret
+/// KERNEL32.FlushFileBuffers() retval=NONZERO` is a flush that worked.
+fn flushed_files(log: &str) -> BTreeSet<String> {
+    let hex = |s: &str| u64::from_str_radix(s.split([' ', ')']).next().unwrap_or(""), 16).ok();
+    let mut opening: HashMap<&str, String> = HashMap::new();
+    let mut flushing: HashMap<&str, String> = HashMap::new();
+    let mut handles: HashMap<u64, String> = HashMap::new();
+    let mut flushed = BTreeSet::new();
+    for line in log.lines() {
+        let Some((thread, call)) = line.split_once(':') else {
+            continue;
+        };
+        if let Some(args) = call.strip_prefix("Call KERNEL32.CreateFileW(") {
+            if let Some(name) = args.split('"').nth(1).and_then(|p| p.rsplit('\\').next()) {
+                opening.insert(thread, name.to_owned());
+            }
+        } else if let Some(ret) = call.strip_prefix("Ret  KERNEL32.CreateFileW() retval=") {
+            if let (Some(name), Some(h)) = (opening.remove(thread), hex(ret))
+                && h != u64::MAX
+            {
+                handles.insert(h, name);
+            }
+        } else if let Some(args) = call.strip_prefix("Call KERNEL32.FlushFileBuffers(") {
+            if let Some(name) = hex(args).and_then(|h| handles.get(&h)) {
+                flushing.insert(thread, name.clone());
+            }
+        } else if let Some(ret) = call.strip_prefix("Ret  KERNEL32.FlushFileBuffers() retval=")
+            && let Some(name) = flushing.remove(thread)
+            && hex(ret).is_some_and(|r| r != 0)
+        {
+            flushed.insert(name);
+        }
+    }
+    flushed
+}
+
+/// The relay log of a backup through `n` devices shows a successful FlushFileBuffers on every
+/// stripe file and on the manifest: the agent's fsync, on Windows.
+fn flushed_every(ran: &Ran, what: &str, n: &str) -> Result<(), String> {
+    let count: u32 = n.parse().map_err(|_| format!("bad device count {n}"))?;
+    let flushed = flushed_files(&ran.err);
+    let unsynced: Vec<String> = (0..count)
+        .map(|i| format!("stripe-{i:02}.vdis"))
+        .chain(["manifest.json.tmp".to_owned()])
+        .filter(|f| !flushed.contains(f))
+        .collect();
+    if !unsynced.is_empty() {
+        return Err(format!(
+            "{what}: no successful FlushFileBuffers on {unsynced:?} (flushed: {flushed:?})"
+        ));
+    }
+    println!(
+        "=== xtask: sdk-test (Windows): ok: FlushFileBuffers on every stripe and the manifest \
+         ({n} devices)"
+    );
+    Ok(())
+}
+
+/// The agent's log says vdi-win created the set: the run went through COM, to the class
+/// registered in the prefix (ours), not through vdi-shm directly.
+fn through_com(ran: &Ran, what: &str) -> Result<(), String> {
+    let created = ran
+        .err
+        .lines()
+        .any(|l| l.contains("vdi_win") && l.contains("device set created"));
+    if !created {
+        return Err(format!(
+            "{what}: no vdi-win log line 'device set created' on stderr: the agent did not go \
+             through sqlvdi.dll\n--- stderr:\n{}",
+            ran.err
+        ));
+    }
+    Ok(())
+}
+
+/// `vdi-agent.exe --external` (vdi-win over our registered sqlvdi.dll) against `vdi-engine.exe`
+/// started on its own: backup and restore through 1 and 4 devices, the engine checking every
+/// byte; the manifest complete, `verify` clean, and every stripe and the manifest hardened with
+/// FlushFileBuffers; a restore of a stripe with one byte changed refused; and with the class
+/// unregistered, the agent fails for that reason.
+fn agent(env: &WinEnv) -> Result<(), String> {
+    let dir = env.work.join("agent");
+    mkdir(&dir)?;
+    relay_file_calls(env, &dir)?;
+    for n in ["1", "4"] {
+        let backup = format!("backup-{n}");
+        let set = format!("agent-b{n}");
+        let mut c = agent_cmd(
+            env,
+            &dir,
+            &backup,
+            &[
+                "backup",
+                &backup,
+                "--external",
+                "--set",
+                &set,
+                "--devices",
+                n,
+                "--json",
+            ],
+        )?;
+        c.env("WINEDEBUG", "+relay");
+        let e = env.engine(
+            &dir,
+            &format!("{backup}-engine"),
+            &[
+                "backup",
+                "--set",
+                &set,
+                "--devices",
+                n,
+                "--size",
+                AGENT_SIZE,
+            ],
+        )?;
+        let (c, e) = pair(c, e, &dir, &backup)?;
+        e.expect(
+            &format!("engine: vdi-agent.exe backup through {n} devices"),
+            0,
+            &["BACKUP DATABASE successfully processed"],
+            &[&format!("{n} devices")],
+        )?;
+        c.expect(
+            &format!("vdi-agent.exe --external backup through {n} devices (vdi-win)"),
+            0,
+            &[r#""state": "complete""#, &format!(r#""devices": {n}"#)],
+            &[],
+        )?;
+        through_com(&c, &backup)?;
+        flushed_every(&c, &backup, n)?;
+
+        let c = agent_cmd(
+            env,
+            &dir,
+            &format!("{backup}-info"),
+            &["info", &backup, "--json"],
+        )?;
+        run_one(c, &dir, &format!("{backup}-info"))?.expect(
+            &format!("vdi-agent.exe info: the {n}-device backup is complete"),
+            0,
+            &[
+                r#""state": "complete""#,
+                r#""good": true"#,
+                &format!(r#""devices": {n}"#),
+            ],
+            &[],
+        )?;
+        let c = agent_cmd(env, &dir, &format!("{backup}-verify"), &["verify", &backup])?;
+        run_one(c, &dir, &format!("{backup}-verify"))?.expect(
+            &format!("vdi-agent.exe verify of the {n}-device backup"),
+            0,
+            &[],
+            &[],
+        )?;
+
+        let restore = format!("restore-{n}");
+        let set = format!("agent-r{n}");
+        let c = agent_cmd(
+            env,
+            &dir,
+            &restore,
+            &["restore", &backup, "--external", "--set", &set, "--json"],
+        )?;
+        let e = env.engine(
+            &dir,
+            &format!("{restore}-engine"),
+            &["restore", "--set", &set, "--devices", n],
+        )?;
+        let (c, e) = pair(c, e, &dir, &restore)?;
+        e.expect(
+            &format!("engine: vdi-agent.exe restore through {n} devices (every byte checked)"),
+            0,
+            &["RESTORE DATABASE successfully processed"],
+            &["verified: true"],
+        )?;
+        c.expect(
+            &format!("vdi-agent.exe --external restore through {n} devices (vdi-win)"),
+            0,
+            &[r#""operation": "restore""#, &format!(r#""devices": {n}"#)],
+            &[],
+        )?;
+        through_com(&c, &restore)?;
+    }
+
+    // One byte changed in the middle of the stripe: the agent's checksums refuse it.
+    let changed = dir.join("changed");
+    mkdir(&changed)?;
+    for f in ["manifest.json", "stripe-00.vdis"] {
+        copy(&dir.join("backup-1").join(f), &changed.join(f))?;
+    }
+    let stripe = changed.join("stripe-00.vdis");
+    let mut bytes = fs::read(&stripe).map_err(|e| format!("{}: {e}", stripe.display()))?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&stripe, bytes).map_err(|e| format!("{}: {e}", stripe.display()))?;
+    let c = agent_cmd(
+        env,
+        &dir,
+        "restore-changed",
+        &["restore", "changed", "--external", "--set", "agent-bad"],
+    )?;
+    let e = env.engine(
+        &dir,
+        "restore-changed-engine",
+        &["restore", "--set", "agent-bad"],
+    )?;
+    let (c, e) = pair(c, e, &dir, "restore-changed")?;
+    c.expect(
+        "vdi-agent.exe restore of a stripe with one byte changed fails (exit 5: corrupt)",
+        5,
+        &[],
+        &["payload checksum mismatch"],
+    )?;
+    // The agent completes the engine's Read with an error: the engine's exit 1.
+    e.expect(
+        "engine: the restore of the changed stripe failed (a Read completed with an error)",
+        1,
+        &[],
+        &["RESTORE failed", "VDC_Read failed"],
+    )?;
+    let c = agent_cmd(env, &dir, "verify-changed", &["verify", "changed"])?;
+    run_one(c, &dir, "verify-changed")?.expect(
+        "vdi-agent.exe verify of the changed stripe fails (exit 5)",
+        5,
+        &[],
+        &[],
+    )?;
+
+    // Without the registration the agent cannot create a set: it used the COM class.
+    env.regsvr32("agent-unregister", &["/u", "/s"], false)?
+        .expect("regsvr32 /u sqlvdi.dll (for the agent)", 0, &[], &[])?;
+    let c = agent_cmd(
+        env,
+        &dir,
+        "unregistered",
+        &[
+            "backup",
+            "unregistered",
+            "--external",
+            "--set",
+            "agent-unreg",
+            "--connect-timeout",
+            "20s",
+        ],
+    )?;
+    let unregistered = run_one(c, &dir, "unregistered")?;
+    env.regsvr32("agent-register", &["/s"], false)?.expect(
+        "regsvr32 sqlvdi.dll again (for the conformance suite)",
+        0,
+        &[],
+        &[],
+    )?;
+    unregistered.expect(
+        "vdi-agent.exe --external with sqlvdi.dll unregistered fails for that reason",
+        1,
+        &[],
+        &[
+            "cannot create the device set 'agent-unreg'",
+            "REGDB_E_CLASSNOTREG",
+        ],
+    )?;
+    if env.registered("agent-query")?.as_deref() != Some(env.our_dll().as_str()) {
+        return Err("sqlvdi.dll is not registered again after the agent's runs".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flushed_files;
+
+    /// A relay log as Wine 8 writes it: two threads interleaved, a failed open, a handle
+    /// reused for another file, and a failed flush.
+    #[test]
+    fn flushed_files_follows_handles_per_thread() {
+        let log = r#"0110:Call KERNEL32.CreateFileW(00390120 L"\\\\?\\Z:\\w\\b",00000000)
+0110:Ret  KERNEL32.CreateFileW() retval=ffffffffffffffff ret=14090bdd5
+0110:Call KERNEL32.CreateFileW(00387b90 L"\\\\?\\Z:\\w\\b\\stripe-00.vdis",40000000)
+0110:Ret  KERNEL32.CreateFileW() retval=000000bc ret=14090bdd5
+0110:Call KERNEL32.CreateFileW(00388f80 L"\\\\?\\Z:\\w\\b\\stripe-01.vdis",40000000)
+0110:Ret  KERNEL32.CreateFileW() retval=000000c4 ret=14090bdd5
+0160:Call KERNEL32.FlushFileBuffers(000000c4) ret=140906402
+0158:Call KERNEL32.FlushFileBuffers(000000bc) ret=140906402
+0158:Ret  KERNEL32.FlushFileBuffers() retval=00000001 ret=140906402
+0160:Ret  KERNEL32.FlushFileBuffers() retval=00000000 ret=140906402
+0158:Call KERNEL32.CreateFileW(0039e990 L"\\\\?\\Z:\\w\\b\\manifest.json.tmp",40000000)
+0158:Ret  KERNEL32.CreateFileW() retval=000000bc ret=14090bdd5
+0158:Call KERNEL32.FlushFileBuffers(000000bc) ret=140906402
+0158:Ret  KERNEL32.FlushFileBuffers() retval=00000001 ret=140906402
+0158:trace:relay:load_list L"RelayInclude" = L"CreateFileW;FlushFileBuffers"
+"#;
+        let got: Vec<String> = flushed_files(log).into_iter().collect();
+        // stripe-01's flush failed; the failed open named no handle.
+        assert_eq!(got, ["manifest.json.tmp", "stripe-00.vdis"]);
+    }
 }
