@@ -48,6 +48,23 @@ pub(crate) struct Hints {
     pub(crate) access: &'static str,
     /// What an abort before the configuration or before a device opened likely means.
     pub(crate) early_abort: Option<&'static str>,
+    /// What to do about a set that could not be created (the library not installed, ...).
+    pub(crate) create_advice: fn(&vdi_core::Error) -> Option<&'static str>,
+}
+
+impl Hints {
+    /// `e`, the error of creating the set, with the advice that goes with it.
+    pub(crate) fn create_failure(&self, e: &vdi_core::Error) -> String {
+        match (self.create_advice)(e) {
+            Some(advice) => format!("{e}: {advice}"),
+            None => e.to_string(),
+        }
+    }
+}
+
+/// No advice beyond the error itself.
+fn no_advice(_: &vdi_core::Error) -> Option<&'static str> {
+    None
 }
 
 /// vdi-shm's.
@@ -56,6 +73,7 @@ pub(crate) const SHM_HINTS: Hints = Hints {
     access: "on this host, as this user or one admitted with --admit-uid/--admit-gid (SQL \
              Server on Linux runs as mssql, and speaks its own library: --backend sqlvdi)",
     early_abort: None,
+    create_advice: no_advice,
 };
 
 /// SQL Server on Linux: the rule of vdi-spec.md section 11.
@@ -87,6 +105,7 @@ impl Client {
                 backend: "libsqlvdi.so",
                 access: LINUX_ACCESS,
                 early_abort: Some(LINUX_ACCESS),
+                create_advice: no_advice,
             },
             #[cfg(windows)]
             Self::Sqlvdi(_) => Hints {
@@ -94,9 +113,19 @@ impl Client {
                 access: "by the default instance of SQL Server on this host, with sqlvdi.dll \
                          registered and the agent running as a Windows administrator",
                 early_abort: None,
+                create_advice: com_advice,
             },
         }
     }
+}
+
+/// What vdi-win says of a COM failure the user can act on (sqlvdi.dll not registered, ...).
+#[cfg(windows)]
+fn com_advice(e: &vdi_core::Error) -> Option<&'static str> {
+    use vdi_win::{Cause, Op};
+    Cause::of(Op::CoCreateInstance, e.hresult())
+        .or_else(|| Cause::of(Op::CreateEx, e.hresult()))
+        .map(Cause::advice)
 }
 
 /// Whether SQL Server's client library is installed, for `--backend auto`.

@@ -103,7 +103,8 @@ where
         .await
         .map_err(|e| {
             discard(Failure::other(format!(
-                "cannot create the device set '{name}': {e}"
+                "cannot create the device set '{name}': {}",
+                hints.create_failure(&e)
             )))
         })?;
     let mut engine = Engine::start(

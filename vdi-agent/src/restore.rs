@@ -108,7 +108,12 @@ where
     };
     let set = AsyncSet::create(backend, None, &name, &client_config)
         .await
-        .map_err(|e| Failure::other(format!("cannot create the device set '{name}': {e}")))?;
+        .map_err(|e| {
+            Failure::other(format!(
+                "cannot create the device set '{name}': {}",
+                hints.create_failure(&e)
+            ))
+        })?;
     let mut engine = Engine::start("restore", &name, devices, &engine_args, &[], hints)?;
     if args.engine.external {
         eprintln!(

@@ -40,7 +40,7 @@
 //!      the manifest; a restore of a copy whose stripe has one byte changed, which the agent
 //!      refuses (its exit 5; the engine's 1, its Read completed with an error) as `verify`
 //!      does; and a backup with the class unregistered (`regsvr32 /u`), which fails with
-//!      `REGDB_E_CLASSNOTREG`, before the final registration.
+//!      `REGDB_E_CLASSNOTREG` and vdi-win's advice, before the final registration.
 //! 6. vdi-sdk's conformance suite under Wine, against vdi-shm's Windows backend and against
 //!    vdi-win (the binding made for Microsoft's sqlvdi.dll) over our registered COM server:
 //!    the first time vdi-win talks to a real COM server.
@@ -810,6 +810,8 @@ fn agent(env: &WinEnv) -> Result<(), String> {
         &[
             "cannot create the device set 'agent-unreg'",
             "REGDB_E_CLASSNOTREG",
+            // vdi-win's advice, which the agent passes on.
+            "sqlvdi.dll is not registered",
         ],
     )?;
     if env.registered("agent-query")?.as_deref() != Some(env.our_dll().as_str()) {

@@ -5,9 +5,9 @@
 //!
 //! 1. The Rust target: `rustup target add x86_64-pc-windows-gnu`.
 //! 2. clippy for the Windows target: `cargo clippy --target x86_64-pc-windows-gnu -p vdi-win
-//!    -p vdi-shm -p vdi-sdk -p vdi-engine --all-targets -- -D warnings` (the code under
-//!    `cfg(windows)`, vdi-win's COM layer, vdi-shm's Windows platform layer and vdi-sdk's COM
-//!    server, is checked nowhere else).
+//!    -p vdi-shm -p vdi-sdk -p vdi-engine -p vdi-agent --all-targets -- -D warnings` (the code
+//!    under `cfg(windows)`, vdi-win's COM layer, vdi-shm's Windows platform layer, vdi-sdk's COM
+//!    server and the agent's Windows backends, is checked nowhere else).
 //! 3. Wine and the MinGW-w64 cross compilers: `apt-get update` and `apt-get install -y
 //!    --no-install-recommends wine gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64` for whichever of
 //!    `wine`, `x86_64-w64-mingw32-gcc` and `x86_64-w64-mingw32-g++` is missing (the recommends
@@ -110,6 +110,8 @@ pub(crate) fn run() -> Result<Outcome, String> {
             "vdi-sdk",
             "-p",
             "vdi-engine",
+            "-p",
+            "vdi-agent",
         ])
         .args(["--all-targets", "--locked", "--", "-D", "warnings"])
         .env("CARGO_TARGET_DIR", &target_dir);
