@@ -82,6 +82,13 @@ const LINUX_ACCESS: &str = "SQL Server on Linux opens the set as user mssql: run
     mssql, or as a user in group mssql whose own group mssql is in, then restart SQL Server so \
     it picks up the groups (the agent creates the set with umask 0)";
 
+/// SQL Server on Linux, when the set was aborted before it was configured.
+#[cfg(target_os = "linux")]
+const LINUX_EARLY_ABORT: &str = "if SQL Server could not open the set, the cause is its \
+    permissions: SQL Server on Linux opens the set as user mssql, so run the agent as mssql, or \
+    as a user in group mssql whose own group mssql is in, then restart SQL Server so it picks up \
+    the groups (the agent creates the set with umask 0)";
+
 impl Client {
     /// The backend `args` asks for.
     pub(crate) fn choose(args: &EngineArgs) -> Outcome<Self> {
@@ -104,7 +111,7 @@ impl Client {
             Self::Sqlvdi(_) => Hints {
                 backend: "libsqlvdi.so",
                 access: LINUX_ACCESS,
-                early_abort: Some(LINUX_ACCESS),
+                early_abort: Some(LINUX_EARLY_ABORT),
                 create_advice: no_advice,
             },
             #[cfg(windows)]

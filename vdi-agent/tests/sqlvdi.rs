@@ -221,6 +221,31 @@ fn an_engine_abort_through_libsqlvdi_leaves_an_aborted_backup() {
 }
 
 #[test]
+fn an_abort_before_the_configuration_names_sql_servers_permission_rules() {
+    let t = scratch();
+    let dir = t.path().join("b");
+    let set = unique("early");
+    let agent = start(
+        "agent backup",
+        &agent_args("backup", &dir, &set, &["--devices", "2"]),
+    );
+    // The engine's statement names 3 devices, the set has 2: it aborts the set before it
+    // configures it, as SQL Server does with a set it cannot open.
+    let engine = engine("backup", &set, 3, &["--size", "1MiB"]);
+    let (engine_code, _) = engine.finish();
+    let (code, stderr) = agent.finish();
+    assert_eq!(engine_code, 1);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("aborted before the engine configured the set"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("user mssql"), "{stderr}");
+    assert!(stderr.contains("umask 0"), "{stderr}");
+    assert!(!dir.exists(), "nothing was acknowledged, nothing stays");
+}
+
+#[test]
 fn an_agent_killed_mid_backup_through_libsqlvdi_is_noticed_and_incomplete() {
     let t = scratch();
     let dir = t.path().join("b");
