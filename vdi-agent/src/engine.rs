@@ -27,6 +27,8 @@ pub(crate) const ENGINE_ARG: &str = "__engine";
 pub(crate) struct Engine {
     side: Side,
     hints: Hints,
+    /// The set's devices, for messages.
+    devices: u32,
 }
 
 /// Where the engine runs.
@@ -96,6 +98,7 @@ impl Engine {
             return Ok(Self {
                 side: Side::External,
                 hints,
+                devices,
             });
         }
         let exe = std::env::current_exe().map_err(|e| {
@@ -139,6 +142,7 @@ impl Engine {
                 end: None,
             })),
             hints,
+            devices,
         })
     }
 
@@ -184,17 +188,12 @@ impl Engine {
                 Exit::NoEngine,
                 format!(
                     "no engine configured the set '{}' within {timeout}. Is the statement running \
-                     ({} DATABASE ... {} VIRTUAL_DEVICE = '{}'{}), {}? A long wait for locks or \
-                     file creation needs a longer --connect-timeout",
+                     ({} DATABASE ... {} {}), {}? A long wait for locks or file creation needs a \
+                     longer --connect-timeout",
                     set.name(),
                     operation.to_ascii_uppercase(),
                     if operation == "backup" { "TO" } else { "FROM" },
-                    set.name(),
-                    if set.config().map_or(1, |c| c.device_count) > 1 {
-                        ", ..."
-                    } else {
-                        ""
-                    },
+                    device_clause(set.name(), self.devices),
                     hints.access,
                 ),
             )),
