@@ -189,26 +189,30 @@ pub(crate) fn aims(r: &Results) -> Vec<Aim> {
         measured: a.map_or_else(|| "not measured".into(), |v| format!("lowest {v:.2}×")),
         met: a.map(|v| v >= 0.9),
     });
-    let z = r
-        .job
-        .iter()
-        .find(|j| j.op == "backup-zstd")
-        .map(|j| 1.0 / j.over_bound);
-    out.push(Aim {
-        aim: "zstd backup ≥ 1.0× zstd alone at the same level (one job per core)".into(),
-        measured: z.map_or_else(|| "not measured".into(), |v| format!("{v:.2}×")),
-        met: z.map(|v| v >= 1.0),
-    });
-    let b = r
-        .job
-        .iter()
-        .find(|j| j.op == "backup-sqlvdi")
-        .map(|j| 1.0 / j.over_bound);
-    out.push(Aim {
-        aim: "backup through libsqlvdi.so ≥ 0.95× through vdi-shm (4 devices, tmpfs)".into(),
-        measured: b.map_or_else(|| "not measured".into(), |v| format!("{v:.2}×")),
-        met: b.map(|v| v >= 0.95),
-    });
+    // The job rows compared with one alternative: the speed ratio is 1 / (time ÷ the other's).
+    for (op, aim, floor) in [
+        (
+            "backup-zstd",
+            "zstd backup ≥ 1.0× zstd alone at the same level (one job per core)",
+            1.0,
+        ),
+        (
+            "backup-sqlvdi",
+            "backup through libsqlvdi.so ≥ 0.95× through vdi-shm (4 devices, tmpfs)",
+            0.95,
+        ),
+    ] {
+        let v = r
+            .job
+            .iter()
+            .find(|j| j.op == op)
+            .map(|j| 1.0 / j.over_bound);
+        out.push(Aim {
+            aim: aim.into(),
+            measured: v.map_or_else(|| "not measured".into(), |v| format!("{v:.2}×")),
+            met: v.map(|v| v >= floor),
+        });
+    }
     for op in ["backup", "restore", "verify"] {
         let worst = r
             .job
