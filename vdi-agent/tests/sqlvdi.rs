@@ -273,16 +273,7 @@ fn an_agent_killed_mid_backup_through_libsqlvdi_is_noticed_and_incomplete() {
     );
     let start = Instant::now();
     loop {
-        let flushed = fs::read_to_string(dir.join("manifest.json"))
-            .ok()
-            .and_then(|m| serde_json::from_str::<Value>(&m).ok())
-            .and_then(|m| {
-                m["stripes"]
-                    .as_array()
-                    .map(|a| a.iter().all(|s| s["checkpoints"].as_u64() >= Some(1)))
-            })
-            .unwrap_or(false);
-        if flushed {
+        if every_stripe_flushed(&dir) {
             break;
         }
         assert!(start.elapsed() < LIMIT, "no Flush reached the manifest");

@@ -91,15 +91,7 @@ fn backup_paused_after_a_flush(dir: &Path) -> (Child, Vec<String>) {
     let child = spawn(&refs);
     // Every device's first Flush acknowledged (each stores the manifest).
     wait_until("the first Flush on every device", || {
-        fs::read_to_string(dir.join("manifest.json"))
-            .ok()
-            .and_then(|m| serde_json::from_str::<Value>(&m).ok())
-            .and_then(|m| {
-                m["stripes"]
-                    .as_array()
-                    .map(|a| a.iter().all(|s| s["checkpoints"].as_u64() >= Some(1)))
-            })
-            .unwrap_or(false)
+        every_stripe_flushed(dir)
     });
     (child, args)
 }

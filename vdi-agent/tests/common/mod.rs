@@ -77,3 +77,17 @@ pub fn verify(dir: &Path) -> Run {
 pub fn stripe(dir: &Path, i: u32) -> PathBuf {
     dir.join(format!("stripe-{i:02}.vdis"))
 }
+
+/// Whether the manifest in `dir` shows every stripe with at least one checkpoint (its first
+/// Flush made durable and acknowledged).
+pub fn every_stripe_flushed(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("manifest.json"))
+        .ok()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .and_then(|m| {
+            m["stripes"]
+                .as_array()
+                .map(|a| a.iter().all(|s| s["checkpoints"].as_u64() >= Some(1)))
+        })
+        .unwrap_or(false)
+}
