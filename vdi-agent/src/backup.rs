@@ -75,20 +75,53 @@ where
     let dir = if to_stdout {
         None
     } else {
-        Some(store::prepare(&args.target, args.force)?)
-    };
-    let discard = |f: Failure| -> Failure {
-        match &dir {
-            Some(d) => f.and(&d.discard(None)),
-            None => f,
-        }
+        Some(store::prepare(
+            &args.target,
+            args.force,
+            &args.objects,
+            args.devices,
+        )?)
     };
     if let Some(d) = &dir
         && !args.engine.external
     {
-        check_free_space(d.as_ref(), args).map_err(discard)?;
+        check_free_space(d.as_ref(), args).map_err(|f| f.and(&d.discard(None)))?;
     }
-    let name = set_name(args.engine.set.as_deref()).map_err(discard)?;
+    let name = set_name(args.engine.set.as_deref())
+        .map_err(|f| f.and(&dir.as_ref().map_or(String::new(), |d| d.discard(None))))?;
+    let codec = args
+        .zstd
+        .map_or(Codec::Stored, |level| Codec::Zstd { level });
+    let shared = Arc::new(SharedManifest {
+        store: dir.clone(),
+        manifest: Mutex::new(None),
+    });
+    // The first manifest, before the set exists: storing it proves the store takes writes (in
+    // an object store: the bucket, the credentials, and that no backup is there already). Its
+    // configuration is the one asked for until the engine's is known.
+    shared.start(Manifest::new(
+        new_backup_id(&name),
+        now(),
+        &name,
+        &Config {
+            device_count: args.devices,
+            features: Features::empty(),
+            prefix_zone_size: 0,
+            alignment: 0,
+            soft_file_mark_block_size: 0,
+            eom_warning_size: 0,
+            server_timeout: 0,
+            block_size: args.engine.block_size.unwrap_or(512),
+            max_io_depth: 4,
+            max_transfer_size: args.engine.max_transfer_size.unwrap_or(64 * 1024),
+            buffer_area_size: 0,
+        },
+        codec,
+    ))?;
+    let discard = |f: Failure| -> Failure {
+        let left = shared.abort(&f.message);
+        f.and(&left)
+    };
     let mut features = Features::LIKE_PIPE;
     if !args.no_request_complete {
         features |= Features::REQUEST_COMPLETE;
@@ -123,10 +156,6 @@ where
             engine::statement("backup", &args.engine, &name, args.devices, None, None)
         );
     }
-    let shared = Arc::new(SharedManifest {
-        store: dir.clone(),
-        manifest: Mutex::new(None),
-    });
     let guard = interrupt.abort_on_signal(&set);
     let result = serve(&set, &mut engine, args, &shared, &name, progress).await;
     if result.is_err() {
@@ -228,16 +257,34 @@ impl SharedManifest {
             .map_err(|_| io::Error::other("manifest lock poisoned"))
     }
 
-    /// Stores the first manifest of the backup.
+    /// Stores the first manifest of the backup (kept, if the backup goes to stdout, for its
+    /// identity). A failure removes what preparing the store made.
     fn start(&self, m: Manifest) -> Outcome {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        store.store_manifest(&m).map_err(|e| {
-            Failure::io(format!("writing the manifest in {}", store.location()), &e)
-        })?;
+        if let Some(store) = &self.store
+            && let Err(e) = store.store_manifest(&m)
+        {
+            let f = Failure::io(format!("writing the manifest in {}", store.location()), &e);
+            return Err(f.and(&store.discard(None)));
+        }
         *self.lock().map_err(|e| Failure::other(e.to_string()))? = Some(m);
         Ok(())
+    }
+
+    /// Records the engine's configuration in the manifest and stores it; returns the backup's
+    /// id, start time and codec, for the stripe headers.
+    fn configure(&self, config: &Config) -> Outcome<(u128, u64, Codec)> {
+        let mut guard = self.lock().map_err(|e| Failure::other(e.to_string()))?;
+        let Some(m) = guard.as_mut() else {
+            return Err(Failure::other("the backup has no manifest"));
+        };
+        let (id, created, codec) = (m.backup_id, m.created, m.codec);
+        *m = Manifest::new(id, created, m.set_name.clone(), config, codec);
+        if let Some(store) = &self.store {
+            store.store_manifest(m).map_err(|e| {
+                Failure::io(format!("writing the manifest in {}", store.location()), &e)
+            })?;
+        }
+        Ok((id, created, codec))
     }
 
     fn record(&self, index: u32, cp: &Checkpoint) -> io::Result<()> {
@@ -347,12 +394,7 @@ async fn serve<S: ClientDeviceSet + 'static>(
         .configuration(set, &args.engine.connect_timeout, "backup")
         .await?;
     check_config(&config, args)?;
-    let backup_id = new_backup_id(name);
-    let codec = args
-        .zstd
-        .map_or(Codec::Stored, |level| Codec::Zstd { level });
-    let created = now();
-    manifest.start(Manifest::new(backup_id, created, name, &config, codec))?;
+    let (backup_id, created, codec) = manifest.configure(&config)?;
     let counters = Counters::new(config.device_count);
     let mut devices = Vec::new();
     for i in 0..config.device_count {

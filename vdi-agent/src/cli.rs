@@ -67,6 +67,11 @@ pub(crate) enum Command {
     Info(InfoArgs),
     /// List the backups in a directory, one line each.
     List(ListArgs),
+    /// After a crash, tidy a backup in an object store: abort the multipart uploads its
+    /// manifest records as open and delete the segments written after its last checkpoint.
+    /// The backup itself (what its manifest names) stays.
+    #[command(after_help = EXIT_CODES)]
+    Cleanup(CleanupArgs),
     /// The whole job in one command: back up a pseudo-database through the reference engine,
     /// restore it (the engine checks every byte), verify the files, print the throughput.
     Demo(DemoArgs),
@@ -182,6 +187,8 @@ pub(crate) struct BackupArgs {
     pub(crate) size: u64,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) objects: ObjectArgs,
     /// Testing aid: stop answering after this many commands per device (a client that hangs).
     #[arg(long, hide = true)]
     pub(crate) stall_after: Option<u64>,
@@ -202,18 +209,93 @@ pub(crate) struct RestoreArgs {
     pub(crate) allow_incomplete: bool,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) objects: ObjectArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// The backup directory, one stripe file of it, or - for one stripe on stdin.
+    /// The backup directory (or s3:// or az:// URL), one stripe file of it, or - for one
+    /// stripe on stdin.
     pub(crate) source: PathBuf,
+    #[command(flatten)]
+    pub(crate) objects: ObjectArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct InfoArgs {
-    /// The backup directory.
+    /// The backup directory, or s3:// or az:// URL.
     pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) objects: ObjectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    /// The backup's s3:// or az:// URL.
+    pub(crate) url: PathBuf,
+    #[command(flatten)]
+    pub(crate) objects: ObjectArgs,
+}
+
+/// Where a backup in an object store is reached, and how it is transferred. Credentials,
+/// region and the like come from the environment under the object_store crate's names
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, ...;
+/// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR`,
+/// ...) and never appear in the manifest or in messages.
+#[derive(Clone, Debug, Args)]
+#[command(next_help_heading = "Object storage (s3://bucket/prefix, az://container/prefix)")]
+pub(crate) struct ObjectArgs {
+    /// The service's URL, for an S3-compatible or local server (http://127.0.0.1:9000)
+    /// [default: the environment's, else the provider's]
+    #[arg(long, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// Allow plain HTTP to the endpoint (a server on this host).
+    #[arg(long)]
+    pub(crate) allow_http: bool,
+    /// The size of each uploaded part and of each ranged read (at least 5MiB); made smaller
+    /// when --upload-memory needs it.
+    #[arg(long, value_parser = parse_size, default_value = "16MiB", value_name = "BYTES")]
+    pub(crate) part_size: u64,
+    /// The most memory the parts being filled, sent and read may take, whatever the device
+    /// count.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB", value_name = "BYTES")]
+    pub(crate) upload_memory: u64,
+    /// How often a failed request (a 5xx, a throttling answer, a dropped connection) is
+    /// retried, with exponential backoff, before the operation fails.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub(crate) retries: usize,
+    /// Stop retrying a request after this long from its first attempt (0: no limit).
+    #[arg(long, value_parser = parse_limit, default_value = "3m", value_name = "DURATION")]
+    pub(crate) retry_timeout: Limit,
+    /// The longest a single request may take (0: no limit).
+    #[arg(long, value_parser = parse_limit, default_value = "60s", value_name = "DURATION")]
+    pub(crate) request_timeout: Limit,
+    /// The checksum S3 checks on every upload.
+    #[arg(long, value_enum, default_value_t = TransferChecksum::Sha256)]
+    pub(crate) checksum: TransferChecksum,
+}
+
+impl Default for ObjectArgs {
+    /// The command line's defaults (for `demo`, which has no object storage flags).
+    fn default() -> Self {
+        /// Just the flags, parsed from nothing.
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            objects: ObjectArgs,
+        }
+        Only::parse_from(["vdi-agent"]).objects
+    }
+}
+
+/// `--checksum`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransferChecksum {
+    /// SHA-256 of every part and object, checked by the server.
+    Sha256,
+    /// None beyond TCP's (and the stripe's own records, checked at every read).
+    None,
 }
 
 #[derive(Debug, Args)]

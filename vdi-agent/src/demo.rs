@@ -4,7 +4,7 @@ use vdi_engine::units::parse_limit;
 
 use crate::{
     backend, backup,
-    cli::{BackendChoice, BackupArgs, DemoArgs, EngineArgs, RestoreArgs},
+    cli::{BackendChoice, BackupArgs, DemoArgs, EngineArgs, ObjectArgs, RestoreArgs},
     failure::{Failure, Outcome},
     interrupt::Interrupt,
     restore, store, verify,
@@ -58,6 +58,7 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
         force: false,
         size: args.size,
         engine: engine(&format!("vdi-demo-backup-{pid}"), Some(args.block_size)),
+        objects: ObjectArgs::default(),
         stall_after: None,
     };
     let b = backup::run(
@@ -74,6 +75,7 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
         verify_first: false,
         allow_incomplete: false,
         engine: engine(&format!("vdi-demo-restore-{pid}"), None),
+        objects: ObjectArgs::default(),
     };
     let r = restore::run(
         &backend::shm_client(&restore_args.engine),
@@ -84,7 +86,7 @@ pub(crate) async fn run(args: &DemoArgs, progress: bool, interrupt: &Interrupt) 
     )
     .await?;
     restore::print_report(&r, false);
-    let (store, manifest) = match store::Source::open(&dir)? {
+    let (store, manifest) = match store::Source::open(&dir, None)? {
         store::Source::Backup(store, m) => (store, m),
         store::Source::File(p) => {
             return Err(Failure::other(format!("{} is a file", p.display())));

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use vdi_agent::manifest::Manifest;
 
 use crate::{
+    cli::ObjectArgs,
     failure::{Failure, Outcome},
     store::{self, BackupStore, LocalStore, plural, rfc3339},
     units::bytes,
@@ -43,8 +44,8 @@ fn describe(store: &dyn BackupStore, m: &Manifest) -> Value {
 }
 
 /// Runs `vdi-agent info DIR`.
-pub(crate) fn info(dir: &Path, json: bool) -> Outcome {
-    let (store, m) = match store::Source::open(dir)? {
+pub(crate) fn info(dir: &Path, objects: Option<&ObjectArgs>, json: bool) -> Outcome {
+    let (store, m) = match store::Source::open(dir, objects)? {
         store::Source::Backup(store, m) => (store, m),
         store::Source::File(p) => {
             return Err(Failure::usage(format!(

@@ -150,7 +150,8 @@ fn aborts_itself(c: &Command) -> bool {
 async fn run_local(command: &Command, progress: bool, json: bool) -> Outcome {
     match command {
         Command::Verify(args) => verify::run(args, progress, json).await,
-        Command::Info(args) => info::info(&args.dir, json),
+        Command::Info(args) => info::info(&args.dir, Some(&args.objects), json),
+        Command::Cleanup(args) => cleanup(args),
         Command::List(args) => info::list(&args.parent, json),
         Command::Completions(args) => {
             let mut cmd = Cli::command();
@@ -170,6 +171,28 @@ async fn run_local(command: &Command, progress: bool, json: bool) -> Outcome {
 async fn run(cli: Cli) -> Outcome {
     let progress = !cli.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
     run_local(&cli.command, progress, cli.json).await
+}
+
+/// `vdi-agent cleanup URL`.
+#[cfg(unix)]
+fn cleanup(args: &cli::CleanupArgs) -> Outcome {
+    let Some(store) = store::object_store(&args.url, Some(&args.objects), 1)? else {
+        return Err(Failure::usage(format!(
+            "{}: cleanup takes an s3:// or az:// URL (a directory needs none: a backup there \
+             leaves nothing behind but its own files)",
+            args.url.display()
+        )));
+    };
+    eprintln!("vdi-agent: {}", store.cleanup()?);
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn cleanup(args: &cli::CleanupArgs) -> Outcome {
+    store::object_store(&args.url, Some(&args.objects), 1)?;
+    Err(Failure::usage(
+        "cleanup takes an s3:// or az:// URL, and this build has no object storage",
+    ))
 }
 
 /// Prints `value` as one pretty JSON document on stdout.

@@ -175,6 +175,39 @@ pub struct StripeEntry {
     pub stream_xxh3: u64,
     /// Checkpoints up to and including this one.
     pub checkpoints: u64,
+    /// In an object store: the segment objects that hold the stripe's bytes, in order (a
+    /// segment ends at each Flush and Complete). They hold at least
+    /// [`stored_bytes`](Self::stored_bytes) together. Empty in a directory, where the stripe is
+    /// the one file [`file`](Self::file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Segment>,
+}
+
+/// One segment object of a stripe in an object store: [`segment_name`]`(file, n)`, with `n`
+/// counting from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    /// The object's name under the backup's prefix.
+    pub name: String,
+    /// Its length as stored.
+    pub bytes: u64,
+}
+
+/// A multipart upload the agent started and has not completed: what `vdi-agent cleanup`
+/// aborts when the agent died before it could.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenUpload {
+    /// The segment object being uploaded.
+    pub object: String,
+    /// The store's upload id.
+    pub id: String,
+}
+
+/// The name of segment `n` (from 1) of stripe `file`: `stripe-00.vdis.000001`.
+pub fn segment_name(file: &str, n: u32) -> String {
+    format!("{file}.{n:06}")
 }
 
 impl StripeEntry {
@@ -195,6 +228,7 @@ impl StripeEntry {
             stored_bytes: 0,
             stream_xxh3: 0,
             checkpoints: 0,
+            segments: Vec::new(),
         };
         entry.update(checkpoint);
         entry
@@ -265,6 +299,9 @@ pub struct Manifest {
     /// Why an [`Aborted`](ManifestState::Aborted) backup ended: set exactly in that state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In an object store: the multipart uploads open when this manifest was stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<OpenUpload>,
 }
 
 impl Manifest {
@@ -297,6 +334,7 @@ impl Manifest {
             end: None,
             engine_line: None,
             reason: None,
+            uploads: Vec::new(),
         }
     }
 
@@ -484,6 +522,20 @@ impl Manifest {
             if let Err(reason) = check_totals(&entry.expected(), self.codec) {
                 return Err(ManifestProblem::ImpossibleTotals { index, reason });
             }
+            if let Err(reason) = check_segments(entry) {
+                return Err(ManifestProblem::Segments { index, reason });
+            }
+        }
+        if let Some(u) = self.uploads.iter().find(|u| {
+            !self
+                .stripes
+                .iter()
+                .any(|s| is_segment_of(&u.object, &s.file))
+                || u.id.is_empty()
+                || u.id.len() > 1024
+                || !u.id.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return Err(ManifestProblem::Upload(u.object.clone()));
         }
         if let Some(missing) = (0..self.device_count).find(|&i| !seen[i as usize]) {
             return Err(ManifestProblem::MissingStripe(missing));
@@ -654,6 +706,45 @@ fn check_file_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether `name` is a segment of stripe `file`: `file.` and six or more digits.
+fn is_segment_of(name: &str, file: &str) -> bool {
+    name.strip_prefix(file)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|n| n.len() >= 6 && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Why `entry`'s segments cannot be those of its stripe: each is the next [`segment_name`]
+/// of its file from 1, and together they hold at least the stored bytes.
+fn check_segments(entry: &StripeEntry) -> Result<(), String> {
+    if entry.segments.is_empty() {
+        return Ok(());
+    }
+    let mut total: u64 = 0;
+    for (i, seg) in entry.segments.iter().enumerate() {
+        let want = u32::try_from(i + 1)
+            .map(|n| segment_name(&entry.file, n))
+            .unwrap_or_default();
+        if seg.name != want {
+            return Err(format!(
+                "segment {} is named {:?}, expected {want:?}",
+                i + 1,
+                seg.name
+            ));
+        }
+        if seg.bytes == 0 {
+            return Err(format!("segment {:?} is empty", seg.name));
+        }
+        total = total.saturating_add(seg.bytes);
+    }
+    if total < entry.stored_bytes {
+        return Err(format!(
+            "its segments hold {total} bytes, fewer than its {} stored bytes",
+            entry.stored_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Why `cp` cannot be the totals of a stripe stored with `codec`, if it cannot.
 fn check_totals(cp: &Checkpoint, codec: Codec) -> Result<(), String> {
     if *cp == Checkpoint::START {
@@ -779,6 +870,17 @@ pub enum ManifestProblem {
     /// The state and the fields that go with it disagree.
     #[error("{0}")]
     StateFields(&'static str),
+    /// A stripe's segment list is not one its store could have written.
+    #[error("stripe {index}: {reason}")]
+    Segments {
+        /// The stripe's index.
+        index: u32,
+        /// Why.
+        reason: String,
+    },
+    /// An open upload names no segment of a stripe of the backup, or has a bad id.
+    #[error("the open upload of {0:?} is not one of a segment of this backup, or its id is bad")]
+    Upload(String),
     /// A stripe's file header does not belong to this backup.
     #[error(
         "stripe {index}'s header does not belong to this backup: {field} is {stripe}, the \

@@ -198,7 +198,7 @@ fn engine_args_for(
 /// it), no stray stripe files, each file's length and header against the manifest; with
 /// `--verify-first`, every record.
 async fn open_dir(args: &RestoreArgs, progress: bool) -> Outcome<(Vec<Source>, u32, u32)> {
-    let (store, manifest) = match store::Source::open(&args.source)? {
+    let (store, manifest) = match store::Source::open(&args.source, Some(&args.objects))? {
         store::Source::Backup(store, m) => (store, *m),
         store::Source::File(p) => {
             return Err(Failure::usage(format!(

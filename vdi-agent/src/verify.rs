@@ -44,7 +44,7 @@ pub(crate) async fn run(args: &VerifyArgs, progress: bool, json: bool) -> Outcom
         }
         return verify_one(Box::new(io::stdin()), "stdin".to_owned(), start, json).await;
     }
-    match store::Source::open(&source)? {
+    match store::Source::open(&source, Some(&args.objects))? {
         store::Source::File(path) => {
             let file = fs::File::open(&path)
                 .map_err(|e| Failure::io(format!("opening {}", path.display()), &e))?;

@@ -26,6 +26,7 @@ fn backup(dir: &Path, n: u32, codec: Codec) -> Manifest {
         end: None,
         engine_line: None,
         reason: None,
+        uploads: Vec::new(),
     };
     for i in 0..n {
         let mut w = StripeWriter::new(Vec::new(), manifest.stripe_header(i), codec).unwrap();

@@ -18,7 +18,7 @@ use vdi_agent::manifest::{
     MANIFEST_FILE, MANIFEST_TMP_FILE, MAX_MANIFEST_LEN, Manifest, ManifestError, StripeEntry,
 };
 
-use super::{BackupStore, StripeInput, rfc3339};
+use super::{BackupStore, StripeInput};
 use crate::{
     failure::{Failure, Outcome},
     output::StripeOutput,
@@ -67,63 +67,17 @@ impl LocalStore {
                 created: false,
             });
         }
-        let manifest = match read_manifest(path) {
-            Ok(m) => m,
-            Err(ManifestError::Missing { .. }) => {
-                return Err(Failure::other(format!(
-                    "{} is not empty and holds no backup of this agent (no {MANIFEST_FILE}): a \
-                     backup goes into a new or empty directory; nothing was touched",
-                    path.display()
-                )));
-            }
-            Err(e) => {
-                return Err(Failure::other(format!(
-                    "{} is not empty and its manifest cannot be read ({e}): nothing was touched",
-                    path.display()
-                )));
-            }
-        };
-        if manifest.state.is_complete() {
-            return Err(Failure::other(format!(
-                "{} holds a complete backup (created {}): choose another directory, or remove \
-                 that backup first if you no longer need it",
-                path.display(),
-                rfc3339(manifest.created)
-            )));
-        }
-        let ours = owned_files(&manifest);
-        let foreign: Vec<&String> = entries.iter().filter(|e| !ours.contains(e)).collect();
-        if !force {
-            return Err(Failure::other(format!(
-                "{} holds an {} backup ({}); to replace it, run the backup again with --force \
-                 (it removes only the files that backup's manifest names)",
-                path.display(),
-                if manifest.state == vdi_agent::manifest::ManifestState::Aborted {
-                    "aborted"
-                } else {
-                    "incomplete"
-                },
-                manifest
-                    .incomplete_reason()
-                    .unwrap_or_else(|| manifest.state.to_string())
-            )));
-        }
-        if !foreign.is_empty() {
-            return Err(Failure::other(format!(
-                "{} also holds files the agent did not write ({}): --force removes only a \
-                 backup's own files, so nothing was touched",
-                path.display(),
-                foreign
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+        let (state, ours) = super::check_replace(
+            &path.display().to_string(),
+            "directory",
+            &entries,
+            read_manifest(path),
+            force,
+            |m, name| owned_files(m).iter().any(|o| o == name),
+        )?;
         remove_files(path, &ours)?;
         eprintln!(
-            "vdi-agent: removed the {} backup in {} (--force)",
-            manifest.state,
+            "vdi-agent: removed the {state} backup in {} (--force)",
             path.display()
         );
         Ok(Self {

@@ -14,6 +14,8 @@
 //! [`discard`]: BackupStore::discard
 
 pub(crate) mod local;
+#[cfg(unix)]
+pub(crate) mod object;
 
 use std::{
     fmt,
@@ -23,12 +25,15 @@ use std::{
 };
 
 use vdi_agent::{
-    manifest::{Manifest, ManifestError, STRIPE_EXTENSION, StripeEntry},
+    manifest::{
+        MANIFEST_FILE, Manifest, ManifestError, ManifestState, STRIPE_EXTENSION, StripeEntry,
+    },
     stripe::{StripeHeader, StripeReader},
 };
 
 pub(crate) use self::local::LocalStore;
 use crate::{
+    cli::ObjectArgs,
     failure::{Failure, Outcome},
     output::StripeOutput,
 };
@@ -127,13 +132,126 @@ impl fmt::Debug for StripeInput {
     }
 }
 
-/// Prepares `target` for a new backup: today always a directory ([`LocalStore::prepare`]).
+/// Prepares `target` for a new backup of `devices` stripes: a directory
+/// ([`LocalStore::prepare`]) or, for an `s3://` or `az://` URL, a prefix of an object store
+/// (`object::BucketStore::prepare`).
 ///
 /// # Errors
 ///
-/// As [`LocalStore::prepare`].
-pub(crate) fn prepare(target: &Path, force: bool) -> Outcome<Arc<dyn BackupStore>> {
+/// As those; a usage error for an object store URL where this build has none.
+pub(crate) fn prepare(
+    target: &Path,
+    force: bool,
+    objects: &ObjectArgs,
+    devices: u32,
+) -> Outcome<Arc<dyn BackupStore>> {
+    if let Some(store) = object_store(target, Some(objects), devices)? {
+        return Ok(Arc::new(store.prepare(force)?));
+    }
     Ok(Arc::new(LocalStore::prepare(target, force)?))
+}
+
+/// The object store `target` names, if it is an `s3://` or `az://` URL.
+#[cfg(unix)]
+pub(crate) fn object_store(
+    target: &Path,
+    objects: Option<&ObjectArgs>,
+    devices: u32,
+) -> Outcome<Option<object::BucketStore>> {
+    let Some(url) = target
+        .to_str()
+        .map(object::ObjectUrl::parse)
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let Some(objects) = objects else {
+        return Err(Failure::usage(format!(
+            "{url}: this command works on a local directory only"
+        )));
+    };
+    object::BucketStore::connect(&url, objects, devices).map(Some)
+}
+
+/// No object store in this build: a URL is refused.
+#[cfg(not(unix))]
+pub(crate) fn object_store(
+    target: &Path,
+    _objects: Option<&ObjectArgs>,
+    _devices: u32,
+) -> Outcome<Option<std::convert::Infallible>> {
+    let s = target.to_string_lossy();
+    if s.starts_with("s3://") || s.starts_with("az://") || s.starts_with("azure://") {
+        return Err(Failure::usage(format!(
+            "{s}: object storage is not in this build of vdi-agent (Unix only, for now)"
+        )));
+    }
+    Ok(None)
+}
+
+/// Checks that a non-empty place may take a new backup: it must hold a backup of this agent
+/// (`manifest`) that is not complete, `force` must be given, and every name in it (`names`)
+/// must be that backup's (`is_ours`). Returns the backup's state and the names to remove.
+/// `location` and `kind` ("directory", "prefix") are for the messages.
+///
+/// # Errors
+///
+/// A failure naming what is there, and that nothing was touched.
+pub(crate) fn check_replace(
+    location: &str,
+    kind: &str,
+    names: &[String],
+    manifest: Result<Manifest, ManifestError>,
+    force: bool,
+    is_ours: impl Fn(&Manifest, &str) -> bool,
+) -> Outcome<(ManifestState, Vec<String>)> {
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(ManifestError::Missing { .. }) => {
+            return Err(Failure::other(format!(
+                "{location} is not empty and holds no backup of this agent (no \
+                 {MANIFEST_FILE}): a backup goes into a new or empty {kind}; nothing was touched"
+            )));
+        }
+        Err(e) => {
+            return Err(Failure::other(format!(
+                "{location} is not empty and its manifest cannot be read ({e}): nothing was \
+                 touched"
+            )));
+        }
+    };
+    if manifest.state.is_complete() {
+        return Err(Failure::other(format!(
+            "{location} holds a complete backup (created {}): choose another {kind}, or remove \
+             that backup first if you no longer need it",
+            rfc3339(manifest.created)
+        )));
+    }
+    if !force {
+        return Err(Failure::other(format!(
+            "{location} holds an {} backup ({}); to replace it, run the backup again with \
+             --force (it removes only the files that backup's manifest names)",
+            if manifest.state == ManifestState::Aborted {
+                "aborted"
+            } else {
+                "incomplete"
+            },
+            manifest
+                .incomplete_reason()
+                .unwrap_or_else(|| manifest.state.to_string())
+        )));
+    }
+    let (ours, foreign): (Vec<String>, Vec<String>) =
+        names.iter().cloned().partition(|n| is_ours(&manifest, n));
+    if !foreign.is_empty() {
+        return Err(Failure::other(format!(
+            "{location} also holds files the agent did not write ({}): --force removes only a \
+             backup's own files, so nothing was touched",
+            foreign.join(", ")
+        )));
+    }
+    Ok((manifest.state, ours))
 }
 
 /// What a path given to `verify`, `restore` or `info` is.
@@ -153,7 +271,12 @@ impl Source {
     /// A usage error for a path that does not exist; a data error (exit 5) for a backup
     /// whose manifest is missing or damaged; an I/O error naming the file when it cannot be
     /// read.
-    pub(crate) fn open(path: &Path) -> Outcome<Self> {
+    pub(crate) fn open(path: &Path, objects: Option<&ObjectArgs>) -> Outcome<Self> {
+        if let Some(mut store) = object_store(path, objects, 1)? {
+            let manifest = store.load_manifest()?;
+            store.replan(manifest.device_count)?;
+            return Ok(Self::Backup(Arc::new(store), Box::new(manifest)));
+        }
         let Some(store) = LocalStore::open(path)? else {
             return Ok(Self::File(path.to_owned()));
         };
