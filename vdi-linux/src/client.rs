@@ -121,9 +121,12 @@ impl LibSqlVdi {
     /// Whether `Create` and `OpenInSecondary` run with the process umask set to 0 (the
     /// default: yes). SQL Server on Linux opens the objects they create as another user of
     /// their group, which a umask that strips group permissions prevents (vdi-spec.md
-    /// section 11); the umask is restored when the call returns. It is the process's, so
-    /// files another thread creates during those calls get it too: turn it off with `false`
-    /// when that matters more than the group's access.
+    /// section 11); the umask is restored when the call returns. Concurrent `Create` and
+    /// `OpenInSecondary` calls of this crate take turns at it, so each restores the umask as it
+    /// was outside them. It is the process's, though: files another thread creates during
+    /// those calls get umask 0 too, and a thread that calls `umask` itself meanwhile races
+    /// with the restore. Turn it off with `false` when that matters more than the group's
+    /// access.
     pub fn umask_zero(mut self, yes: bool) -> Self {
         self.umask_zero = yes;
         self

@@ -222,6 +222,44 @@ fn c_abi_command_pointers_are_checked() {
     engine.join().unwrap().unwrap();
 }
 
+/// The process umask as `/proc/self/status` gives it.
+#[cfg(target_os = "linux")]
+fn process_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .expect("a Umask line");
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
+/// vdi-linux sets the umask to 0 around `Create` only: creates from many threads at once
+/// leave the process's umask as it was (each restores what it saw, so unserialized swaps
+/// could leave it at 0 for good).
+#[cfg(target_os = "linux")]
+#[test]
+fn linux_concurrent_creates_keep_the_umask() {
+    let before = process_umask();
+    if before == 0 {
+        eprintln!("skipping: the umask is already 0, so a leak to 0 cannot be seen");
+        return;
+    }
+    let b = linux();
+    thread::scope(|s| {
+        for t in 0..8 {
+            let b = &b;
+            s.spawn(move || {
+                for i in 0..40 {
+                    let name = unique("linux", &format!("umask-{t}-{i}"));
+                    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+                    set.close().unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(format!("{:o}", process_umask()), format!("{before:o}"));
+}
+
 /// A buffer has one view in a process: mapping the handle of a command this process holds
 /// fails (`VD_E_INVALID`), since the command's data is that buffer.
 fn one_view_per_buffer<B: ClientBackend>(b: &B, backend: &str) {
