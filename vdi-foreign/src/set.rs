@@ -9,7 +9,7 @@ use std::{
 
 use vdi_core::{
     AbortReason, Call, ClientConfig, ClientSetMachine, ClientSetState, Config, Error,
-    InvalidReason, MAX_DEVICES, ProtocolReason, SharedLeases, Timeout, VdConfig,
+    InvalidReason, MAX_DEVICES, MAX_TRANSFER_SIZE, ProtocolReason, SharedLeases, Timeout, VdConfig,
 };
 
 /// What this process knows of the set, under one lock.
@@ -139,6 +139,17 @@ impl SetState {
                     .prefix_zone_size
             }
             None => 0,
+        }
+    }
+
+    /// The largest `size` a Read or Write of the set may have: the `maxTransferSize` of the
+    /// configuration (call [`SetState::prefix_zone`] first, which fetches it in a secondary),
+    /// else the largest the specification allows ([`MAX_TRANSFER_SIZE`]). A command's data zone
+    /// is never trusted beyond it.
+    pub fn max_transfer_size(&self) -> u32 {
+        match self.config.get() {
+            Some(c) if c.max_transfer_size > 0 => c.max_transfer_size,
+            _ => MAX_TRANSFER_SIZE,
         }
     }
 

@@ -434,9 +434,13 @@ impl vdi_core::ClientDevice for LibDevice {
         // Again with the turn: the thread that had it may have ended the device.
         set.state.before_command(inner.index)?;
         let remaining = vdi_foreign::remaining(deadline);
+        // The prefix zone first: in a secondary it fetches the configuration, and with it
+        // the `maxTransferSize` that bounds the command's size.
+        let prefix_zone = set.prefix_zone();
+        let max_size = set.state.max_transfer_size();
         match inner
             .device
-            .get_command(millis(remaining), set.prefix_zone())
+            .get_command(millis(remaining), prefix_zone, max_size)
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");

@@ -2,9 +2,12 @@
 //! (commands become vdi-foreign's `ActiveCommand`s here). Everything above it
 //! ([`crate::client`]) is safe code.
 //!
-//! The library is trusted as much as any code loaded into the process: its objects live as
-//! long as it says, and the commands it returns point at buffers of `size` bytes. What the
-//! other process (SQL Server) writes into those buffers is data, never a pointer or a length
+//! The library is code loaded into the process, so its objects are trusted to live as long as
+//! it says, and a command's buffer address to point at a buffer of the set. Its other answers
+//! are checked before use: a NULL result with success is an error, and a command's `size` is
+//! bounded by the set's `maxTransferSize` (a Read or Write above it, or with a NULL buffer, is
+//! completed with an error and the set aborted: vdi-foreign's `Command::arrive`). What the
+//! other process (SQL Server) writes into the buffers is data, never a pointer or a length
 //! this layer follows.
 
 use std::{
@@ -307,8 +310,15 @@ impl fmt::Debug for RawDevice {
 
 impl RawDevice {
     /// `GetCommand(timeout)`; `timeout` in ms, negative: no limit. The set must still live
-    /// (the caller holds it).
-    pub(crate) fn get_command(&self, timeout: i64, prefix_zone: u32) -> Result<ActiveCommand, i32> {
+    /// (the caller holds it). `prefix_zone` and `max_size` are the set's `prefixZoneSize` and
+    /// `maxTransferSize`: a Read or Write above `max_size`, or with a NULL buffer, comes back
+    /// [malformed](ActiveCommand::is_malformed), with no data zone.
+    pub(crate) fn get_command(
+        &self,
+        timeout: i64,
+        prefix_zone: u32,
+        max_size: u32,
+    ) -> Result<ActiveCommand, i32> {
         let mut out = ptr::null_mut();
         // SAFETY: a live device (its set is alive, the caller's contract) and a writable out
         // pointer.
@@ -322,7 +332,9 @@ impl RawDevice {
         // SAFETY: `from_raw`'s contract: the library returned this command from a successful
         // GetCommand; it stays valid, with its buffer (and the prefix zone the set was
         // configured with below it), until it is completed; the caller keeps the set alive.
-        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone) })
+        // The library vouches for the buffer's address only: `from_raw` itself rejects a
+        // NULL one and a `size` above the set's `maxTransferSize`.
+        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone, max_size) })
     }
 
     /// `CompleteCommand`: ends `command` (one this device returned), handing its buffer back.

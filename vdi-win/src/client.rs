@@ -496,10 +496,14 @@ impl SqlVdiDevice {
         // Again with the turn: the thread that had it may have ended the device.
         check()?;
         let remaining = vdi_foreign::remaining(deadline);
+        // The prefix zone first: in a secondary it fetches the configuration, and with it
+        // the `maxTransferSize` that bounds the command's size.
+        let prefix_zone = set.prefix_zone();
+        let max_size = set.state.max_transfer_size();
         match inner
             .device
             .get()
-            .get_command(remaining.as_millis(), set.prefix_zone())
+            .get_command(remaining.as_millis(), prefix_zone, max_size)
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");

@@ -232,6 +232,33 @@ fn command_data_is_the_shared_buffer() {
     device.complete(cmd, Completion::success(100)).unwrap();
 }
 
+/// A Write larger than the set's `maxTransferSize` (1 MiB here) is the library breaking the
+/// protocol: its size is not trusted to describe the buffer, so it is completed with
+/// `ERROR_OPERATION_ABORTED` and the set aborted, never handed out with a data zone.
+#[test]
+fn a_command_above_the_transfer_size_is_refused() {
+    let (fake, set, device) = active();
+    fake.push_command(CommandCode::WRITE, (1 << 20) + 1, 0);
+    assert_eq!(hr(device.command(Timeout::POLL)), HResult::VD_E_ABORT);
+    let calls = fake.calls();
+    assert!(
+        calls.iter().any(|c| matches!(
+            c,
+            Call::CompleteCommand {
+                code: 995,
+                bytes: 0,
+                ..
+            }
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| matches!(c, Call::SignalAbort)),
+        "{calls:?}"
+    );
+    assert_eq!(set.state(), ClientSetState::Aborted);
+}
+
 #[test]
 fn references_balance_when_the_wrappers_drop() {
     let (fake, vdi) = backend();
