@@ -20,7 +20,7 @@ use vdi_core::{
     BufferHandle, Call, ClientConfig, ClientSetState, Completion, Config, Error, HResult,
     InvalidReason, NameError, SharedLeases, Timeout, Turn, VdConfig,
 };
-use vdi_foreign::{ActiveCommand, ForeignDevice, MappedView, SetState};
+use vdi_foreign::{ActiveCommand, Closed, ForeignDevice, MappedView, SetState};
 
 use crate::{
     load::{self, LoadError},
@@ -192,6 +192,17 @@ struct SetShared {
     state: SetState,
 }
 
+impl Drop for SetShared {
+    fn drop(&mut self) {
+        // The last command and mapped buffer of the set have gone: a `Close` that found views
+        // of its buffers can now reach the library (before the object is deleted).
+        if self.state.take_deferred_close() {
+            let _ = check("Close", self.set.close());
+            debug!(set = %self.state.name(), "deferred Close");
+        }
+    }
+}
+
 impl SetShared {
     /// `SignalAbort` on this process's own initiative.
     fn abort(&self) {
@@ -300,6 +311,10 @@ impl vdi_core::ClientDeviceSet for LibSet {
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<LibMapped, Error> {
         let sh = &self.shared;
         sh.state.before_buffer_handle(Call::MapBufferHandle, len)?;
+        // Until the view holds its lease: `Close` must not free the buffer meanwhile.
+        let _call = sh
+            .state
+            .begin_call(|m| m.check_buffer_handle(Call::MapBufferHandle))?;
         let ptr = sh
             .set
             .map_buffer_handle(handle.0)
@@ -335,12 +350,22 @@ impl vdi_core::ClientDeviceSet for LibSet {
         check("SignalAbort", self.shared.set.signal_abort())
     }
 
+    /// Waits for the device calls in progress (ending their waits with `SignalAbort` when a
+    /// device is still open); while commands or mapped buffers of the set remain, the library's
+    /// `Close` waits for the last of them (see vdi-foreign's `SetState::close`).
     fn close(&self) -> Result<(), Error> {
-        let result = self
-            .shared
+        let sh = &self.shared;
+        let result = sh
             .state
-            .close(|| check("Close", self.shared.set.close()))
-            .and_then(|r| r);
+            .close(
+                || {
+                    let _ = sh.set.signal_abort();
+                },
+                || check("Close", sh.set.close()),
+            )
+            .and_then(|closed| match closed {
+                Closed::Library(r) | Closed::Deferred(r) => r,
+            });
         debug!(set = %self.shared.state.name(), result = ?result.as_ref().err(), "Close");
         result
     }
@@ -396,7 +421,8 @@ impl ForeignDevice for DeviceInner {
 
     fn complete_raw(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
         let code = cmd.code();
-        self.set.state.before_complete(self.index)?;
+        // Held through the call: `Close` must not free the device meanwhile.
+        let _call = self.set.state.begin_complete(self.index)?;
         check(
             "CompleteCommand",
             self.device.complete_command(
@@ -431,8 +457,10 @@ impl vdi_core::ClientDevice for LibDevice {
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(Error::Timeout);
         };
-        // Again with the turn: the thread that had it may have ended the device.
-        set.state.before_command(inner.index)?;
+        // Again with the turn: the thread that had it may have ended the device. Held until
+        // the command holds its lease: `Close` must not free the device or the buffer
+        // meanwhile.
+        let _call = set.state.begin_command(inner.index)?;
         let remaining = vdi_foreign::remaining(deadline);
         // The prefix zone first: in a secondary it fetches the configuration, and with it
         // the `maxTransferSize` that bounds the command's size.

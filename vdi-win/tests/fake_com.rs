@@ -724,6 +724,54 @@ fn get_command_calls_take_turns_within_their_timeouts() {
     assert_eq!(fake.methods(), ["GetCommand", "CompleteCommand"]);
 }
 
+/// sqlvdi's Close frees the buffers: while this process still holds a command's buffer, Close
+/// answers as the machine does (`VD_E_OPEN`, after SignalAbort, for a device still open) and
+/// sqlvdi's Close waits until the command and the set are gone, so the data stays readable.
+#[test]
+fn close_waits_for_the_buffers_this_process_holds() {
+    let (fake, set, device) = active();
+    fake.push_command(CommandCode::WRITE, 64, 0);
+    let cmd = device.command(Timeout::POLL).unwrap();
+    fake.clear();
+    assert_eq!(set.close().unwrap_err(), Error::Open);
+    assert_eq!(fake.methods(), ["SignalAbort"]);
+    assert!(cmd.data().iter().enumerate().all(|(i, &b)| b == i as u8));
+    drop((set, device));
+    assert_eq!(fake.methods(), ["SignalAbort"]);
+    // Dropped after Close: nothing is completed, and the last view is gone.
+    drop(cmd);
+    assert_eq!(fake.methods(), ["SignalAbort", "Close"]);
+}
+
+/// Close never frees a device under a GetCommand in progress: it ends the wait with
+/// SignalAbort (a device is still open), and calls sqlvdi's Close once GetCommand returned.
+#[test]
+fn close_waits_for_a_get_command_in_progress() {
+    let (fake, set, device) = active();
+    fake.block_get_command();
+    let waiter = {
+        let device = device.clone();
+        thread::spawn(move || device.command(Timeout::INFINITE).map(drop))
+    };
+    let wait_for = |method: &str| {
+        let start = Instant::now();
+        while !fake.methods().contains(&method) {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {method}");
+            thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for("GetCommand");
+    let closer = thread::spawn(move || set.close());
+    wait_for("SignalAbort");
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(fake.methods(), ["GetCommand", "SignalAbort"]);
+    fake.unblock();
+    assert!(waiter.join().unwrap().is_err());
+    // sqlvdi's own answer (the fake's: S_OK).
+    closer.join().unwrap().unwrap();
+    assert_eq!(fake.methods(), ["GetCommand", "SignalAbort", "Close"]);
+}
+
 #[test]
 fn commands_complete_from_other_threads() {
     let (fake, set, device) = active();
