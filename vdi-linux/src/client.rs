@@ -41,6 +41,8 @@ pub type LibMapped = vdi_foreign::Mapped;
 fn check(op: &'static str, rc: i32) -> Result<(), Error> {
     if rc == raw::THREW {
         warn!(op, "libsqlvdi threw a C++ exception; the shim caught it");
+    } else if rc == raw::NULL_RESULT {
+        warn!(op, "libsqlvdi reported success with a NULL result");
     }
     match Error::from_hresult(HResult(rc)) {
         None => Ok(()),
@@ -53,8 +55,8 @@ fn check(op: &'static str, rc: i32) -> Result<(), Error> {
     }
 }
 
-/// The error for a call that failed with `rc` (a failure the shim reports with 0, a null
-/// result, is `rc` = [`raw::THREW`]).
+/// The error for a call that failed with `rc` (a success with a NULL result is
+/// [`raw::NULL_RESULT`], `E_POINTER`; a success code other than 0 is kept as it is).
 fn error(op: &'static str, rc: i32) -> Error {
     check(op, rc).err().unwrap_or(Error::Other(HResult(rc)))
 }
@@ -484,5 +486,25 @@ impl vdi_core::ClientDevice for LibDevice {
 
     fn complete(&self, command: LibCommand, completion: Completion) -> Result<(), Error> {
         command.complete(&*self.inner, completion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vdi_core::{Error, HResult};
+
+    use super::error;
+    use crate::raw;
+
+    #[test]
+    fn a_null_result_is_e_pointer_not_an_exception() {
+        assert_eq!(
+            error("OpenDevice", raw::NULL_RESULT),
+            Error::Other(HResult::E_POINTER)
+        );
+        assert_ne!(raw::NULL_RESULT, raw::THREW);
+        assert_eq!(error("GetCommand", HResult::VD_E_CLOSE.0), Error::Closed);
+        // A success code other than 0 where 0 was due is kept, as an error.
+        assert_eq!(error("GetCommand", 1), Error::Other(HResult(1)));
     }
 }

@@ -16,12 +16,16 @@ use std::{
     ptr::{self, NonNull},
 };
 
-use vdi_core::{VdConfig, VdcCommand};
+use vdi_core::{HResult, VdConfig, VdcCommand};
 use vdi_foreign::ActiveCommand;
 
 /// What the shim returns when the library threw a C++ exception (COM's `E_UNEXPECTED`, which
 /// no VDI library returns: their codes are in facility 0x77).
 pub(crate) const THREW: i32 = 0x8000_FFFF_u32 as i32;
+
+/// What this layer returns when the library reported success but left its out-pointer NULL
+/// (no set, device, command or buffer): COM's `E_POINTER`, as vdi-win says it.
+pub(crate) const NULL_RESULT: i32 = HResult::E_POINTER.0;
 
 /// The shim's table of the library's members (opaque here).
 #[repr(C)]
@@ -177,7 +181,7 @@ impl RawSet {
         let rc = unsafe { vdi_linux_set_new(lib.ptr(), &mut out) };
         match NonNull::new(out) {
             Some(set) if rc == 0 => Ok(Self { lib, set }),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 
@@ -233,7 +237,7 @@ impl RawSet {
                 lib: self.lib,
                 device,
             }),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 
@@ -275,7 +279,7 @@ impl RawSet {
         };
         match NonNull::new(out) {
             Some(p) if rc == 0 => Ok(p),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 }
@@ -328,7 +332,7 @@ impl RawDevice {
         if rc != 0 {
             return Err(rc);
         }
-        let cmd = NonNull::new(out).ok_or(THREW)?;
+        let cmd = NonNull::new(out).ok_or(NULL_RESULT)?;
         // SAFETY: `from_raw`'s contract: the library returned this command from a successful
         // GetCommand; it stays valid, with its buffer (and the prefix zone the set was
         // configured with below it), until it is completed; the caller keeps the set alive.
