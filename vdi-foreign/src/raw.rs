@@ -12,6 +12,14 @@ use vdi_core::{CommandCode, VdcCommand};
 ///
 /// It holds no library object, so it may move to another thread (`Send`), to be completed
 /// there.
+///
+/// Its data zone stays mapped until it is completed or dropped: the bindings keep the set
+/// object alive, and defer the library's `Close` while any command holds its buffer
+/// ([`SetState::close`](crate::SetState::close)). What this cannot prevent: after an abort
+/// (`SignalAbort`, or the server's), the library completes outstanding commands itself and the
+/// server may reuse their buffers while the client still reads or writes them. The bytes stay
+/// mapped, so this is wrong data, not a dangling slice, and the client sees the abort at its
+/// next call; memory shared with another process is written outside Rust's model either way.
 pub struct ActiveCommand {
     cmd: NonNull<VdcCommand>,
     code: CommandCode,

@@ -40,7 +40,9 @@ using GetCommandFn = int (*)(ClientVirtualDevice*, time_t, VDC_Command**);
 using CompleteCommandFn = int (*)(ClientVirtualDevice*, VDC_Command*, int, unsigned long, int64_t);
 
 /* Room for the set object. The SDK's class holds one private pointer; the storage is larger
- * and zeroed, so a library whose object had a few more fields would still fit. */
+ * and zeroed, so a library whose object had a few more fields would still fit. The library
+ * does not export its size: a class larger than this would overrun the storage, undetected
+ * (the mangled names would still resolve). */
 constexpr size_t SET_STORAGE = 256;
 
 }  // namespace
@@ -185,14 +187,16 @@ int vdi_linux_load(const char* path, const vdi_linux_lib** out, char* message,
             delete lib;
             return 2;
         }
-        /* POSIX guarantees that a dlsym result converts to a function pointer. */
+        /* POSIX guarantees that a dlsym result converts to a function pointer. On a missing
+     * member the handle is left open, not dlclose'd: the library's constructors have run, and
+     * unloading it is not worth their risk. */
         memcpy(reinterpret_cast<char*>(lib) + m.offset, &sym, sizeof(sym));
     }
     *out = lib;
     return 0;
 }
 
-/* `new ClientVirtualDeviceSet`: 0 and `*out`, or VDI_LINUX_THREW. */
+/* `new ClientVirtualDeviceSet`: 0 and `*out`, VD_E_MEMORY, or VDI_LINUX_THREW. */
 int vdi_linux_set_new(const vdi_linux_lib* lib, void** out) noexcept
 {
     *out = nullptr;

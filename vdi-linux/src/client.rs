@@ -308,8 +308,9 @@ impl vdi_core::ClientDeviceSet for LibSet {
     }
 
     /// The library returns an address only: the `len` bytes there must be mapped read-write
-    /// in this process (`/proc/self/maps`), within the set's `maxTransferSize`, and not already
-    /// in a view of this process (a command it holds, or another mapping).
+    /// in this process (`/proc/self/maps`, a snapshot: see `raw::read_write` for its limits),
+    /// within the set's `maxTransferSize`, and not already in a view of this process (a command
+    /// it holds, or another mapping).
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<LibMapped, Error> {
         let sh = &self.shared;
         sh.state.before_buffer_handle(Call::MapBufferHandle, len)?;
@@ -338,9 +339,12 @@ impl vdi_core::ClientDeviceSet for LibSet {
             unsafe_code,
             reason = "the view's contract is met just above; see SAFETY"
         )]
-        // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set,
-        // whose memory stays mapped while the view keeps the set alive (`Mapped` holds it);
-        // the `len` bytes are mapped read-write (checked just now); the lease makes this the
+        // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set
+        // (that it is one of the set's buffers is the library's word); its memory stays mapped
+        // while the view lives, since the view keeps the set object alive (`Mapped` holds it)
+        // and the library's Close, which frees the buffers, waits for the last view
+        // (`SetState::close`); the `len` bytes were mapped read-write when checked just now
+        // (a snapshot: nothing of this crate unmaps them later); the lease makes this the
         // only view of them in this process while it lives.
         let view = unsafe { MappedView::new(ptr, len as usize) };
         Ok(LibMapped::new(handle, view, lease, Arc::clone(sh) as _))

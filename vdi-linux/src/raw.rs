@@ -157,12 +157,18 @@ impl Library {
 /// `Send` and `Sync`: the SDK's clients call one set from many threads (Microsoft's samples
 /// service each device from a thread of its own); `crate::client` serializes what the SDK does
 /// not promise (one `GetCommand` at a time per device).
+///
+/// The Linux SDK documents no thread model: that a set may be called from several threads at
+/// once is the Windows rule (vdi-spec.md section 12), assumed for libsqlvdi.so, and unverified
+/// against Microsoft's library; vdi-sdk's own library locks each call.
 pub(crate) struct RawSet {
     lib: &'static Library,
     set: NonNull<c_void>,
 }
 
-// SAFETY: see the type's documentation.
+// SAFETY: the set object is heap memory of the library, not tied to the thread that made it;
+// that its members may be called from several threads at once is the assumption the type's
+// documentation states (the Windows rule; unverified for Microsoft's libsqlvdi.so).
 unsafe impl Send for RawSet {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawSet {}
@@ -286,8 +292,10 @@ impl RawSet {
 
 impl Drop for RawSet {
     fn drop(&mut self) {
-        // SAFETY: the set came from `vdi_linux_set_new` and is deleted once, here; every device
-        // and command of it keeps this value alive (crate::client), so none outlives it.
+        // SAFETY: the set came from `vdi_linux_set_new` and is deleted once, here; every device,
+        // command and mapped buffer of it keeps this value alive (crate::client), so none
+        // outlives it, and a Close deferred while they lived was made just before (the
+        // `SetShared` drop).
         let _ = unsafe { vdi_linux_set_delete(self.lib.ptr(), self.set.as_ptr()) };
     }
 }
@@ -298,8 +306,11 @@ pub(crate) struct RawDevice {
     device: NonNull<c_void>,
 }
 
-// SAFETY: the device is called from many threads by SDK clients (completions from any thread);
-// `crate::client` serializes its `GetCommand` calls.
+// SAFETY: the device object is plain memory of the library, not tied to a thread.
+// `crate::client` serializes its `GetCommand` calls, but a `CompleteCommand` may run on another
+// thread during one: that the library allows this is assumed (async clients need it; vdi-sdk's
+// library locks), not documented by Microsoft (see `RawSet`). The library's `Close`, which
+// frees the device, waits for both (vdi-foreign's `SetState::begin_call`).
 unsafe impl Send for RawDevice {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawDevice {}
@@ -367,6 +378,12 @@ impl RawDevice {
 
 /// Whether `start..start + len` lies in mappings of this process that are readable and
 /// writable (`/proc/self/maps`; adjacent mappings may cover it together).
+///
+/// A snapshot, with two limits. It is true when read: a thread that unmaps or protects the
+/// range afterwards (the library's `Close` is kept from it by vdi-foreign's `SetState`; other
+/// code of the process is not) invalidates it. And it shows the bytes are accessible, not that
+/// they are the set's buffer: any read-write mapping, the heap included (`rw-p`), passes, so
+/// that the address is one of the set's buffers is still the library's word.
 pub(crate) fn read_write(start: usize, len: usize) -> bool {
     let Some(end) = start.checked_add(len) else {
         return false;
