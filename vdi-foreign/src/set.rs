@@ -255,11 +255,15 @@ impl SetState {
         call: impl FnOnce() -> R,
     ) -> Result<Closed<R>, Error> {
         let mut local = self.local();
-        if local.machine.state() == ClientSetState::DoesNotExist {
-            return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
-        }
         let mut abort = Some(abort);
-        while local.in_flight > 0 {
+        loop {
+            // Checked again after each wait: another thread's Close may have ended the set.
+            if local.machine.state() == ClientSetState::DoesNotExist {
+                return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
+            }
+            if local.in_flight == 0 {
+                break;
+            }
             if local.machine.has_open_devices()
                 && let Some(abort) = abort.take()
             {

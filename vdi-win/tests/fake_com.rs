@@ -772,6 +772,38 @@ fn close_waits_for_a_get_command_in_progress() {
     assert_eq!(fake.methods(), ["GetCommand", "SignalAbort", "Close"]);
 }
 
+/// Two Closes that both wait for a GetCommand in progress: one closes the set, the other is
+/// answered `VD_E_PROTOCOL` without reaching sqlvdi.
+#[test]
+fn concurrent_closes_reach_sqlvdi_once() {
+    let (fake, set, device) = active();
+    fake.block_get_command();
+    let waiter = {
+        let device = device.clone();
+        thread::spawn(move || device.command(Timeout::INFINITE).map(drop))
+    };
+    let start = Instant::now();
+    while !fake.methods().contains(&"GetCommand") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no GetCommand");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let set = Arc::new(set);
+    let closers: Vec<_> = (0..2)
+        .map(|_| {
+            let set = Arc::clone(&set);
+            thread::spawn(move || hr(set.close()))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(20));
+    fake.unblock();
+    assert!(waiter.join().unwrap().is_err());
+    let mut answers: Vec<_> = closers.into_iter().map(|c| c.join().unwrap()).collect();
+    answers.sort_by_key(|h| h.0);
+    assert_eq!(answers, [HResult::VD_E_PROTOCOL, HResult::S_OK]);
+    let closes = fake.methods().iter().filter(|m| **m == "Close").count();
+    assert_eq!(closes, 1, "{:?}", fake.methods());
+}
+
 #[test]
 fn commands_complete_from_other_threads() {
     let (fake, set, device) = active();
