@@ -298,6 +298,36 @@ fn one_view_per_buffer<B: ClientBackend>(b: &B, backend: &str) {
     engine.join().unwrap().unwrap();
 }
 
+/// Close with a Write still held: `VD_E_OPEN` (the device is open; the set is aborted), and
+/// the held command's data stays mapped until it is dropped (vdi-shm keeps the mapping;
+/// vdi-linux defers the library's Close until the command is gone). Its bytes may change: after
+/// the abort the server may reuse the buffer.
+fn close_with_a_command_held<B: ClientBackend>(b: &B, backend: &str) {
+    let name = unique(backend, "heldclose");
+    let set = b.create(None, &name, &ClientConfig::default()).unwrap();
+    let options = Options::new(name.clone());
+    let engine =
+        thread::spawn(move || vdi_engine::run_backup_shm(&options, &BackupJob::new(256 << 10)));
+    set.configuration(WAIT).unwrap();
+    let dev = set.open_device(&name).unwrap();
+    let held = loop {
+        let cmd = dev.command(WAIT).unwrap();
+        if cmd.code() == CommandCode::WRITE {
+            break cmd;
+        }
+        dev.complete(cmd, Completion::success(0)).unwrap();
+    };
+    let len = held.data().len();
+    assert_eq!(hr(set.close()), Some(HResult::VD_E_OPEN));
+    // Still mapped: reading it must not fault.
+    let _ = std::hint::black_box(held.data().iter().fold(0u8, |a, &b| a ^ b));
+    assert_eq!(held.data().len(), len);
+    drop(held);
+    drop((dev, set));
+    // The engine sees the abort.
+    assert!(engine.join().unwrap().is_err());
+}
+
 /// Whether the suite of a backend runs here (the COM server must be registered).
 fn available(backend: &str) -> bool {
     if backend != "com" || std::env::var_os("VDI_SDK_COM_REGISTERED").is_some() {
@@ -335,6 +365,13 @@ macro_rules! suite {
             fn one_view_per_buffer() {
                 if super::available(stringify!($module)) {
                     super::one_view_per_buffer(&$backend, stringify!($module));
+                }
+            }
+
+            #[test]
+            fn close_with_a_command_held() {
+                if super::available(stringify!($module)) {
+                    super::close_with_a_command_held(&$backend, stringify!($module));
                 }
             }
 
