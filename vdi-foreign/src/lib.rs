@@ -21,5 +21,5 @@ mod set;
 mod wrap;
 
 pub use raw::{ActiveCommand, MappedView};
-pub use set::{SetState, remaining};
+pub use set::{Closed, DeviceCall, SetState, remaining};
 pub use wrap::{Command, ForeignDevice, Mapped};

@@ -12,6 +12,14 @@ use vdi_core::{CommandCode, VdcCommand};
 ///
 /// It holds no library object, so it may move to another thread (`Send`), to be completed
 /// there.
+///
+/// Its data zone stays mapped until it is completed or dropped: the bindings keep the set
+/// object alive, and defer the library's `Close` while any command holds its buffer
+/// ([`SetState::close`](crate::SetState::close)). What this cannot prevent: after an abort
+/// (`SignalAbort`, or the server's), the library completes outstanding commands itself and the
+/// server may reuse their buffers while the client still reads or writes them. The bytes stay
+/// mapped, so this is wrong data, not a dangling slice, and the client sees the abort at its
+/// next call; memory shared with another process is written outside Rust's model either way.
 pub struct ActiveCommand {
     cmd: NonNull<VdcCommand>,
     code: CommandCode,
@@ -19,6 +27,9 @@ pub struct ActiveCommand {
     position: u64,
     buffer: *mut u8,
     prefix_zone: u32,
+    /// A Read or Write whose fields cannot describe a buffer of this set (see
+    /// [`ActiveCommand::is_malformed`]): no slice is ever made of it.
+    malformed: bool,
 }
 
 // SAFETY: the command and its buffer belong to whoever holds the `ActiveCommand` until it is
@@ -27,26 +38,51 @@ pub struct ActiveCommand {
 unsafe impl Send for ActiveCommand {}
 
 impl ActiveCommand {
-    /// The command at `cmd`, its fields read once, here.
+    /// The command at `cmd`, its fields read once, here, and checked: a Read or Write with a
+    /// data zone (`size` > 0) must have a non-NULL `buffer`, `size` at most `max_size` (the
+    /// set's `maxTransferSize`), and its zones, `buffer - prefix_zone .. buffer + size`, must
+    /// not wrap around the address space. A command that fails the check is
+    /// [malformed](ActiveCommand::is_malformed): it has no data or prefix zone, and is only
+    /// fit to be completed.
     ///
     /// # Safety
     ///
     /// `cmd` was returned by a successful `GetCommand` of a device, the command has not been
     /// completed, and the device's set stays alive until this value is completed or dropped:
-    /// the `VDC_Command` is readable, and a Read or Write command's buffer holds `size`
-    /// writable bytes, with `prefix_zone` more directly below them when the set was configured
-    /// with that prefix zone, all of them this value's until it is completed.
-    pub unsafe fn from_raw(cmd: NonNull<VdcCommand>, prefix_zone: u32) -> Self {
-        // SAFETY: the caller's contract: a readable command.
+    /// the `VDC_Command` is readable, and the buffer of a Read or Write command that passes
+    /// the check above holds `size` writable bytes, with `prefix_zone` more directly below
+    /// them when the set was configured with that prefix zone, all of them this value's until
+    /// it is completed. (The check bounds what the caller vouches for: it need not trust a
+    /// `size` or a NULL `buffer` the library returns.)
+    pub unsafe fn from_raw(cmd: NonNull<VdcCommand>, prefix_zone: u32, max_size: u32) -> Self {
+        // SAFETY: the caller's contract: a readable command. It is read once; only the copy is
+        // used from here on.
         let raw = unsafe { cmd.as_ptr().read() };
+        let code = CommandCode(raw.command_code);
+        let addr = raw.buffer as usize;
+        let malformed = code.has_buffer()
+            && raw.size > 0
+            && (raw.buffer.is_null()
+                || raw.size > max_size
+                || addr.checked_sub(prefix_zone as usize).is_none()
+                || addr.checked_add(raw.size as usize).is_none());
         Self {
             cmd,
-            code: CommandCode(raw.command_code),
+            code,
             size: raw.size,
             position: raw.position,
             buffer: raw.buffer,
             prefix_zone,
+            malformed,
         }
+    }
+
+    /// Whether the library returned a Read or Write whose fields cannot describe a buffer of
+    /// the set: a NULL `buffer` with a `size`, a `size` above the set's `maxTransferSize`, or
+    /// zones that wrap around the address space. Such a command has no data zone: the
+    /// binding completes it with an error instead of handing it out.
+    pub fn is_malformed(&self) -> bool {
+        self.malformed
     }
 
     /// The `VDC_Command` pointer, as `CompleteCommand` takes it back.
@@ -78,9 +114,10 @@ impl ActiveCommand {
     /// commands overload `size` and carry no buffer).
     pub fn data(&self) -> &[u8] {
         match self.data_len() {
-            // SAFETY: a Read or Write command's buffer holds at least `size` bytes, valid and
-            // ours until the command is completed, which needs `self` by value (`from_raw`'s
-            // contract).
+            // SAFETY: a Read or Write command that passed `from_raw`'s check (`data_len` is
+            // `None` for a malformed one) has `size` bytes at its non-NULL buffer, valid and ours
+            // until the command is completed, which needs `self` by value (`from_raw`'s
+            // contract, upheld by the binding that made this value).
             Some(len) => unsafe { slice::from_raw_parts(self.buffer, len) },
             None => &[],
         }
@@ -102,8 +139,9 @@ impl ActiveCommand {
             return &mut [];
         }
         let len = self.prefix_zone as usize;
-        // SAFETY: `from_raw`'s contract: every buffer has `len` client bytes directly below its
-        // data zone, ours until completion; `&mut self` makes this the only view.
+        // SAFETY: `from_raw`'s contract: every buffer that passed its check has `len` client
+        // bytes directly below its data zone, ours until completion, and the check made sure
+        // `buffer - len` does not wrap; `&mut self` makes this the only view.
         unsafe { slice::from_raw_parts_mut(self.buffer.sub(len), len) }
     }
 
@@ -123,9 +161,9 @@ impl ActiveCommand {
         self.data_len().is_some()
     }
 
-    /// The data zone's length, for commands that have one.
+    /// The data zone's length, for commands that have one (never a malformed one).
     fn data_len(&self) -> Option<usize> {
-        (self.code.has_buffer() && !self.buffer.is_null() && self.size > 0)
+        (self.code.has_buffer() && !self.malformed && !self.buffer.is_null() && self.size > 0)
             .then_some(self.size as usize)
     }
 }
@@ -138,6 +176,7 @@ impl fmt::Debug for ActiveCommand {
             .field("size", &self.size)
             .field("position", &self.position)
             .field("buffer", &self.buffer)
+            .field("malformed", &self.malformed)
             .finish()
     }
 }
@@ -182,5 +221,89 @@ impl MappedView {
 impl fmt::Debug for MappedView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MappedView({:p}, {} bytes)", self.ptr, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::{self, NonNull};
+
+    use vdi_core::{CommandCode, VdcCommand};
+
+    use super::ActiveCommand;
+
+    fn command(code: CommandCode, size: u32, buffer: *mut u8) -> VdcCommand {
+        VdcCommand {
+            command_code: code.0,
+            size,
+            position: 0,
+            buffer,
+        }
+    }
+
+    fn active(raw: &mut VdcCommand, prefix_zone: u32, max_size: u32) -> ActiveCommand {
+        // SAFETY: `raw` is a readable command; the tests give a Read or Write a buffer of
+        // `size` bytes with `prefix_zone` below it whenever they expect the check to pass, and
+        // make no slice of one that fails it.
+        unsafe { ActiveCommand::from_raw(NonNull::from(raw), prefix_zone, max_size) }
+    }
+
+    #[test]
+    fn a_well_formed_write_has_its_zones() {
+        let mut memory = [7u8; 16 + 64];
+        let data = memory[16..].as_mut_ptr();
+        let mut raw = command(CommandCode::WRITE, 64, data);
+        let mut cmd = active(&mut raw, 16, 64);
+        assert!(!cmd.is_malformed());
+        assert_eq!(cmd.data().len(), 64);
+        assert_eq!(cmd.prefix_zone().len(), 16);
+    }
+
+    #[test]
+    fn a_size_above_the_transfer_size_is_malformed() {
+        let mut memory = [0u8; 64];
+        let mut raw = command(CommandCode::READ, 64 << 20, memory.as_mut_ptr());
+        let mut cmd = active(&mut raw, 0, 4 << 20);
+        assert!(cmd.is_malformed());
+        assert!(cmd.data().is_empty());
+        assert!(cmd.data_mut().is_empty());
+        assert!(cmd.prefix_zone().is_empty());
+        assert_eq!(cmd.zones(), None);
+        assert!(!cmd.has_buffer());
+        // The fields stay readable, for the log.
+        assert_eq!(cmd.size(), 64 << 20);
+    }
+
+    #[test]
+    fn a_null_buffer_with_a_size_is_malformed() {
+        let mut raw = command(CommandCode::WRITE, 512, ptr::null_mut());
+        let cmd = active(&mut raw, 0, 4 << 20);
+        assert!(cmd.is_malformed());
+        assert!(cmd.data().is_empty());
+    }
+
+    #[test]
+    fn zones_that_wrap_are_malformed() {
+        // A prefix zone below address 0x10 and a data zone past the top of the address space:
+        // neither is memory, and `buffer.sub`/`add` would wrap. The pointers are never used.
+        let mut raw = command(CommandCode::WRITE, 64, ptr::without_provenance_mut(0x10));
+        assert!(active(&mut raw, 0x100, 4 << 20).is_malformed());
+        let mut raw = command(
+            CommandCode::READ,
+            64,
+            ptr::without_provenance_mut(usize::MAX - 8),
+        );
+        assert!(active(&mut raw, 0, 4 << 20).is_malformed());
+    }
+
+    #[test]
+    fn commands_without_a_buffer_are_never_malformed() {
+        // Other commands overload `size` (SkipMarks, SetPosition's whence) and carry no buffer.
+        let mut raw = command(CommandCode::FLUSH, u32::MAX, ptr::null_mut());
+        let cmd = active(&mut raw, 0, 64);
+        assert!(!cmd.is_malformed());
+        assert!(cmd.data().is_empty());
+        let mut raw = command(CommandCode::WRITE, 0, ptr::null_mut());
+        assert!(!active(&mut raw, 0, 64).is_malformed());
     }
 }

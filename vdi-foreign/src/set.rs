@@ -3,13 +3,13 @@
 //! the same for sqlvdi.dll and libsqlvdi.so.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Instant,
 };
 
 use vdi_core::{
     AbortReason, Call, ClientConfig, ClientSetMachine, ClientSetState, Config, Error,
-    InvalidReason, MAX_DEVICES, ProtocolReason, SharedLeases, Timeout, VdConfig,
+    InvalidReason, MAX_DEVICES, MAX_TRANSFER_SIZE, ProtocolReason, SharedLeases, Timeout, VdConfig,
 };
 
 /// What this process knows of the set, under one lock.
@@ -18,6 +18,13 @@ struct Local {
     machine: ClientSetMachine,
     /// The devices this process opened: its index for each, and the name.
     devices: Vec<(u32, String)>,
+    /// Device and buffer calls inside the library, or just back from it with a result not yet
+    /// turned into a view ([`DeviceCall`]): `Close` waits for them, since the library's
+    /// `Close` invalidates the device objects and buffers they use.
+    in_flight: u32,
+    /// `Close` found views of the set's buffers still held in this process, and left the
+    /// library's `Close` to [`SetState::take_deferred_close`].
+    close_deferred: bool,
 }
 
 /// One set's state in this process: its machine, its devices, its configuration, and the
@@ -35,6 +42,8 @@ pub struct SetState {
     /// What `GetConfiguration` returned first.
     config: OnceLock<Config>,
     local: Mutex<Local>,
+    /// Signalled when `in_flight` drops to 0.
+    idle: Condvar,
     /// The byte ranges of the library's buffers this process has views of (the commands it
     /// holds, prefix and data zone, and the mapped handles), in the process's one address space
     /// (0): the libraries hand out addresses only, and this keeps two views of the same bytes
@@ -68,7 +77,10 @@ impl SetState {
             local: Mutex::new(Local {
                 machine,
                 devices: Vec::new(),
+                in_flight: 0,
+                close_deferred: false,
             }),
+            idle: Condvar::new(),
             leases: Arc::default(),
         }
     }
@@ -142,6 +154,17 @@ impl SetState {
         }
     }
 
+    /// The largest `size` a Read or Write of the set may have: the `maxTransferSize` of the
+    /// configuration (call [`SetState::prefix_zone`] first, which fetches it in a secondary),
+    /// else the largest the specification allows ([`MAX_TRANSFER_SIZE`]). A command's data zone
+    /// is never trusted beyond it.
+    pub fn max_transfer_size(&self) -> u32 {
+        match self.config.get() {
+            Some(c) if c.max_transfer_size > 0 => c.max_transfer_size,
+            _ => MAX_TRANSFER_SIZE,
+        }
+    }
+
     /// Before `OpenDevice` of `name`.
     ///
     /// # Errors
@@ -208,23 +231,111 @@ impl SetState {
         self.local().machine.signal_abort(AbortReason::Signalled)
     }
 
-    /// `Close`, with `call` (the library's) made under the set's lock: the library knows which
-    /// devices are still open, in every process, and its answer, `call`'s result, stands; the
-    /// machine goes back to DoesNotExist either way.
+    /// `Close`, with `call` (the library's `Close`) made under the set's lock: the library
+    /// knows which devices are still open, in every process, and its answer, `call`'s result,
+    /// stands; the machine goes back to DoesNotExist either way.
+    ///
+    /// The library's `Close` frees the device objects and the buffers, so it is never made
+    /// while this process still uses them:
+    ///
+    /// - it waits for the device and buffer calls in progress ([`SetState::begin_call`]);
+    ///   when a device is still open, it first ends their waits with `abort` (the library's
+    ///   `SignalAbort`), as the library's own `Close` would;
+    /// - while views of the buffers remain (commands not completed, mapped buffers), the
+    ///   answer is the machine's, as vdi-shm's (`VD_E_OPEN` with devices open, after `abort`),
+    ///   and the library's `Close` waits for [`SetState::take_deferred_close`], which the
+    ///   binding calls when the last of them has gone (its set object drops).
     ///
     /// # Errors
     ///
     /// `VD_E_PROTOCOL`, without a call, when the set does not exist here.
-    pub fn close<R>(&self, call: impl FnOnce() -> R) -> Result<R, Error> {
+    pub fn close<R>(
+        &self,
+        abort: impl FnOnce(),
+        call: impl FnOnce() -> R,
+    ) -> Result<Closed<R>, Error> {
         let mut local = self.local();
-        if local.machine.state() == ClientSetState::DoesNotExist {
-            return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
+        let mut abort = Some(abort);
+        loop {
+            // Checked again after each wait: another thread's Close may have ended the set.
+            if local.machine.state() == ClientSetState::DoesNotExist {
+                return Err(Error::Protocol(ProtocolReason::WrongState(Call::Close)));
+            }
+            if local.in_flight == 0 {
+                break;
+            }
+            if local.machine.has_open_devices()
+                && let Some(abort) = abort.take()
+            {
+                let _ = local.machine.signal_abort(AbortReason::Signalled);
+                abort();
+            }
+            local = self
+                .idle
+                .wait(local)
+                .unwrap_or_else(PoisonError::into_inner);
         }
-        let result = call();
         let open = local.machine.has_open_devices();
-        let _ = local.machine.close(open);
+        let closed = if self.leases.is_empty() {
+            let result = call();
+            let _ = local.machine.close(open);
+            Closed::Library(result)
+        } else {
+            local.close_deferred = true;
+            let action = local.machine.close(open);
+            if action.abort_peer
+                && let Some(abort) = abort.take()
+            {
+                abort();
+            }
+            Closed::Deferred(action.result)
+        };
         local.devices.clear();
-        Ok(result)
+        Ok(closed)
+    }
+
+    /// Whether a [`SetState::close`] left the library's `Close` for later: the binding calls
+    /// it once no view of the set's buffers remains (when its set object drops), then deletes
+    /// or releases the object.
+    pub fn take_deferred_close(&self) -> bool {
+        std::mem::take(&mut self.local().close_deferred)
+    }
+
+    /// Starts a call into the library that uses a device object or yields a view of a buffer
+    /// (`GetCommand` until its command holds its lease, `CompleteCommand`, `MapBufferHandle`
+    /// until its view holds its lease), after `check` (the machine's word, under the set's
+    /// lock). [`SetState::close`] waits until the returned value drops.
+    ///
+    /// # Errors
+    ///
+    /// What `check` says.
+    pub fn begin_call(
+        &self,
+        check: impl FnOnce(&mut ClientSetMachine) -> Result<(), Error>,
+    ) -> Result<DeviceCall<'_>, Error> {
+        let mut local = self.local();
+        check(&mut local.machine)?;
+        local.in_flight += 1;
+        Ok(DeviceCall { state: self })
+    }
+
+    /// [`SetState::begin_call`] for `GetCommand` on device `index`: the machine's word as
+    /// [`SetState::before_command`] gives it.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn begin_command(&self, index: u32) -> Result<DeviceCall<'_>, Error> {
+        self.begin_call(|m| m.check_get_command(index))
+    }
+
+    /// [`SetState::begin_call`] for `CompleteCommand` on device `index`.
+    ///
+    /// # Errors
+    ///
+    /// The machine's answer.
+    pub fn begin_complete(&self, index: u32) -> Result<DeviceCall<'_>, Error> {
+        self.begin_call(|m| m.check_complete_command(index))
     }
 
     /// Before `GetCommand` on device `index` (the machine answers `VD_E_CLOSE` too, for a
@@ -253,6 +364,33 @@ impl SetState {
     /// The machine's answer.
     pub fn before_complete(&self, index: u32) -> Result<(), Error> {
         self.local().machine.check_complete_command(index)
+    }
+}
+
+/// What [`SetState::close`] did.
+#[derive(Debug)]
+pub enum Closed<R> {
+    /// It called the library's `Close`, which answered this.
+    Library(R),
+    /// Views of the set's buffers remain in this process: the library's `Close` waits for
+    /// [`SetState::take_deferred_close`], and this is the machine's answer.
+    Deferred(Result<(), Error>),
+}
+
+/// A call into the library in progress ([`SetState::begin_call`]); dropping it ends it.
+#[derive(Debug)]
+#[must_use = "the call is in progress until this value drops"]
+pub struct DeviceCall<'a> {
+    state: &'a SetState,
+}
+
+impl Drop for DeviceCall<'_> {
+    fn drop(&mut self) {
+        let mut local = self.state.local();
+        local.in_flight -= 1;
+        if local.in_flight == 0 {
+            self.state.idle.notify_all();
+        }
     }
 }
 

@@ -50,12 +50,20 @@ impl Command {
     /// `VD_E_ABORT` when those bytes are still in another view of this process (a mapping kept
     /// after the command it came from was completed): two views of the same bytes must not
     /// exist, so the command is completed with `ERROR_OPERATION_ABORTED` and the set aborted, as
-    /// when a peer breaks the protocol.
+    /// when a peer breaks the protocol. The same for a [malformed](ActiveCommand::is_malformed)
+    /// command (a Read or Write whose size or buffer the library got wrong), whose data zone
+    /// cannot be trusted.
     pub fn arrive(
         device: Arc<dyn ForeignDevice>,
         cmd: ActiveCommand,
         leases: &Arc<SharedLeases>,
     ) -> Result<Self, Error> {
+        if cmd.is_malformed() {
+            warn!(device = %device.name(), code = ?cmd.code(), size = cmd.size(), buffer = ?cmd.buffer(), "GetCommand: the library returned a Read or Write with a NULL buffer, a size above the set's maxTransferSize, or zones that wrap; aborting");
+            let _ = device.complete_raw(cmd, Completion::aborted());
+            device.abort_set();
+            return Err(Error::Aborted(AbortReason::Signalled));
+        }
         let lease = match cmd.zones() {
             None => None,
             Some((start, end)) => {
@@ -208,5 +216,68 @@ impl vdi_core::MappedBuffer for Mapped {
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.view.as_mut_slice()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        ptr::NonNull,
+        sync::{Arc, Mutex},
+    };
+
+    use vdi_core::{
+        AbortReason, CommandCode, Completion, CompletionCode, Error, SharedLeases, VdcCommand,
+    };
+
+    use super::{Command, ForeignDevice};
+    use crate::ActiveCommand;
+
+    /// A device that records what its commands do.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        completed: Mutex<Vec<CompletionCode>>,
+        aborted: Mutex<bool>,
+    }
+
+    impl ForeignDevice for Recorder {
+        fn index(&self) -> u32 {
+            0
+        }
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        fn set_id(&self) -> usize {
+            0
+        }
+        fn complete_raw(&self, _cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
+            self.completed.lock().unwrap().push(completion.code);
+            Ok(())
+        }
+        fn abort_set(&self) {
+            *self.aborted.lock().unwrap() = true;
+        }
+    }
+
+    #[test]
+    fn a_malformed_command_is_completed_and_the_set_aborted() {
+        let device = Arc::new(Recorder::default());
+        let mut raw = VdcCommand {
+            command_code: CommandCode::WRITE.0,
+            size: 1 << 30,
+            position: 0,
+            buffer: std::ptr::null_mut(),
+        };
+        // SAFETY: a readable command; its NULL buffer fails the check, so no slice is made.
+        let cmd = unsafe { ActiveCommand::from_raw(NonNull::from(&mut raw), 0, 4 << 20) };
+        let leases = Arc::new(SharedLeases::default());
+        let got = Command::arrive(Arc::clone(&device) as _, cmd, &leases);
+        assert_eq!(got.err(), Some(Error::Aborted(AbortReason::Signalled)));
+        assert_eq!(
+            *device.completed.lock().unwrap(),
+            [Completion::aborted().code]
+        );
+        assert!(*device.aborted.lock().unwrap());
+        assert!(leases.is_empty());
     }
 }

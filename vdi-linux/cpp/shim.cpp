@@ -13,6 +13,7 @@
  * returns VDI_LINUX_THREW (COM's E_UNEXPECTED, a value no VDI library returns: their codes are
  * in facility 0x77). */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -39,7 +40,9 @@ using GetCommandFn = int (*)(ClientVirtualDevice*, time_t, VDC_Command**);
 using CompleteCommandFn = int (*)(ClientVirtualDevice*, VDC_Command*, int, unsigned long, int64_t);
 
 /* Room for the set object. The SDK's class holds one private pointer; the storage is larger
- * and zeroed, so a library whose object had a few more fields would still fit. */
+ * and zeroed, so a library whose object had a few more fields would still fit. The library
+ * does not export its size: a class larger than this would overrun the storage, undetected
+ * (the mangled names would still resolve). */
 constexpr size_t SET_STORAGE = 256;
 
 }  // namespace
@@ -116,6 +119,39 @@ ClientVirtualDevice* as_device(void* p)
     return static_cast<ClientVirtualDevice*>(p);
 }
 
+/* Serializes the shim's umask swaps. The umask is the process's: two calls that each set it to
+ * 0 and then restore what they saw would, interleaved, restore each other's 0 and leave the
+ * process at umask 0 for good. Under this lock each call sees, and restores, the umask as it
+ * was outside the shim's calls. (Another thread's own umask calls, and files it creates
+ * meanwhile, are not covered: those get umask 0 for the duration of the call, as documented on
+ * LibSqlVdi::umask_zero.) A pthread mutex: static initialization, and no exceptions. */
+pthread_mutex_t UMASK_LOCK = PTHREAD_MUTEX_INITIALIZER;
+
+/* Holds UMASK_LOCK with the umask at 0 for its lifetime, when `zero`; does nothing otherwise. */
+class UmaskZero {
+public:
+    explicit UmaskZero(int zero) noexcept : zero_(zero != 0), old_(0)
+    {
+        if (zero_) {
+            pthread_mutex_lock(&UMASK_LOCK);
+            old_ = umask(0);
+        }
+    }
+    ~UmaskZero()
+    {
+        if (zero_) {
+            umask(old_);
+            pthread_mutex_unlock(&UMASK_LOCK);
+        }
+    }
+    UmaskZero(const UmaskZero&) = delete;
+    UmaskZero& operator=(const UmaskZero&) = delete;
+
+private:
+    bool zero_;
+    mode_t old_;
+};
+
 }  // namespace
 
 extern "C" {
@@ -151,14 +187,16 @@ int vdi_linux_load(const char* path, const vdi_linux_lib** out, char* message,
             delete lib;
             return 2;
         }
-        /* POSIX guarantees that a dlsym result converts to a function pointer. */
+        /* POSIX guarantees that a dlsym result converts to a function pointer. On a missing
+     * member the handle is left open, not dlclose'd: the library's constructors have run, and
+     * unloading it is not worth their risk. */
         memcpy(reinterpret_cast<char*>(lib) + m.offset, &sym, sizeof(sym));
     }
     *out = lib;
     return 0;
 }
 
-/* `new ClientVirtualDeviceSet`: 0 and `*out`, or VDI_LINUX_THREW. */
+/* `new ClientVirtualDeviceSet`: 0 and `*out`, VD_E_MEMORY, or VDI_LINUX_THREW. */
 int vdi_linux_set_new(const vdi_linux_lib* lib, void** out) noexcept
 {
     *out = nullptr;
@@ -191,24 +229,17 @@ int vdi_linux_set_delete(const vdi_linux_lib* lib, void* set) noexcept
 }
 
 /* Create, with the process umask 0 for the call when `umask_zero` is set (SQL Server on Linux
- * opens the objects Create makes: the SDK sample does the same, for the whole process). */
+ * opens the objects Create makes: the SDK sample does the same, for the whole process). The
+ * swaps of concurrent calls are serialized (UMASK_LOCK). */
 int vdi_linux_create(const vdi_linux_lib* lib, void* set, char* name, VDConfig* cfg,
                      int umask_zero) noexcept
 {
-    mode_t old = 0;
-    if (umask_zero) {
-        old = umask(0);
-    }
-    int rc;
+    UmaskZero guard(umask_zero);
     try {
-        rc = lib->create(as_set(set), name, cfg);
+        return lib->create(as_set(set), name, cfg);
     } catch (...) {
-        rc = VDI_LINUX_THREW;
+        return VDI_LINUX_THREW;
     }
-    if (umask_zero) {
-        umask(old);
-    }
-    return rc;
 }
 
 int vdi_linux_get_configuration(const vdi_linux_lib* lib, void* set, int64_t timeout,
@@ -254,23 +285,16 @@ int vdi_linux_signal_abort(const vdi_linux_lib* lib, void* set) noexcept
     }
 }
 
+/* OpenInSecondary, with the umask as for Create. */
 int vdi_linux_open_in_secondary(const vdi_linux_lib* lib, void* set, char* name,
                                 int umask_zero) noexcept
 {
-    mode_t old = 0;
-    if (umask_zero) {
-        old = umask(0);
-    }
-    int rc;
+    UmaskZero guard(umask_zero);
     try {
-        rc = lib->open_in_secondary(as_set(set), name);
+        return lib->open_in_secondary(as_set(set), name);
     } catch (...) {
-        rc = VDI_LINUX_THREW;
+        return VDI_LINUX_THREW;
     }
-    if (umask_zero) {
-        umask(old);
-    }
-    return rc;
 }
 
 int vdi_linux_get_buffer_handle(const vdi_linux_lib* lib, void* set, uint8_t* buffer,

@@ -20,7 +20,7 @@ use vdi_core::{
     BufferHandle, Call, ClientConfig, ClientSetState, Completion, Config, Error, HResult,
     InvalidReason, NameError, SharedLeases, Timeout, Turn, VdConfig,
 };
-use vdi_foreign::{ActiveCommand, ForeignDevice, MappedView, SetState};
+use vdi_foreign::{ActiveCommand, Closed, ForeignDevice, MappedView, SetState};
 
 use crate::{
     load::{self, LoadError},
@@ -41,6 +41,8 @@ pub type LibMapped = vdi_foreign::Mapped;
 fn check(op: &'static str, rc: i32) -> Result<(), Error> {
     if rc == raw::THREW {
         warn!(op, "libsqlvdi threw a C++ exception; the shim caught it");
+    } else if rc == raw::NULL_RESULT {
+        warn!(op, "libsqlvdi reported success with a NULL result");
     }
     match Error::from_hresult(HResult(rc)) {
         None => Ok(()),
@@ -53,8 +55,8 @@ fn check(op: &'static str, rc: i32) -> Result<(), Error> {
     }
 }
 
-/// The error for a call that failed with `rc` (a failure the shim reports with 0, a null
-/// result, is `rc` = [`raw::THREW`]).
+/// The error for a call that failed with `rc` (a success with a NULL result is
+/// [`raw::NULL_RESULT`], `E_POINTER`; a success code other than 0 is kept as it is).
 fn error(op: &'static str, rc: i32) -> Error {
     check(op, rc).err().unwrap_or(Error::Other(HResult(rc)))
 }
@@ -121,9 +123,12 @@ impl LibSqlVdi {
     /// Whether `Create` and `OpenInSecondary` run with the process umask set to 0 (the
     /// default: yes). SQL Server on Linux opens the objects they create as another user of
     /// their group, which a umask that strips group permissions prevents (vdi-spec.md
-    /// section 11); the umask is restored when the call returns. It is the process's, so
-    /// files another thread creates during those calls get it too: turn it off with `false`
-    /// when that matters more than the group's access.
+    /// section 11); the umask is restored when the call returns. Concurrent `Create` and
+    /// `OpenInSecondary` calls of this crate take turns at it, so each restores the umask as it
+    /// was outside them. It is the process's, though: files another thread creates during
+    /// those calls get umask 0 too, and a thread that calls `umask` itself meanwhile races
+    /// with the restore. Turn it off with `false` when that matters more than the group's
+    /// access.
     pub fn umask_zero(mut self, yes: bool) -> Self {
         self.umask_zero = yes;
         self
@@ -187,6 +192,17 @@ fn no_instance(instance: Option<&str>) -> Result<(), Error> {
 struct SetShared {
     set: RawSet,
     state: SetState,
+}
+
+impl Drop for SetShared {
+    fn drop(&mut self) {
+        // The last command and mapped buffer of the set have gone: a `Close` that found views
+        // of its buffers can now reach the library (before the object is deleted).
+        if self.state.take_deferred_close() {
+            let _ = check("Close", self.set.close());
+            debug!(set = %self.state.name(), "deferred Close");
+        }
+    }
 }
 
 impl SetShared {
@@ -292,11 +308,16 @@ impl vdi_core::ClientDeviceSet for LibSet {
     }
 
     /// The library returns an address only: the `len` bytes there must be mapped read-write
-    /// in this process (`/proc/self/maps`), within the set's `maxTransferSize`, and not already
-    /// in a view of this process (a command it holds, or another mapping).
+    /// in this process (`/proc/self/maps`, a snapshot: see `raw::read_write` for its limits),
+    /// within the set's `maxTransferSize`, and not already in a view of this process (a command
+    /// it holds, or another mapping).
     fn map_buffer_handle(&self, handle: BufferHandle, len: u32) -> Result<LibMapped, Error> {
         let sh = &self.shared;
         sh.state.before_buffer_handle(Call::MapBufferHandle, len)?;
+        // Until the view holds its lease: `Close` must not free the buffer meanwhile.
+        let _call = sh
+            .state
+            .begin_call(|m| m.check_buffer_handle(Call::MapBufferHandle))?;
         let ptr = sh
             .set
             .map_buffer_handle(handle.0)
@@ -318,9 +339,12 @@ impl vdi_core::ClientDeviceSet for LibSet {
             unsafe_code,
             reason = "the view's contract is met just above; see SAFETY"
         )]
-        // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set,
-        // whose memory stays mapped while the view keeps the set alive (`Mapped` holds it);
-        // the `len` bytes are mapped read-write (checked just now); the lease makes this the
+        // SAFETY: `MappedView::new`'s contract: `ptr` came from MapBufferHandle of this set
+        // (that it is one of the set's buffers is the library's word); its memory stays mapped
+        // while the view lives, since the view keeps the set object alive (`Mapped` holds it)
+        // and the library's Close, which frees the buffers, waits for the last view
+        // (`SetState::close`); the `len` bytes were mapped read-write when checked just now
+        // (a snapshot: nothing of this crate unmaps them later); the lease makes this the
         // only view of them in this process while it lives.
         let view = unsafe { MappedView::new(ptr, len as usize) };
         Ok(LibMapped::new(handle, view, lease, Arc::clone(sh) as _))
@@ -332,12 +356,22 @@ impl vdi_core::ClientDeviceSet for LibSet {
         check("SignalAbort", self.shared.set.signal_abort())
     }
 
+    /// Waits for the device calls in progress (ending their waits with `SignalAbort` when a
+    /// device is still open); while commands or mapped buffers of the set remain, the library's
+    /// `Close` waits for the last of them (see vdi-foreign's `SetState::close`).
     fn close(&self) -> Result<(), Error> {
-        let result = self
-            .shared
+        let sh = &self.shared;
+        let result = sh
             .state
-            .close(|| check("Close", self.shared.set.close()))
-            .and_then(|r| r);
+            .close(
+                || {
+                    let _ = sh.set.signal_abort();
+                },
+                || check("Close", sh.set.close()),
+            )
+            .and_then(|closed| match closed {
+                Closed::Library(r) | Closed::Deferred(r) => r,
+            });
         debug!(set = %self.shared.state.name(), result = ?result.as_ref().err(), "Close");
         result
     }
@@ -393,7 +427,8 @@ impl ForeignDevice for DeviceInner {
 
     fn complete_raw(&self, cmd: ActiveCommand, completion: Completion) -> Result<(), Error> {
         let code = cmd.code();
-        self.set.state.before_complete(self.index)?;
+        // Held through the call: `Close` must not free the device meanwhile.
+        let _call = self.set.state.begin_complete(self.index)?;
         check(
             "CompleteCommand",
             self.device.complete_command(
@@ -428,12 +463,18 @@ impl vdi_core::ClientDevice for LibDevice {
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(Error::Timeout);
         };
-        // Again with the turn: the thread that had it may have ended the device.
-        set.state.before_command(inner.index)?;
+        // Again with the turn: the thread that had it may have ended the device. Held until
+        // the command holds its lease: `Close` must not free the device or the buffer
+        // meanwhile.
+        let _call = set.state.begin_command(inner.index)?;
         let remaining = vdi_foreign::remaining(deadline);
+        // The prefix zone first: in a secondary it fetches the configuration, and with it
+        // the `maxTransferSize` that bounds the command's size.
+        let prefix_zone = set.prefix_zone();
+        let max_size = set.state.max_transfer_size();
         match inner
             .device
-            .get_command(millis(remaining), set.prefix_zone())
+            .get_command(millis(remaining), prefix_zone, max_size)
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
@@ -449,5 +490,25 @@ impl vdi_core::ClientDevice for LibDevice {
 
     fn complete(&self, command: LibCommand, completion: Completion) -> Result<(), Error> {
         command.complete(&*self.inner, completion)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vdi_core::{Error, HResult};
+
+    use super::error;
+    use crate::raw;
+
+    #[test]
+    fn a_null_result_is_e_pointer_not_an_exception() {
+        assert_eq!(
+            error("OpenDevice", raw::NULL_RESULT),
+            Error::Other(HResult::E_POINTER)
+        );
+        assert_ne!(raw::NULL_RESULT, raw::THREW);
+        assert_eq!(error("GetCommand", HResult::VD_E_CLOSE.0), Error::Closed);
+        // A success code other than 0 where 0 was due is kept, as an error.
+        assert_eq!(error("GetCommand", 1), Error::Other(HResult(1)));
     }
 }

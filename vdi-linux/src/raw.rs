@@ -2,9 +2,12 @@
 //! (commands become vdi-foreign's `ActiveCommand`s here). Everything above it
 //! ([`crate::client`]) is safe code.
 //!
-//! The library is trusted as much as any code loaded into the process: its objects live as
-//! long as it says, and the commands it returns point at buffers of `size` bytes. What the
-//! other process (SQL Server) writes into those buffers is data, never a pointer or a length
+//! The library is code loaded into the process, so its objects are trusted to live as long as
+//! it says, and a command's buffer address to point at a buffer of the set. Its other answers
+//! are checked before use: a NULL result with success is an error, and a command's `size` is
+//! bounded by the set's `maxTransferSize` (a Read or Write above it, or with a NULL buffer, is
+//! completed with an error and the set aborted: vdi-foreign's `Command::arrive`). What the
+//! other process (SQL Server) writes into the buffers is data, never a pointer or a length
 //! this layer follows.
 
 use std::{
@@ -13,12 +16,16 @@ use std::{
     ptr::{self, NonNull},
 };
 
-use vdi_core::{VdConfig, VdcCommand};
+use vdi_core::{HResult, VdConfig, VdcCommand};
 use vdi_foreign::ActiveCommand;
 
 /// What the shim returns when the library threw a C++ exception (COM's `E_UNEXPECTED`, which
 /// no VDI library returns: their codes are in facility 0x77).
 pub(crate) const THREW: i32 = 0x8000_FFFF_u32 as i32;
+
+/// What this layer returns when the library reported success but left its out-pointer NULL
+/// (no set, device, command or buffer): COM's `E_POINTER`, as vdi-win says it.
+pub(crate) const NULL_RESULT: i32 = HResult::E_POINTER.0;
 
 /// The shim's table of the library's members (opaque here).
 #[repr(C)]
@@ -150,12 +157,18 @@ impl Library {
 /// `Send` and `Sync`: the SDK's clients call one set from many threads (Microsoft's samples
 /// service each device from a thread of its own); `crate::client` serializes what the SDK does
 /// not promise (one `GetCommand` at a time per device).
+///
+/// The Linux SDK documents no thread model: that a set may be called from several threads at
+/// once is the Windows rule (vdi-spec.md section 12), assumed for libsqlvdi.so, and unverified
+/// against Microsoft's library; vdi-sdk's own library locks each call.
 pub(crate) struct RawSet {
     lib: &'static Library,
     set: NonNull<c_void>,
 }
 
-// SAFETY: see the type's documentation.
+// SAFETY: the set object is heap memory of the library, not tied to the thread that made it;
+// that its members may be called from several threads at once is the assumption the type's
+// documentation states (the Windows rule; unverified for Microsoft's libsqlvdi.so).
 unsafe impl Send for RawSet {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawSet {}
@@ -174,7 +187,7 @@ impl RawSet {
         let rc = unsafe { vdi_linux_set_new(lib.ptr(), &mut out) };
         match NonNull::new(out) {
             Some(set) if rc == 0 => Ok(Self { lib, set }),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 
@@ -230,7 +243,7 @@ impl RawSet {
                 lib: self.lib,
                 device,
             }),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 
@@ -272,15 +285,17 @@ impl RawSet {
         };
         match NonNull::new(out) {
             Some(p) if rc == 0 => Ok(p),
-            _ => Err(if rc == 0 { THREW } else { rc }),
+            _ => Err(if rc == 0 { NULL_RESULT } else { rc }),
         }
     }
 }
 
 impl Drop for RawSet {
     fn drop(&mut self) {
-        // SAFETY: the set came from `vdi_linux_set_new` and is deleted once, here; every device
-        // and command of it keeps this value alive (crate::client), so none outlives it.
+        // SAFETY: the set came from `vdi_linux_set_new` and is deleted once, here; every device,
+        // command and mapped buffer of it keeps this value alive (crate::client), so none
+        // outlives it, and a Close deferred while they lived was made just before (the
+        // `SetShared` drop).
         let _ = unsafe { vdi_linux_set_delete(self.lib.ptr(), self.set.as_ptr()) };
     }
 }
@@ -291,8 +306,11 @@ pub(crate) struct RawDevice {
     device: NonNull<c_void>,
 }
 
-// SAFETY: the device is called from many threads by SDK clients (completions from any thread);
-// `crate::client` serializes its `GetCommand` calls.
+// SAFETY: the device object is plain memory of the library, not tied to a thread.
+// `crate::client` serializes its `GetCommand` calls, but a `CompleteCommand` may run on another
+// thread during one: that the library allows this is assumed (async clients need it; vdi-sdk's
+// library locks), not documented by Microsoft (see `RawSet`). The library's `Close`, which
+// frees the device, waits for both (vdi-foreign's `SetState::begin_call`).
 unsafe impl Send for RawDevice {}
 // SAFETY: as for Send.
 unsafe impl Sync for RawDevice {}
@@ -307,8 +325,15 @@ impl fmt::Debug for RawDevice {
 
 impl RawDevice {
     /// `GetCommand(timeout)`; `timeout` in ms, negative: no limit. The set must still live
-    /// (the caller holds it).
-    pub(crate) fn get_command(&self, timeout: i64, prefix_zone: u32) -> Result<ActiveCommand, i32> {
+    /// (the caller holds it). `prefix_zone` and `max_size` are the set's `prefixZoneSize` and
+    /// `maxTransferSize`: a Read or Write above `max_size`, or with a NULL buffer, comes back
+    /// [malformed](ActiveCommand::is_malformed), with no data zone.
+    pub(crate) fn get_command(
+        &self,
+        timeout: i64,
+        prefix_zone: u32,
+        max_size: u32,
+    ) -> Result<ActiveCommand, i32> {
         let mut out = ptr::null_mut();
         // SAFETY: a live device (its set is alive, the caller's contract) and a writable out
         // pointer.
@@ -318,11 +343,13 @@ impl RawDevice {
         if rc != 0 {
             return Err(rc);
         }
-        let cmd = NonNull::new(out).ok_or(THREW)?;
+        let cmd = NonNull::new(out).ok_or(NULL_RESULT)?;
         // SAFETY: `from_raw`'s contract: the library returned this command from a successful
         // GetCommand; it stays valid, with its buffer (and the prefix zone the set was
         // configured with below it), until it is completed; the caller keeps the set alive.
-        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone) })
+        // The library vouches for the buffer's address only: `from_raw` itself rejects a
+        // NULL one and a `size` above the set's `maxTransferSize`.
+        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone, max_size) })
     }
 
     /// `CompleteCommand`: ends `command` (one this device returned), handing its buffer back.
@@ -351,6 +378,12 @@ impl RawDevice {
 
 /// Whether `start..start + len` lies in mappings of this process that are readable and
 /// writable (`/proc/self/maps`; adjacent mappings may cover it together).
+///
+/// A snapshot, with two limits. It is true when read: a thread that unmaps or protects the
+/// range afterwards (the library's `Close` is kept from it by vdi-foreign's `SetState`; other
+/// code of the process is not) invalidates it. And it shows the bytes are accessible, not that
+/// they are the set's buffer: any read-write mapping, the heap included (`rw-p`), passes, so
+/// that the address is one of the set's buffers is still the library's word.
 pub(crate) fn read_write(start: usize, len: usize) -> bool {
     let Some(end) = start.checked_add(len) else {
         return false;

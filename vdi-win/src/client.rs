@@ -17,7 +17,7 @@ use vdi_core::{
     Lease, SharedLeases, Timeout, VdConfig,
 };
 
-use vdi_foreign::{ForeignDevice, SetState};
+use vdi_foreign::{Closed, ForeignDevice, SetState};
 
 use crate::{
     error::{Cause, HResultExt, Op, WinError},
@@ -202,6 +202,19 @@ struct SetShared {
     state: SetState,
 }
 
+impl Drop for SetShared {
+    fn drop(&mut self) {
+        // The last command and mapped buffer of the set have gone: a `Close` that found views
+        // of its buffers can now reach sqlvdi, from the MTA, before the reference is released.
+        if self.state.take_deferred_close()
+            && let Ok(_apartment) = enter(Op::Close)
+        {
+            let _ = self.set.get().close();
+            debug!(set = %self.state.name(), "deferred Close");
+        }
+    }
+}
+
 impl SetShared {
     /// `SignalAbort` on this process's own initiative (the caller is in the MTA).
     fn abort(&self) {
@@ -344,6 +357,12 @@ impl SqlVdiSet {
             .state
             .before_buffer_handle(Call::MapBufferHandle, len)
             .map_err(|e| WinError::local(op, e))?;
+        // Until the view holds its lease: `Close` must not free the buffer meanwhile.
+        let _call = self
+            .shared
+            .state
+            .begin_call(|m| m.check_buffer_handle(Call::MapBufferHandle))
+            .map_err(|e| WinError::local(op, e))?;
         let invalid = |reason| WinError::local(op, Error::Invalid(reason));
         // sqlvdi checks the handle; an unknown one gets its own error.
         let ptr = self
@@ -395,12 +414,23 @@ impl SqlVdiSet {
     fn close_inner(&self) -> Result<(), WinError> {
         let op = Op::Close;
         let _apartment = enter(op)?;
-        let result = self
-            .shared
+        let sh = &self.shared;
+        // Waits for the device calls in progress (ending their waits with SignalAbort when a
+        // device is still open); while commands or mapped buffers of the set remain, sqlvdi's
+        // Close waits for the last of them (see vdi-foreign's `SetState::close`).
+        let result = sh
             .state
-            .close(|| self.shared.set.get().close().check(op))
+            .close(
+                || {
+                    let _ = sh.set.get().signal_abort();
+                },
+                || sh.set.get().close().check(op),
+            )
             .map_err(|e| WinError::local(op, e))
-            .and_then(|r| r);
+            .and_then(|closed| match closed {
+                Closed::Library(r) => r,
+                Closed::Deferred(r) => r.map_err(|e| WinError::local(op, e)),
+            });
         debug!(set = %self.shared.state.name(), result = ?result.as_ref().err().map(WinError::error), "Close");
         result
     }
@@ -493,13 +523,22 @@ impl SqlVdiDevice {
         let Some(_turn) = inner.turn.take(deadline) else {
             return Err(WinError::local(op, Error::Timeout));
         };
-        // Again with the turn: the thread that had it may have ended the device.
-        check()?;
+        // Again with the turn: the thread that had it may have ended the device. Held until
+        // the command holds its lease: `Close` must not free the device or the buffer
+        // meanwhile.
+        let _call = set
+            .state
+            .begin_command(inner.index)
+            .map_err(|e| WinError::local(op, e))?;
         let remaining = vdi_foreign::remaining(deadline);
+        // The prefix zone first: in a secondary it fetches the configuration, and with it
+        // the `maxTransferSize` that bounds the command's size.
+        let prefix_zone = set.prefix_zone();
+        let max_size = set.state.max_transfer_size();
         match inner
             .device
             .get()
-            .get_command(remaining.as_millis(), set.prefix_zone())
+            .get_command(remaining.as_millis(), prefix_zone, max_size)
         {
             Ok(cmd) => {
                 trace!(device = %inner.name, code = ?cmd.code(), size = cmd.size(), "command");
@@ -544,9 +583,11 @@ impl DeviceInner {
         let op = Op::CompleteCommand;
         let code = cmd.code();
         let _apartment = enter(op)?;
-        self.set
+        // Held through the call: `Close` must not free the device meanwhile.
+        let _call = self
+            .set
             .state
-            .before_complete(self.index)
+            .begin_complete(self.index)
             .map_err(|e| WinError::local(op, e))?;
         self.device
             .get()

@@ -232,6 +232,33 @@ fn command_data_is_the_shared_buffer() {
     device.complete(cmd, Completion::success(100)).unwrap();
 }
 
+/// A Write larger than the set's `maxTransferSize` (1 MiB here) is the library breaking the
+/// protocol: its size is not trusted to describe the buffer, so it is completed with
+/// `ERROR_OPERATION_ABORTED` and the set aborted, never handed out with a data zone.
+#[test]
+fn a_command_above_the_transfer_size_is_refused() {
+    let (fake, set, device) = active();
+    fake.push_command(CommandCode::WRITE, (1 << 20) + 1, 0);
+    assert_eq!(hr(device.command(Timeout::POLL)), HResult::VD_E_ABORT);
+    let calls = fake.calls();
+    assert!(
+        calls.iter().any(|c| matches!(
+            c,
+            Call::CompleteCommand {
+                code: 995,
+                bytes: 0,
+                ..
+            }
+        )),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| matches!(c, Call::SignalAbort)),
+        "{calls:?}"
+    );
+    assert_eq!(set.state(), ClientSetState::Aborted);
+}
+
 #[test]
 fn references_balance_when_the_wrappers_drop() {
     let (fake, vdi) = backend();
@@ -695,6 +722,86 @@ fn get_command_calls_take_turns_within_their_timeouts() {
     waiter.join().unwrap().unwrap();
     // Completed on the other thread, as it dropped.
     assert_eq!(fake.methods(), ["GetCommand", "CompleteCommand"]);
+}
+
+/// sqlvdi's Close frees the buffers: while this process still holds a command's buffer, Close
+/// answers as the machine does (`VD_E_OPEN`, after SignalAbort, for a device still open) and
+/// sqlvdi's Close waits until the command and the set are gone, so the data stays readable.
+#[test]
+fn close_waits_for_the_buffers_this_process_holds() {
+    let (fake, set, device) = active();
+    fake.push_command(CommandCode::WRITE, 64, 0);
+    let cmd = device.command(Timeout::POLL).unwrap();
+    fake.clear();
+    assert_eq!(set.close().unwrap_err(), Error::Open);
+    assert_eq!(fake.methods(), ["SignalAbort"]);
+    assert!(cmd.data().iter().enumerate().all(|(i, &b)| b == i as u8));
+    drop((set, device));
+    assert_eq!(fake.methods(), ["SignalAbort"]);
+    // Dropped after Close: nothing is completed, and the last view is gone.
+    drop(cmd);
+    assert_eq!(fake.methods(), ["SignalAbort", "Close"]);
+}
+
+/// Close never frees a device under a GetCommand in progress: it ends the wait with
+/// SignalAbort (a device is still open), and calls sqlvdi's Close once GetCommand returned.
+#[test]
+fn close_waits_for_a_get_command_in_progress() {
+    let (fake, set, device) = active();
+    fake.block_get_command();
+    let waiter = {
+        let device = device.clone();
+        thread::spawn(move || device.command(Timeout::INFINITE).map(drop))
+    };
+    let wait_for = |method: &str| {
+        let start = Instant::now();
+        while !fake.methods().contains(&method) {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {method}");
+            thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for("GetCommand");
+    let closer = thread::spawn(move || set.close());
+    wait_for("SignalAbort");
+    thread::sleep(Duration::from_millis(20));
+    assert_eq!(fake.methods(), ["GetCommand", "SignalAbort"]);
+    fake.unblock();
+    assert!(waiter.join().unwrap().is_err());
+    // sqlvdi's own answer (the fake's: S_OK).
+    closer.join().unwrap().unwrap();
+    assert_eq!(fake.methods(), ["GetCommand", "SignalAbort", "Close"]);
+}
+
+/// Two Closes that both wait for a GetCommand in progress: one closes the set, the other is
+/// answered `VD_E_PROTOCOL` without reaching sqlvdi.
+#[test]
+fn concurrent_closes_reach_sqlvdi_once() {
+    let (fake, set, device) = active();
+    fake.block_get_command();
+    let waiter = {
+        let device = device.clone();
+        thread::spawn(move || device.command(Timeout::INFINITE).map(drop))
+    };
+    let start = Instant::now();
+    while !fake.methods().contains(&"GetCommand") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no GetCommand");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let set = Arc::new(set);
+    let closers: Vec<_> = (0..2)
+        .map(|_| {
+            let set = Arc::clone(&set);
+            thread::spawn(move || hr(set.close()))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(20));
+    fake.unblock();
+    assert!(waiter.join().unwrap().is_err());
+    let mut answers: Vec<_> = closers.into_iter().map(|c| c.join().unwrap()).collect();
+    answers.sort_by_key(|h| h.0);
+    assert_eq!(answers, [HResult::VD_E_PROTOCOL, HResult::S_OK]);
+    let closes = fake.methods().iter().filter(|m| **m == "Close").count();
+    assert_eq!(closes, 1, "{:?}", fake.methods());
 }
 
 #[test]

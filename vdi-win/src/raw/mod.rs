@@ -473,13 +473,19 @@ impl IClientVirtualDevice {
     /// `GetCommand`: waits up to `timeout_ms` (`0xFFFF_FFFF` forever) for the next command.
     ///
     /// `prefix_zone` is the set's `prefixZoneSize`, so that the command can offer its prefix
-    /// zone.
+    /// zone; `max_size` its `maxTransferSize`: a Read or Write above it, or with a NULL
+    /// buffer, comes back [malformed](ActiveCommand::is_malformed), with no data zone.
     ///
     /// # Errors
     ///
     /// The `HRESULT`: `VD_E_CLOSE` (the normal end), `VD_E_TIMEOUT`, `VD_E_ABORT`, ...; `E_POINTER`
     /// for a success with no command.
-    pub fn get_command(&self, timeout_ms: u32, prefix_zone: u32) -> Result<ActiveCommand, HResult> {
+    pub fn get_command(
+        &self,
+        timeout_ms: u32,
+        prefix_zone: u32,
+        max_size: u32,
+    ) -> Result<ActiveCommand, HResult> {
         let mut out = ptr::null_mut();
         // SAFETY: a live object of this interface (`from_raw`); the out pointer is valid for the
         // call.
@@ -491,7 +497,8 @@ impl IClientVirtualDevice {
         // SAFETY: `ActiveCommand::from_raw`'s contract: on success the object returned a
         // command that stays valid, with its buffer (and the prefix zone the set was configured
         // with below it), until it is completed (`from_raw`'s contract of this interface).
-        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone) })
+        // `from_raw` itself rejects a NULL buffer and a size above `max_size`.
+        Ok(unsafe { ActiveCommand::from_raw(cmd, prefix_zone, max_size) })
     }
 
     /// `CompleteCommand`: ends `command`, handing its buffer back.
