@@ -9,6 +9,9 @@
 //!   stream at any offset, so neither side has to keep the stream.
 //! - A server set opened and configured for a [`Plan`] ([`open_and_configure`]), over any
 //!   [`vdi_core::ServerBackend`].
+//! - Object-storage servers for the S3 and Azure Blob tests ([`S3Server`]: moto or s3s-fs;
+//!   [`Azurite`]), installed by `cargo xtask objstore-test` and found with [`objstore_tools`],
+//!   and a fault-injecting HTTP proxy to put in front of them ([`FaultProxy`]).
 //! - The workspace's own `libsqlvdi.so`, for tests that load it as a foreign library
 //!   ([`built_sqlvdi_lib`]).
 //!
@@ -20,11 +23,19 @@
 
 #![forbid(unsafe_code)]
 
+mod fault_proxy;
+mod objstore;
 mod process;
 mod sdk;
 mod server;
 mod stream;
 
+pub use fault_proxy::{Fault, FaultProxy, FaultRule, STOP_TIMEOUT};
+pub use objstore::{
+    AZURITE_ACCOUNT, AZURITE_BLOB_ENV, AZURITE_KEY, Azurite, Capability, HELPER_TIMEOUT,
+    MOTO_SERVER_ENV, OBJSTORE_PYTHON_ENV, OBJSTORE_REQUIRED_ENV, ObjstoreTools, S3S_FS_ENV,
+    S3Server, SERVER_STOP_TIMEOUT, START_TIMEOUT, objstore_tools,
+};
 pub use process::{
     ChildProc, MSG_TAG, PipedChild, from_parent, init_tracing, param, param_u64, role, tell_parent,
     unique_name, watchdog,

@@ -1,8 +1,9 @@
 //! Project tooling, run as `cargo xtask <command>` (the cargo-xtask pattern).
 //!
 //! - `ci`: everything CI checks, in order: tidy, fmt, clippy, tests, docs, then the loom models,
-//!   Miri, 20 seconds of fuzzing, the portable Unix backend, the SDK corpus and the Windows
-//!   tests under Wine (see [`loom`], [`miri`], [`fuzz`], [`portable`], [`sdk`], [`wine`]).
+//!   Miri, 20 seconds of fuzzing, the portable Unix backend, the SDK corpus, the object-storage
+//!   tests and the Windows tests under Wine (see [`loom`], [`miri`], [`fuzz`], [`portable`],
+//!   [`sdk`], [`objstore`], [`wine`]).
 //! - `tidy`: repository rules no compiler checks (see [`tidy`]).
 //! - `loom`: the loom models of vdi-shm's lock-free code and of vdi-async's device protocol,
 //!   alone.
@@ -16,6 +17,9 @@
 //!   reference engine; then Microsoft's Windows samples, BackupX's Windows worker, our COM
 //!   client and the conformance suite against vdi-sdk's `sqlvdi.dll` under Wine; installing
 //!   the compilers and Wine when missing (see [`sdk`], [`sdk_windows`]).
+//! - `objstore-test`: the object-storage tests (vdi-testkit's, and vdi-agent's when it has
+//!   them) against moto, s3s-fs and Azurite on 127.0.0.1, installing them under
+//!   `target/objstore/` when missing (see [`objstore`]).
 //! - `portable-test`: vdi-shm's portable Unix backend: clippy for FreeBSD and macOS, and the
 //!   whole vdi-shm test suite on it here (see [`portable`]).
 //! - `bench [--quick] [--no-iceoryx2] [--save]`: vdi-shm side by side with the alternatives
@@ -40,6 +44,7 @@ mod bench;
 mod fuzz;
 mod loom;
 mod miri;
+mod objstore;
 mod portable;
 mod sdk;
 mod sdk_windows;
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Some("wine-test") => wine::run().map(report_skip),
         Some("portable-test") => portable::run().map(report_skip),
         Some("sdk-test") => sdk::run().map(report_skip),
+        Some("objstore-test") => objstore::run().map(report_skip),
         Some("bench") => bench::parse(&args[1..]).and_then(|o| bench::run(&root, &o)),
         Some("help" | "--help" | "-h") | None => {
             print_help();
@@ -93,8 +99,9 @@ fn print_help() {
     println!("cargo xtask <command>\n");
     println!("commands:");
     println!(
-        "  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, portable, Wine"
+        "  ci                  tidy, fmt, clippy, tests, docs, loom, Miri, fuzzing, portable, SDK,"
     );
+    println!("                      object storage, Wine");
     println!("  tidy                repository rules no compiler checks (xtask/src/tidy.rs)");
     println!("  loom                the loom models of vdi-shm and vdi-async (target/loom*)");
     println!("  miri                vdi-core and vdi-shm's heap-only tests under Miri (nightly)");
@@ -107,6 +114,9 @@ fn print_help() {
     );
     println!("  sdk-test            third-party VDI clients against libsqlvdi.so, and sqlvdi.dll");
     println!("                      under Wine, with vdi-engine (installs compilers and Wine)");
+    println!(
+        "  objstore-test       object-storage tests against moto, s3s-fs and Azurite (installs them)"
+    );
     println!("  bench [--quick] [--no-iceoryx2] [--save]");
     println!("                      benchmarks against the alternatives, into target/bench/");
     println!("                      (--save: copy them to vdi-bench/results/ for BENCHMARKS.md)");
@@ -312,6 +322,7 @@ fn ci() -> Result<(), String> {
         fuzz::run(CI_FUZZ_SECONDS)?,
         portable::run()?,
         sdk::run()?,
+        objstore::run()?,
         wine::run()?,
     ] {
         if let Outcome::Skipped(reason) = outcome {
