@@ -183,8 +183,8 @@ pub struct StripeEntry {
     pub segments: Vec<Segment>,
 }
 
-/// One segment object of a stripe in an object store: [`segment_name`]`(file, n)`, with `n`
-/// counting from 1.
+/// One segment object of a stripe in an object store: [`segment_name`]`(file, backup_id, n)`,
+/// with `n` counting from 1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Segment {
@@ -205,9 +205,29 @@ pub struct OpenUpload {
     pub id: String,
 }
 
-/// The name of segment `n` (from 1) of stripe `file`: `stripe-00.vdis.000001`.
-pub fn segment_name(file: &str, n: u32) -> String {
-    format!("{file}.{n:06}")
+/// The name of segment `n` (from 1) of stripe `file` of backup `backup_id`:
+/// `stripe-00.vdis.5c69b2ab073aff64.000001`. The backup's id (its high 64 bits) is in the
+/// name so that two backups never write the same object: an agent that still runs after
+/// another replaced its backup (`--force`) can write only objects of its own, which the new
+/// manifest does not name.
+pub fn segment_name(file: &str, backup_id: u128, n: u32) -> String {
+    format!("{file}.{:016x}.{n:06}", backup_id >> 64)
+}
+
+/// Whether `name` is a segment of stripe `file` of any backup: `file.`, 16 hex digits, `.`,
+/// and six to ten digits.
+pub fn is_segment_of(name: &str, file: &str) -> bool {
+    let Some((id, n)) = name
+        .strip_prefix(file)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return false;
+    };
+    id.len() == 16
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && (6..=10).contains(&n.len())
+        && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl StripeEntry {
@@ -522,7 +542,7 @@ impl Manifest {
             if let Err(reason) = check_totals(&entry.expected(), self.codec) {
                 return Err(ManifestProblem::ImpossibleTotals { index, reason });
             }
-            if let Err(reason) = check_segments(entry) {
+            if let Err(reason) = check_segments(entry, self.backup_id) {
                 return Err(ManifestProblem::Segments { index, reason });
             }
         }
@@ -706,23 +726,16 @@ fn check_file_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether `name` is a segment of stripe `file`: `file.` and six or more digits.
-fn is_segment_of(name: &str, file: &str) -> bool {
-    name.strip_prefix(file)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .is_some_and(|n| n.len() >= 6 && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// Why `entry`'s segments cannot be those of its stripe: each is the next [`segment_name`]
 /// of its file from 1, and together they hold at least the stored bytes.
-fn check_segments(entry: &StripeEntry) -> Result<(), String> {
+fn check_segments(entry: &StripeEntry, backup_id: u128) -> Result<(), String> {
     if entry.segments.is_empty() {
         return Ok(());
     }
     let mut total: u64 = 0;
     for (i, seg) in entry.segments.iter().enumerate() {
         let want = u32::try_from(i + 1)
-            .map(|n| segment_name(&entry.file, n))
+            .map(|n| segment_name(&entry.file, backup_id, n))
             .unwrap_or_default();
         if seg.name != want {
             return Err(format!(

@@ -98,6 +98,12 @@ pub(crate) fn run() -> Result<Outcome, String> {
         return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}")));
     }
 
+    let wine = match Wine::setup("prefix", "wine-test")? {
+        Ok(wine) => wine,
+        Err(reason) => return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}"))),
+    };
+    // After the setup, which installs MinGW-w64 when it is missing: the C in vdi-agent's
+    // dependencies (zstd) needs its compiler even to be linted.
     let mut clippy = cargo();
     clippy
         .args(["clippy", "--target", TARGET])
@@ -116,11 +122,6 @@ pub(crate) fn run() -> Result<Outcome, String> {
         .args(["--all-targets", "--locked", "--", "-D", "warnings"])
         .env("CARGO_TARGET_DIR", &target_dir);
     stage("wine-test: clippy (x86_64-pc-windows-gnu)", clippy)?;
-
-    let wine = match Wine::setup("prefix", "wine-test")? {
-        Ok(wine) => wine,
-        Err(reason) => return Ok(Outcome::Skipped(format!("skipping wine-test: {reason}"))),
-    };
     for krate in ["vdi-win", "vdi-shm"] {
         let mut test = wine.cargo(&["test", "-p", krate]);
         // The prefix has no sqlvdi.dll: vdi-win's activation test then insists on the

@@ -45,7 +45,7 @@ use object_store::{
 use tokio::runtime::Handle;
 use vdi_agent::manifest::{
     MANIFEST_FILE, MAX_MANIFEST_LEN, Manifest, ManifestError, OpenUpload, STRIPE_EXTENSION,
-    Segment, StripeEntry,
+    Segment, StripeEntry, is_segment_of,
 };
 
 use self::{read::SegmentReader, segment::SegmentOutput};
@@ -183,6 +183,30 @@ impl Plan {
         Ok(Self { part, in_flight })
     }
 
+    /// The plan for reading `devices` stripes back within `memory`: ranged reads have no
+    /// smallest size, so a read is made as small as 256 KiB to fit.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when `memory` cannot hold two reads of 256 KiB per stripe.
+    pub(crate) fn for_reading(devices: u32, part: u64, memory: u64) -> Outcome<Self> {
+        const MIN_READ: u64 = 256 << 10;
+        let devices = u64::from(devices.max(1));
+        let per_device = memory / devices;
+        if per_device < 2 * MIN_READ {
+            return Err(Failure::usage(format!(
+                "--upload-memory {} cannot hold {devices} stripes of two {} reads each: give at \
+                 least {}",
+                bytes(memory),
+                bytes(MIN_READ),
+                bytes(devices * 2 * MIN_READ)
+            )));
+        }
+        let part = part.min((per_device / 2) & !(MIN_READ - 1)).max(MIN_READ);
+        let in_flight = (per_device / part - 1).clamp(1, MAX_IN_FLIGHT);
+        Ok(Self { part, in_flight })
+    }
+
     /// The most bytes of parts all `devices` stripes hold at once.
     pub(crate) fn peak(&self, devices: u32) -> u64 {
         u64::from(devices) * (1 + self.in_flight) * self.part
@@ -226,6 +250,8 @@ struct Registry {
     uploads: BTreeMap<String, String>,
     /// The manifest last stored, as stored, and its version.
     last: Option<(Manifest, UpdateVersion)>,
+    /// Another writer replaced the manifest: nothing this store writes is named by it.
+    lost: bool,
 }
 
 /// A backup under a prefix of an object store. Clones share the connection and the registry
@@ -312,13 +338,13 @@ impl BucketStore {
         })
     }
 
-    /// Plans for `devices` stripes (a backup read back has the manifest's count).
+    /// Plans for reading back `devices` stripes (the manifest's count).
     ///
     /// # Errors
     ///
-    /// As [`Plan::new`].
+    /// As [`Plan::for_reading`].
     pub(crate) fn replan(&mut self, devices: u32) -> Outcome {
-        self.plan = Plan::new(devices, self.part_size, self.memory)?;
+        self.plan = Plan::for_reading(devices, self.part_size, self.memory)?;
         self.devices = devices;
         Ok(())
     }
@@ -337,14 +363,8 @@ impl BucketStore {
             return Ok(self);
         }
         let manifest = self.manifest();
-        let (state, remove) = super::check_replace(
-            &self.location(),
-            "prefix",
-            &names,
-            manifest,
-            force,
-            owns,
-        )?;
+        let (state, remove) =
+            super::check_replace(&self.location(), "prefix", &names, manifest, force, owns)?;
         self.remove(&remove)?;
         self.say_plan();
         eprintln!(
@@ -387,7 +407,7 @@ impl BucketStore {
         let listed = self
             .io
             .block(self.io.objects.list_with_delimiter(prefix.as_ref()))
-            .map_err(|e| self.failure(&format!("listing {}", self.location()), &e))?;
+            .map_err(|e| self.failure("listing", &e))?;
         let mut names: Vec<String> = listed
             .objects
             .iter()
@@ -409,7 +429,7 @@ impl BucketStore {
         let listed = self
             .io
             .block(self.io.objects.list_with_delimiter(prefix.as_ref()))
-            .map_err(|e| self.failure(&format!("listing {}", self.location()), &e))?;
+            .map_err(|e| self.failure("listing", &e))?;
         Ok(listed
             .objects
             .iter()
@@ -524,6 +544,17 @@ impl BucketStore {
     /// Stores `manifest` with the registry's segments and open uploads: created if absent the
     /// first time, after that only over the version this store wrote last.
     fn store_locked(&self, r: &mut Registry, manifest: &Manifest) -> io::Result<()> {
+        if r.lost {
+            self.drop_segments(r);
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{}/{MANIFEST_FILE} is another backup's now (two agents are writing to one \
+                     prefix)",
+                    self.location()
+                ),
+            ));
+        }
         let mut m = manifest.clone();
         for s in &mut m.stripes {
             if let Some(segs) = r.segments.get(&s.index) {
@@ -543,14 +574,36 @@ impl BucketStore {
             None => PutMode::Create,
             Some((_, v)) => PutMode::Update(v.clone()),
         };
-        let version = self.put_manifest(&json, mode).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("storing {}/{MANIFEST_FILE}: {e}", self.location()),
-            )
-        })?;
+        let version = match self.put_manifest(&json, mode) {
+            Ok(v) => v,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::AlreadyExists && r.last.is_some() {
+                    // Another agent's backup now: its manifest names none of this one's
+                    // segments (their names carry this backup's id), which are removed.
+                    r.lost = true;
+                    self.drop_segments(r);
+                }
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("storing {}/{MANIFEST_FILE}: {e}", self.location()),
+                ));
+            }
+        };
         r.last = Some((m, version));
         Ok(())
+    }
+
+    /// Best effort: deletes the segments the registry holds (after the manifest was lost to
+    /// another writer, nothing names them).
+    fn drop_segments(&self, r: &mut Registry) {
+        let names: Vec<String> = std::mem::take(&mut r.segments)
+            .into_values()
+            .flatten()
+            .map(|s| s.name)
+            .collect();
+        if let Err(f) = self.remove(&names) {
+            tracing::warn!("{f}");
+        }
     }
 
     /// Records that `object`'s upload `id` is open (or, with `None`, that it no longer is).
@@ -562,6 +615,11 @@ impl BucketStore {
             r.uploads.remove(object);
             return Ok(());
         };
+        if self.url.provider == Provider::Azure {
+            // Azure has no upload to abort: blocks never committed are deleted by the service
+            // (after a week), and the id object_store gives is empty.
+            return Ok(());
+        }
         r.uploads.insert(object.to_owned(), id.clone());
         match r.last.as_ref().map(|(m, _)| m.clone()) {
             Some(m) => self.store_locked(&mut r, &m),
@@ -667,8 +725,13 @@ impl BackupStore for BucketStore {
                 .and_then(|n| n.parse::<u32>().ok());
             n.ok_or_else(|| Failure::other(format!("{file} is not a stripe name")))?
         };
+        let Some(backup_id) = self.lock().last.as_ref().map(|(m, _)| m.backup_id) else {
+            return Err(Failure::other(
+                "a stripe was created before the backup's manifest was stored",
+            ));
+        };
         let label = format!("{}/{file}", self.location());
-        let out = SegmentOutput::new(self.clone(), index, file.to_owned());
+        let out = SegmentOutput::new(self.clone(), index, file.to_owned(), backup_id);
         Ok((Box::new(out), label))
     }
 
@@ -749,8 +812,9 @@ impl BackupStore for BucketStore {
             .list()?
             .into_iter()
             .filter_map(|n| {
-                let at = n.rfind(&suffix)?;
-                Some(n[..at + suffix.len() - 1].to_owned())
+                let at = n.find(&suffix)?;
+                let file = &n[..at + suffix.len() - 1];
+                is_segment_of(&n, file).then(|| file.to_owned())
             })
             .collect();
         names.dedup();
@@ -807,12 +871,7 @@ impl BackupStore for BucketStore {
 /// Whether `name` under the prefix belongs to the backup of `m`: its manifest, or a segment
 /// of one of its stripes (named in the manifest or written after its last checkpoint).
 fn owns(m: &Manifest, name: &str) -> bool {
-    name == MANIFEST_FILE
-        || m.stripes.iter().any(|s| {
-            name.strip_prefix(s.file.as_str())
-                .and_then(|r| r.strip_prefix('.'))
-                .is_some_and(|n| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
-        })
+    name == MANIFEST_FILE || m.stripes.iter().any(|s| is_segment_of(name, &s.file))
 }
 
 fn lock(r: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
@@ -839,7 +898,10 @@ fn describe(e: &object_store::Error) -> String {
     {
         " (the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or \
          AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY)"
-    } else if lower.contains("connect") || lower.contains("connection") {
+    } else if lower.contains("connect")
+        || lower.contains("connection")
+        || lower.contains("error sending request")
+    {
         " (the server cannot be reached)"
     } else {
         ""

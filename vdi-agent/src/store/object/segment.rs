@@ -77,6 +77,8 @@ pub(super) struct SegmentOutput {
     store: BucketStore,
     stripe: u32,
     file: String,
+    /// The backup's id, part of every segment's name.
+    backup_id: u128,
     /// The current segment's number, from 1.
     segment: u32,
     /// Its bytes so far, sent and buffered.
@@ -99,11 +101,12 @@ impl std::fmt::Debug for SegmentOutput {
 }
 
 impl SegmentOutput {
-    pub(super) fn new(store: BucketStore, stripe: u32, file: String) -> Self {
+    pub(super) fn new(store: BucketStore, stripe: u32, file: String, backup_id: u128) -> Self {
         Self {
             store,
             stripe,
             file,
+            backup_id,
             segment: 1,
             segment_bytes: 0,
             buf: Vec::new(),
@@ -117,7 +120,7 @@ impl SegmentOutput {
     }
 
     fn object(&self) -> String {
-        segment_name(&self.file, self.segment)
+        segment_name(&self.file, self.backup_id, self.segment)
     }
 
     fn error(&self, what: &str, e: &object_store::Error) -> io::Error {
