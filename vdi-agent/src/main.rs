@@ -174,7 +174,6 @@ async fn run(cli: Cli) -> Outcome {
 }
 
 /// `vdi-agent cleanup URL`.
-#[cfg(unix)]
 fn cleanup(args: &cli::CleanupArgs) -> Outcome {
     let Some(store) = store::object_store(&args.url, Some(&args.objects), 1)? else {
         return Err(Failure::usage(format!(
@@ -185,14 +184,6 @@ fn cleanup(args: &cli::CleanupArgs) -> Outcome {
     };
     eprintln!("vdi-agent: {}", store.cleanup()?);
     Ok(())
-}
-
-#[cfg(not(unix))]
-fn cleanup(args: &cli::CleanupArgs) -> Outcome {
-    store::object_store(&args.url, Some(&args.objects), 1)?;
-    Err(Failure::usage(
-        "cleanup takes an s3:// or az:// URL, and this build has no object storage",
-    ))
 }
 
 /// Prints `value` as one pretty JSON document on stdout.

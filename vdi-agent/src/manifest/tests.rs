@@ -498,3 +498,75 @@ fn a_header_whose_codec_or_block_size_differs_is_named() {
         "{e}"
     );
 }
+
+#[test]
+fn segments_and_open_uploads_round_trip_and_are_checked() {
+    let dir = tempdir();
+    let mut m = backup(dir.path(), 2, Codec::Stored);
+    let id = m.backup_id;
+    for s in &mut m.stripes {
+        // Two segments that hold the stripe's stored bytes between them.
+        let first = s.stored_bytes / 2;
+        s.segments = vec![
+            Segment {
+                name: segment_name(&s.file, id, 1),
+                bytes: first,
+            },
+            Segment {
+                name: segment_name(&s.file, id, 2),
+                bytes: s.stored_bytes - first,
+            },
+        ];
+    }
+    assert_eq!(
+        m.stripes[0].segments[0].name,
+        format!("stripe-00.vdis.{:016x}.000001", id >> 64)
+    );
+    assert!(is_segment_of(
+        &m.stripes[0].segments[1].name,
+        "stripe-00.vdis"
+    ));
+    assert!(!is_segment_of(
+        &m.stripes[0].segments[1].name,
+        "stripe-01.vdis"
+    ));
+    m.uploads = vec![OpenUpload {
+        object: segment_name("stripe-01.vdis", id, 3),
+        id: "upload-1".into(),
+    }];
+    let (loaded, json) = round_trip(&m);
+    assert_eq!(loaded, m);
+    assert!(
+        json.contains("\"segments\"") && json.contains("\"uploads\""),
+        "{json}"
+    );
+
+    let mut bad = m.clone();
+    bad.stripes[1].segments[1].name = segment_name("stripe-01.vdis", id, 3);
+    assert!(matches!(
+        problem(&bad),
+        ManifestProblem::Segments { index: 1, .. }
+    ));
+    let mut bad = m.clone();
+    bad.stripes[0].segments[0].name = segment_name("stripe-00.vdis", id ^ (1 << 100), 1);
+    assert!(
+        matches!(problem(&bad), ManifestProblem::Segments { index: 0, .. }),
+        "another backup's segment"
+    );
+    let mut bad = m.clone();
+    bad.stripes[0].segments[1].bytes -= 1;
+    let p = problem(&bad);
+    assert!(p.to_string().contains("fewer than its"), "{p}");
+    let mut bad = m.clone();
+    bad.stripes[0].segments[0].bytes = 0;
+    assert!(matches!(
+        problem(&bad),
+        ManifestProblem::Segments { index: 0, .. }
+    ));
+    let mut bad = m.clone();
+    bad.uploads[0].object = "elsewhere/x".into();
+    assert!(matches!(problem(&bad), ManifestProblem::Upload(_)));
+    let mut bad = m;
+    bad.uploads[0].id = "has space".into();
+    assert!(matches!(problem(&bad), ManifestProblem::Upload(_)));
+}

@@ -14,7 +14,6 @@
 //! [`discard`]: BackupStore::discard
 
 pub(crate) mod local;
-#[cfg(unix)]
 pub(crate) mod object;
 
 use std::{
@@ -138,7 +137,7 @@ impl fmt::Debug for StripeInput {
 ///
 /// # Errors
 ///
-/// As those; a usage error for an object store URL where this build has none.
+/// As those.
 pub(crate) fn prepare(
     target: &Path,
     force: bool,
@@ -152,7 +151,11 @@ pub(crate) fn prepare(
 }
 
 /// The object store `target` names, if it is an `s3://` or `az://` URL.
-#[cfg(unix)]
+///
+/// # Errors
+///
+/// A usage error for a malformed URL, settings object_store refuses, or a URL given to a
+/// command that takes a directory only (`objects` is `None`).
 pub(crate) fn object_store(
     target: &Path,
     objects: Option<&ObjectArgs>,
@@ -172,22 +175,6 @@ pub(crate) fn object_store(
         )));
     };
     object::BucketStore::connect(&url, objects, devices).map(Some)
-}
-
-/// No object store in this build: a URL is refused.
-#[cfg(not(unix))]
-pub(crate) fn object_store(
-    target: &Path,
-    _objects: Option<&ObjectArgs>,
-    _devices: u32,
-) -> Outcome<Option<std::convert::Infallible>> {
-    let s = target.to_string_lossy();
-    if s.starts_with("s3://") || s.starts_with("az://") || s.starts_with("azure://") {
-        return Err(Failure::usage(format!(
-            "{s}: object storage is not in this build of vdi-agent (Unix only, for now)"
-        )));
-    }
-    Ok(None)
 }
 
 /// Checks that a non-empty place may take a new backup: it must hold a backup of this agent

@@ -183,27 +183,29 @@ impl Plan {
         Ok(Self { part, in_flight })
     }
 
-    /// The plan for reading `devices` stripes back within `memory`: ranged reads have no
-    /// smallest size, so a read is made as small as 256 KiB to fit.
+    /// The plan for reading `devices` stripes back within `memory`: a stripe's reader holds
+    /// `in_flight` ranged reads, one read waiting for its thread and the one being read
+    /// ([`read::SegmentReader`]). Ranged reads have no smallest size, so a read is made as
+    /// small as 256 KiB to fit.
     ///
     /// # Errors
     ///
-    /// A usage error when `memory` cannot hold two reads of 256 KiB per stripe.
+    /// A usage error when `memory` cannot hold three reads of 256 KiB per stripe.
     pub(crate) fn for_reading(devices: u32, part: u64, memory: u64) -> Outcome<Self> {
         const MIN_READ: u64 = 256 << 10;
         let devices = u64::from(devices.max(1));
         let per_device = memory / devices;
-        if per_device < 2 * MIN_READ {
+        if per_device < 3 * MIN_READ {
             return Err(Failure::usage(format!(
-                "--upload-memory {} cannot hold {devices} stripes of two {} reads each: give at \
-                 least {}",
+                "--upload-memory {} cannot hold {devices} stripes of three {} reads each: give \
+                 at least {}",
                 bytes(memory),
                 bytes(MIN_READ),
-                bytes(devices * 2 * MIN_READ)
+                bytes(devices * 3 * MIN_READ)
             )));
         }
-        let part = part.min((per_device / 2) & !(MIN_READ - 1)).max(MIN_READ);
-        let in_flight = (per_device / part - 1).clamp(1, MAX_IN_FLIGHT);
+        let part = part.min((per_device / 3) & !(MIN_READ - 1)).max(MIN_READ);
+        let in_flight = (per_device / part - 2).clamp(1, MAX_IN_FLIGHT);
         Ok(Self { part, in_flight })
     }
 
@@ -962,6 +964,11 @@ mod tests {
         assert_eq!(e.exit, Exit::Usage);
         assert!(e.message.contains("at least 640.00 MiB"), "{}", e.message);
         assert!(Plan::new(1, mib, 256 * mib).is_err());
+        // Reading: three reads of at least 256 KiB per stripe, within the memory.
+        let r = Plan::for_reading(64, 16 * mib, 256 * mib).unwrap();
+        assert!(64 * (r.in_flight + 2) * r.part <= 256 * mib, "{r:?}");
+        assert_eq!(Plan::for_reading(4, 16 * mib, 256 * mib).unwrap().part, 16 * mib);
+        assert!(Plan::for_reading(64, 16 * mib, 32 * mib).is_err());
     }
 
     #[test]
