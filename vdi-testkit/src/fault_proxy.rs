@@ -545,25 +545,35 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> io::Result
             None => None,
         };
 
-        // Forward, on the connection kept from the last request if the server kept it.
-        let mut sent = false;
-        if let Some(s) = server.as_mut() {
-            sent = s
+        // Forward, on the connection kept from the last request if the server kept it. A kept
+        // connection the server has meanwhile closed (an idle keep-alive timeout) fails on the
+        // first write or read: the request is then sent once more, on a new connection.
+        let mut answer = None;
+        if let Some(mut s) = server.take() {
+            let sent = s
                 .stream
                 .write_all(&head)
-                .and_then(|()| s.stream.write_all(&body))
-                .is_ok();
+                .and_then(|()| s.stream.write_all(&body));
+            if sent.is_ok()
+                && let Ok(r) = read_response(&mut s, &req.method)
+            {
+                answer = Some(r);
+                server = Some(s);
+            }
         }
-        if !sent {
-            let stream = TcpStream::connect_timeout(&upstream, UPSTREAM_TIMEOUT)?;
-            let mut s = Conn::new(stream, shared, Some(UPSTREAM_TIMEOUT))?;
-            s.stream.write_all(&head)?;
-            s.stream.write_all(&body)?;
-            server = Some(s);
-        }
+        let (response, server_close) = match answer {
+            Some(r) => r,
+            None => {
+                let stream = TcpStream::connect_timeout(&upstream, UPSTREAM_TIMEOUT)?;
+                let mut s = Conn::new(stream, shared, Some(UPSTREAM_TIMEOUT))?;
+                s.stream.write_all(&head)?;
+                s.stream.write_all(&body)?;
+                let r = read_response(&mut s, &req.method)?;
+                server = Some(s);
+                r
+            }
+        };
         shared.forwarded.fetch_add(1, Ordering::Relaxed);
-        let s = server.as_mut().expect("connected above");
-        let (response, server_close) = read_response(s, &req.method)?;
         if server_close {
             server = None;
         }

@@ -507,6 +507,14 @@ fn s3s_fs_uploads(root: &Path, bucket: &str) -> Vec<(String, String)> {
 
 /// An S3-compatible server on 127.0.0.1 (moto or s3s-fs) that checks request signatures;
 /// dropping it kills the server and waits for it.
+///
+/// For object_store's `AmazonS3Builder`: `.with_endpoint(s3.endpoint())` (or a
+/// [`FaultProxy`](crate::FaultProxy)'s, in front of it) `.with_allow_http(true)
+/// .with_access_key_id(s3.access_key()).with_secret_access_key(s3.secret_key())
+/// .with_region(s3.region()).with_bucket_name(..)`, and `.with_conditional_put(
+/// S3ConditionalPut::ETagMatch)` for `PutMode::Create` and `Update` (both servers honour
+/// `If-None-Match: *` and `If-Match`). Checked with object_store 0.14.2 against both servers,
+/// directly and through the proxy.
 #[derive(Debug)]
 pub struct S3Server {
     kind: S3Kind,
@@ -815,7 +823,8 @@ impl S3Server {
 /// For object_store's `MicrosoftAzureBuilder`: `.with_account(AZURITE_ACCOUNT)
 /// .with_access_key(AZURITE_KEY).with_endpoint(azurite.endpoint()).with_allow_http(true)`
 /// (`with_use_emulator(true)` would instead take the address from `AZURITE_BLOB_STORAGE_URL`,
-/// one value for the whole process).
+/// one value for the whole process). Checked with object_store 0.14.2, directly and through a
+/// [`FaultProxy`](crate::FaultProxy) (`http://127.0.0.1:PROXY/devstoreaccount1`).
 #[derive(Debug)]
 pub struct Azurite {
     proc: Proc,

@@ -232,6 +232,27 @@ fn the_proxy_injects_each_fault_as_configured() {
     assert_eq!(proxy.injected(), 4);
     assert_eq!(s3.objects("vdi", "e"), vec![("e".to_owned(), 4)]);
 
+    // A stall far longer than the client waits: the client gives up, the server has the
+    // object, and dropping the proxy ends the held response.
+    proxy.clear();
+    proxy.add(FaultRule::new(Fault::Stall(Duration::from_secs(3600))).path_contains("/vdi/held"));
+    {
+        let mut s = TcpStream::connect(proxy.addr()).expect("connect to the proxy");
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(format!("GET /vdi/held HTTP/1.1\r\nHost: {}\r\n\r\n", proxy.addr()).as_bytes())
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = s.read(&mut byte).expect_err("the response is held");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+    }
+    assert!(proxy.requests().contains(&"GET /vdi/held".to_owned()));
+
     // A query rule, seen on raw requests (unsigned: the server's 403 is forwarded as is).
     proxy.clear();
     proxy.add(FaultRule::new(Fault::SlowDown).query_contains("uploads"));

@@ -967,7 +967,10 @@ mod tests {
         // Reading: three reads of at least 256 KiB per stripe, within the memory.
         let r = Plan::for_reading(64, 16 * mib, 256 * mib).unwrap();
         assert!(64 * (r.in_flight + 2) * r.part <= 256 * mib, "{r:?}");
-        assert_eq!(Plan::for_reading(4, 16 * mib, 256 * mib).unwrap().part, 16 * mib);
+        assert_eq!(
+            Plan::for_reading(4, 16 * mib, 256 * mib).unwrap().part,
+            16 * mib
+        );
         assert!(Plan::for_reading(64, 16 * mib, 32 * mib).is_err());
     }
 
