@@ -12,6 +12,8 @@
 //!
 //! - **backup with zstd** (level 1, 4 devices, tmpfs): against zstd alone at the same level
 //!   on the same bytes, one job per core (as `zstd -T0`), with both compression ratios.
+//! - **backup and restore to S3** (4 devices, a local s3s-fs on tmpfs): against object_store
+//!   alone moving the same bytes to and from the same server ([`crate::objstore`]).
 //! - **backup through SQL Server's library** (`--backend sqlvdi`: vdi-linux over vdi-sdk's
 //!   `libsqlvdi.so`, 4 devices, tmpfs): against the same backup through `--backend shm`.
 //!
@@ -290,7 +292,7 @@ fn zstd_alone(data: &[u8], level: i32) -> Result<(Duration, u64)> {
 }
 
 /// `vdi-agent` beside this binary (both in `target/release`, or `target/debug` for tests).
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let me = std::env::current_exe().unwrap_or_default();
     let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
     // Integration tests run from target/<profile>/deps.
@@ -394,20 +396,32 @@ fn cell(
 
 /// One operation's timings over the rounds.
 #[derive(Default)]
-struct Samples {
-    agent: Vec<Duration>,
-    io: Vec<Duration>,
-    cpu: Vec<Duration>,
-    rss: u64,
+pub(crate) struct Samples {
+    pub(crate) agent: Vec<Duration>,
+    pub(crate) io: Vec<Duration>,
+    pub(crate) cpu: Vec<Duration>,
+    pub(crate) rss: u64,
 }
 
 impl Samples {
     /// Runs `vdi-agent <op> <dir> <flags> --no-progress` and records its time and peak memory.
     fn run(&mut self, agent: &Path, op: &str, dir: &Path, flags: &[String]) -> Result<()> {
+        self.run_env(agent, op, dir, flags, &[])
+    }
+
+    /// [`run`](Self::run) with `env` set for the agent.
+    pub(crate) fn run_env(
+        &mut self,
+        agent: &Path,
+        op: &str,
+        dir: &Path,
+        flags: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let mut args: Vec<&std::ffi::OsStr> = vec![op.as_ref(), dir.as_os_str()];
         args.extend(flags.iter().map(std::ffi::OsStr::new));
         args.push("--no-progress".as_ref());
-        let (t, rss) = run_agent(agent, &args)?;
+        let (t, rss) = run_agent(agent, &args, env)?;
         self.agent.push(t);
         self.rss = self.rss.max(rss);
         Ok(())
@@ -417,7 +431,7 @@ impl Samples {
         self.io[round].max(self.cpu[round])
     }
 
-    fn row(
+    pub(crate) fn row(
         &self,
         op: &'static str,
         place: &'static str,
@@ -453,10 +467,15 @@ impl Samples {
 }
 
 /// Runs the agent to its end: the time it took and its peak resident memory.
-fn run_agent(agent: &Path, args: &[&std::ffi::OsStr]) -> Result<(Duration, u64)> {
+fn run_agent(
+    agent: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> Result<(Duration, u64)> {
     let t = Instant::now();
     let mut child = Command::new(agent)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p vdi-bench [--features iceoryx2] -- [--quick | --smoke] [--out DIR]
-//!     [--only rtt,streaming,async,scale,setup,sdk,job]
+//!     [--only rtt,streaming,async,scale,setup,sdk,job,s3]
 //! ```
 //!
 //! What one run measures (each section's module says how):
@@ -47,6 +47,8 @@ mod floor;
 mod iox;
 #[cfg(target_os = "linux")]
 mod job;
+#[cfg(target_os = "linux")]
+mod objstore;
 #[cfg(target_os = "linux")]
 mod plan;
 #[cfg(target_os = "linux")]
@@ -92,7 +94,16 @@ fn main() -> ExitCode {
 
 /// The sections a run can be limited to with `--only`.
 #[cfg(target_os = "linux")]
-const SECTIONS: [&str; 7] = ["rtt", "streaming", "async", "scale", "setup", "sdk", "job"];
+const SECTIONS: [&str; 8] = [
+    "rtt",
+    "streaming",
+    "async",
+    "scale",
+    "setup",
+    "sdk",
+    "job",
+    "s3",
+];
 
 #[cfg(target_os = "linux")]
 fn usage() -> String {
@@ -211,6 +222,12 @@ fn parent(args: &[String]) -> util::Result<()> {
     if wants("job") {
         eprintln!("the main job: vdi-agent against its bounds");
         (results.job, results.job_skipped) = job::run(&plan)?;
+    }
+    if wants("s3") {
+        eprintln!("the main job to S3: vdi-agent against object_store alone");
+        results
+            .job
+            .extend(objstore::rows(&plan, &job::agent_binary())?);
     }
     results.seconds = start.elapsed().as_secs_f64();
     results.load_after = report::load();

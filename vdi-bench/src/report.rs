@@ -201,6 +201,16 @@ pub(crate) fn aims(r: &Results) -> Vec<Aim> {
             "backup through libsqlvdi.so ≥ 0.95× through vdi-shm (4 devices, tmpfs)",
             0.95,
         ),
+        (
+            "backup-s3",
+            "backup to S3 ≥ 0.9× object_store's plain multipart upload (4 devices, s3s-fs)",
+            0.9,
+        ),
+        (
+            "restore-s3",
+            "restore from S3 ≥ 0.9× object_store's plain ranged download (4 devices, s3s-fs)",
+            0.9,
+        ),
     ] {
         let v = r
             .job
@@ -414,6 +424,21 @@ pub(crate) fn markdown(r: &Results) -> String {
             "| op | place | devices | transfer | agent GB/s | I/O alone | CPU alone | bound | time ÷ bound | agent peak |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for j in &r.job {
+            if j.op == "backup-s3" || j.op == "restore-s3" {
+                let _ = writeln!(
+                    s,
+                    "| {} s3:// (a local s3s-fs; the comparison: object_store alone, same bytes) | {} | {} | {} | {:.2} | {:.2} (object_store) | – | object_store | {:.2} | {} |",
+                    &j.op[..j.op.len() - 3],
+                    j.place,
+                    j.devices,
+                    size(j.transfer),
+                    j.agent_gbps,
+                    j.io_gbps,
+                    j.over_bound,
+                    bytes_text(j.agent_peak_rss)
+                );
+                continue;
+            }
             if j.op == "backup-sqlvdi" {
                 let _ = writeln!(
                     s,

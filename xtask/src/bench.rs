@@ -95,6 +95,13 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<(), String> {
     let exe = root.join(TARGET).join("release/vdi-bench");
     let mut bench = std::process::Command::new(&exe);
     bench.args(["--out", OUT]);
+    // The S3 rows' server (installed as objstore-test installs it); without it they are skipped.
+    match crate::objstore::s3s_fs(root) {
+        Ok(bin) => {
+            bench.env("VDI_S3S_FS", bin);
+        }
+        Err(why) => println!("=== xtask: bench: no s3s-fs ({why}): the S3 rows are skipped"),
+    }
     if o.quick {
         bench.arg("--quick");
     }

@@ -217,6 +217,19 @@ fn ensure_moto(dir: &Path) -> Result<(PathBuf, PathBuf), InstallError> {
     Ok((moto_server, python))
 }
 
+/// s3s-fs, installed under `target/objstore` when missing (for the bench's S3 rows too).
+///
+/// # Errors
+///
+/// Why it cannot be installed.
+pub(crate) fn s3s_fs(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target/objstore");
+    fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    ensure_s3s_fs(&dir).map_err(|e| match e {
+        InstallError::Unreachable(r) | InstallError::Failed(r) => r,
+    })
+}
+
 fn ensure_s3s_fs(dir: &Path) -> Result<PathBuf, InstallError> {
     let root = dir.join("s3s-fs");
     let bin = root.join("bin/s3s-fs");
