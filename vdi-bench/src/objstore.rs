@@ -30,9 +30,11 @@ use crate::{
 
 /// The devices of the object-storage rows.
 const DEVICES: u32 = 4;
-/// The agent's defaults for 4 devices in 256 MiB: 16 MiB parts, 3 in flight per stripe.
+/// The agent's plan for 4 devices in its default 256 MiB (three quarters of it for parts):
+/// 16 MiB parts, 2 in flight per stripe uploading, 1 reading (with one more read queued).
 const PART: usize = 16 << 20;
-const IN_FLIGHT: usize = 3;
+const UP_IN_FLIGHT: usize = 2;
+const DOWN_IN_FLIGHT: usize = 1;
 const KEY: &str = "VDIBENCHKEY";
 const SECRET: &str = "VDIBENCHSECRET";
 const BUCKET: &str = "bench";
@@ -234,7 +236,7 @@ fn segments(root: &Path, prefix: &str) -> Result<Vec<(String, u64)>> {
 }
 
 /// Uploads one object per stripe of the same size, concurrently, each as the agent does: parts
-/// of [`PART`], [`IN_FLIGHT`] at a time, from a filled buffer.
+/// of [`PART`], [`UP_IN_FLIGHT`] at a time, from a filled buffer.
 async fn upload(store: &Arc<dyn ObjectStore>, prefix: &str, sizes: &[(String, u64)]) -> Result<()> {
     let chunk = bytes::Bytes::from(vec![0x5a; PART]);
     let jobs = sizes.iter().map(|(name, len)| {
@@ -247,7 +249,7 @@ async fn upload(store: &Arc<dyn ObjectStore>, prefix: &str, sizes: &[(String, u6
             let mut w = WriteMultipart::new_with_chunk_size(up, PART);
             let mut left = len;
             while left > 0 {
-                w.wait_for_capacity(IN_FLIGHT).await?;
+                w.wait_for_capacity(UP_IN_FLIGHT).await?;
                 let n = usize::try_from(left.min(PART as u64)).unwrap_or(PART);
                 w.put(chunk.slice(..n));
                 left -= n as u64;
@@ -262,7 +264,7 @@ async fn upload(store: &Arc<dyn ObjectStore>, prefix: &str, sizes: &[(String, u6
     Ok(())
 }
 
-/// Reads every object back with ranged GETs of [`PART`], [`IN_FLIGHT`] at a time per object,
+/// Reads every object back with ranged GETs of [`PART`], [`DOWN_IN_FLIGHT`] at a time per object,
 /// in order, concurrently.
 async fn download(
     store: &Arc<dyn ObjectStore>,
@@ -284,7 +286,7 @@ async fn download(
                     let path = path.clone();
                     async move { store.get_range(&path, r).await }
                 })
-                .buffered(IN_FLIGHT);
+                .buffered(DOWN_IN_FLIGHT);
             let mut total = 0u64;
             while let Some(b) = got.next().await {
                 total += b?.len() as u64;

@@ -144,8 +144,24 @@ impl fmt::Display for ObjectUrl {
     }
 }
 
+/// The part of `--upload-memory` that parts may take: three quarters; the rest is left for
+/// everything else the agent holds (the engine's buffers mapped in, the runtime, the
+/// allocator's slack), so that the whole agent stays within it.
+fn parts_share(memory: u64) -> u64 {
+    memory / 4 * 3
+}
+
+/// [`parts_share`] in words.
+const PARTS_SHARE_TEXT: &str = "three quarters for parts";
+
+/// The `--upload-memory` whose share for parts is at least `parts`.
+fn whole_for(parts: u64) -> u64 {
+    parts.div_ceil(3) * 4
+}
+
 /// How parts are sized and how many are in flight: every stripe fills one part and sends at
-/// most `in_flight`, and `devices * (1 + in_flight) * part` fits in `--upload-memory`.
+/// most `in_flight`, and `devices * (1 + in_flight) * part` fits in [`parts_share`] of
+/// `--upload-memory`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub(crate) part: u64,
@@ -167,14 +183,15 @@ impl Plan {
             )));
         }
         let devices = u64::from(devices.max(1));
-        let per_device = memory / devices;
+        let per_device = parts_share(memory) / devices;
         if per_device < 2 * MIN_PART {
             return Err(Failure::usage(format!(
                 "--upload-memory {} cannot hold {devices} stripes of two {} parts each (one \
-                 being filled, one in flight): give at least {}",
+                 being filled, one in flight) in its {}: give at least {}",
                 bytes(memory),
                 bytes(MIN_PART),
-                bytes(devices * 2 * MIN_PART)
+                PARTS_SHARE_TEXT,
+                bytes(whole_for(devices * 2 * MIN_PART))
             )));
         }
         // The configured part if two fit, else the largest whole MiB that does.
@@ -194,14 +211,15 @@ impl Plan {
     pub(crate) fn for_reading(devices: u32, part: u64, memory: u64) -> Outcome<Self> {
         const MIN_READ: u64 = 256 << 10;
         let devices = u64::from(devices.max(1));
-        let per_device = memory / devices;
+        let per_device = parts_share(memory) / devices;
         if per_device < 3 * MIN_READ {
             return Err(Failure::usage(format!(
-                "--upload-memory {} cannot hold {devices} stripes of three {} reads each: give \
-                 at least {}",
+                "--upload-memory {} cannot hold {devices} stripes of three {} reads each in its \
+                 {}: give at least {}",
                 bytes(memory),
                 bytes(MIN_READ),
-                bytes(devices * 3 * MIN_READ)
+                PARTS_SHARE_TEXT,
+                bytes(whole_for(devices * 3 * MIN_READ))
             )));
         }
         let part = part.min((per_device / 3) & !(MIN_READ - 1)).max(MIN_READ);
@@ -953,20 +971,21 @@ mod tests {
             p,
             Plan {
                 part: 16 * mib,
-                in_flight: 3
+                in_flight: 2
             }
         );
-        assert!(p.peak(4) <= 256 * mib);
+        assert!(p.peak(4) <= 192 * mib);
         let p = Plan::new(64, 16 * mib, 1024 * mib).unwrap();
-        assert!(p.peak(64) <= 1024 * mib, "{p:?}");
+        assert!(p.peak(64) <= 768 * mib, "{p:?}");
         assert!(p.part >= MIN_PART);
         let e = Plan::new(64, 16 * mib, 256 * mib).unwrap_err();
         assert_eq!(e.exit, Exit::Usage);
-        assert!(e.message.contains("at least 640.00 MiB"), "{}", e.message);
+        assert!(e.message.contains("at least 853.33 MiB"), "{}", e.message);
+        assert!(Plan::new(64, 5 * mib, whole_for(640 * mib)).is_ok());
         assert!(Plan::new(1, mib, 256 * mib).is_err());
         // Reading: three reads of at least 256 KiB per stripe, within the memory.
         let r = Plan::for_reading(64, 16 * mib, 256 * mib).unwrap();
-        assert!(64 * (r.in_flight + 2) * r.part <= 256 * mib, "{r:?}");
+        assert!(64 * (r.in_flight + 2) * r.part <= 192 * mib, "{r:?}");
         assert_eq!(
             Plan::for_reading(4, 16 * mib, 256 * mib).unwrap().part,
             16 * mib

@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use bytes::{Bytes, BytesMut};
 use object_store::{
     MultipartId, ObjectStoreExt, PutPayload, multipart::PartId, path::Path as ObjPath,
 };
@@ -24,33 +25,36 @@ struct Upload {
     id: MultipartId,
     /// The parts that returned 200, in order.
     done: Vec<PartId>,
-    /// The parts in flight, in order.
-    in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    /// The parts in flight, in order, each with its bytes (to be used again once sent).
+    in_flight: VecDeque<(JoinHandle<object_store::Result<PartId>>, Bytes)>,
 }
 
 impl Upload {
     /// Sends `data` as the next part, on the runtime.
-    fn spawn_part(&mut self, io: &Io, data: PutPayload) {
+    fn spawn_part(&mut self, io: &Io, data: Bytes) {
         let index = self.done.len() + self.in_flight.len();
         let (multipart, path, id) = (
             Arc::clone(&io.multipart),
             self.path.clone(),
             self.id.clone(),
         );
-        self.in_flight.push_back(
-            io.runtime
-                .spawn(async move { multipart.put_part(&path, &id, index, data).await }),
-        );
+        let payload = PutPayload::from(data.clone());
+        let task = io
+            .runtime
+            .spawn(async move { multipart.put_part(&path, &id, index, payload).await });
+        self.in_flight.push_back((task, data));
     }
 
-    /// Waits for the oldest part in flight.
-    fn wait_one(&mut self, io: &Io) -> io::Result<()> {
-        let Some(task) = self.in_flight.pop_front() else {
+    /// Waits for the oldest part in flight; its buffer goes to `spare` when nothing else
+    /// holds it any more.
+    fn wait_one(&mut self, io: &Io, spare: &mut Vec<BytesMut>) -> io::Result<()> {
+        let Some((task, data)) = self.in_flight.pop_front() else {
             return Ok(());
         };
         let why = match io.block(task) {
             Ok(Ok(part)) => {
                 self.done.push(part);
+                recycle(data, spare);
                 return Ok(());
             }
             Ok(Err(e)) => describe(&e),
@@ -64,11 +68,21 @@ impl Upload {
     }
 
     /// Waits for every part in flight.
-    fn wait_all(&mut self, io: &Io) -> io::Result<()> {
+    fn wait_all(&mut self, io: &Io, spare: &mut Vec<BytesMut>) -> io::Result<()> {
         while !self.in_flight.is_empty() {
-            self.wait_one(io)?;
+            self.wait_one(io, spare)?;
         }
         Ok(())
+    }
+}
+
+/// Keeps a sent part's buffer for the next part, if the request let go of it: a stripe then
+/// allocates its few part buffers once, instead of one per part (which the allocator keeps
+/// resident long after they are freed).
+fn recycle(data: Bytes, spare: &mut Vec<BytesMut>) {
+    if let Ok(mut buf) = data.try_into_mut() {
+        buf.clear();
+        spare.push(buf);
     }
 }
 
@@ -84,7 +98,9 @@ pub(super) struct SegmentOutput {
     /// Its bytes so far, sent and buffered.
     segment_bytes: u64,
     /// The part being filled.
-    buf: Vec<u8>,
+    buf: BytesMut,
+    /// Buffers of parts sent, to fill again.
+    spare: Vec<BytesMut>,
     upload: Option<Upload>,
     /// The first failure: every later call returns it.
     failed: Option<(io::ErrorKind, String)>,
@@ -109,7 +125,8 @@ impl SegmentOutput {
             backup_id,
             segment: 1,
             segment_bytes: 0,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
+            spare: Vec::new(),
             upload: None,
             failed: None,
         }
@@ -176,13 +193,13 @@ impl SegmentOutput {
                 up
             }
         };
-        let part = self.part_len();
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(part));
-        up.spawn_part(&io, PutPayload::from(data));
+        let next = self.spare.pop().unwrap_or_default();
+        let data = std::mem::replace(&mut self.buf, next).freeze();
+        up.spawn_part(&io, data);
         let limit = usize::try_from(self.store.plan.in_flight).unwrap_or(1);
         let mut r = Ok(());
         while r.is_ok() && up.in_flight.len() > limit {
-            r = up.wait_one(&io);
+            r = up.wait_one(&io, &mut self.spare);
         }
         let full = up.done.len() + up.in_flight.len() >= MAX_PARTS;
         self.upload = Some(up);
@@ -201,9 +218,10 @@ impl SegmentOutput {
         let object = self.object();
         if let Some(mut up) = self.upload.take() {
             if !self.buf.is_empty() {
-                up.spawn_part(&io, PutPayload::from(std::mem::take(&mut self.buf)));
+                let next = self.spare.pop().unwrap_or_default();
+                up.spawn_part(&io, std::mem::replace(&mut self.buf, next).freeze());
             }
-            let r = up.wait_all(&io).and_then(|()| {
+            let r = up.wait_all(&io, &mut self.spare).and_then(|()| {
                 let parts = std::mem::take(&mut up.done);
                 io.block(io.multipart.complete_multipart(&up.path, &up.id, parts))
                     .map(drop)
@@ -216,9 +234,14 @@ impl SegmentOutput {
             }
             self.store.note_upload(&object, None)?;
         } else if !self.buf.is_empty() {
-            let data = PutPayload::from(std::mem::take(&mut self.buf));
-            io.block(io.objects.put(&self.store.path(&object), data))
-                .map_err(|e| self.error("storing", &e))?;
+            let next = self.spare.pop().unwrap_or_default();
+            let data = std::mem::replace(&mut self.buf, next).freeze();
+            io.block(
+                io.objects
+                    .put(&self.store.path(&object), PutPayload::from(data.clone())),
+            )
+            .map_err(|e| self.error("storing", &e))?;
+            recycle(data, &mut self.spare);
         } else {
             return Ok(());
         }
@@ -239,8 +262,8 @@ impl Write for SegmentOutput {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.guard(|me| {
             let part = me.part_len();
-            if me.buf.capacity() == 0 {
-                me.buf.reserve_exact(part);
+            if me.buf.capacity() < part {
+                me.buf.reserve(part - me.buf.len());
             }
             let n = data.len().min(part - me.buf.len());
             me.buf.extend_from_slice(&data[..n]);
@@ -271,7 +294,7 @@ impl Drop for SegmentOutput {
         let Some(up) = self.upload.take() else {
             return;
         };
-        for task in &up.in_flight {
+        for (task, _) in &up.in_flight {
             task.abort();
         }
         let io = &self.store.io;
