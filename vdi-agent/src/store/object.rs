@@ -145,8 +145,10 @@ impl fmt::Display for ObjectUrl {
 }
 
 /// The part of `--upload-memory` that parts may take: three quarters; the rest is left for
-/// everything else the agent holds (the engine's buffers mapped in, the runtime, the
-/// allocator's slack), so that the whole agent stays within it.
+/// everything else the agent holds (the engine's buffers mapped in, the runtime, the HTTP
+/// client's buffers, the allocator's slack). That rest is not bounded by the plan: measured
+/// (BENCHMARKS.md), 4 devices at the default 256 MiB peaked at 286 MiB, 64 devices at 1 GiB at
+/// 895 MiB.
 fn parts_share(memory: u64) -> u64 {
     memory / 4 * 3
 }
