@@ -425,11 +425,7 @@ impl BucketStore {
 
     /// The names directly under the prefix, sorted (a "directory" below it is `name/`).
     fn list(&self) -> Outcome<Vec<String>> {
-        let prefix = (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()));
-        let listed = self
-            .io
-            .block(self.io.objects.list_with_delimiter(prefix.as_ref()))
-            .map_err(|e| self.failure("listing", &e))?;
+        let listed = self.listing()?;
         let mut names: Vec<String> = listed
             .objects
             .iter()
@@ -447,16 +443,20 @@ impl BucketStore {
 
     /// The stored size of every object directly under the prefix.
     fn sizes(&self) -> Outcome<BTreeMap<String, u64>> {
-        let prefix = (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()));
-        let listed = self
-            .io
-            .block(self.io.objects.list_with_delimiter(prefix.as_ref()))
-            .map_err(|e| self.failure("listing", &e))?;
-        Ok(listed
+        Ok(self
+            .listing()?
             .objects
             .iter()
             .filter_map(|o| o.location.filename().map(|n| (n.to_owned(), o.size)))
             .collect())
+    }
+
+    /// One listing of what is directly under the prefix.
+    fn listing(&self) -> Outcome<object_store::ListResult> {
+        let prefix = (!self.url.prefix.is_empty()).then(|| ObjPath::from(self.url.prefix.as_str()));
+        self.io
+            .block(self.io.objects.list_with_delimiter(prefix.as_ref()))
+            .map_err(|e| self.failure("listing", &e))
     }
 
     /// Deletes `names` (the manifest last); a missing one is not an error.
@@ -491,11 +491,10 @@ impl BucketStore {
         };
         let mut left = Vec::new();
         for (object, id) in uploads {
-            match self.io.block(
-                self.io
-                    .multipart
-                    .abort_multipart(&self.path(&object), &id.clone()),
-            ) {
+            match self
+                .io
+                .block(self.io.multipart.abort_multipart(&self.path(&object), &id))
+            {
                 Ok(()) => {
                     self.lock().uploads.remove(&object);
                 }
