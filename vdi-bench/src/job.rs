@@ -61,6 +61,11 @@ pub(crate) struct Row {
     pub(crate) cpu_gbps: f64,
     /// Median over rounds of the agent's time / the bound's (the slower of the two alone).
     pub(crate) over_bound: f64,
+    /// The same work alone, I/O and CPU in turn on one thread per stripe (no VDI, no second
+    /// process), median GB/s; NaN where the row has none.
+    pub(crate) work_gbps: f64,
+    /// Median over rounds of the agent's time / that work's.
+    pub(crate) over_work: f64,
     /// Which of the two is the bound: `io` or `cpu`.
     pub(crate) bound: &'static str,
     /// The agent's peak resident memory, bytes (the largest over the rounds).
@@ -81,11 +86,12 @@ pub(crate) fn run(plan: &Plan) -> Result<(Vec<Row>, Option<String>)> {
         return Ok((Vec::new(), Some(why)));
     }
     let mut rows = Vec::new();
-    let places = [
-        ("tmpfs", PathBuf::from("/dev/shm")),
-        ("disk", std::env::temp_dir()),
-    ];
-    for (place, parent) in &places {
+    for &place in &plan.job_places {
+        let parent = if place == "tmpfs" {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
         for &transfer in &plan.job_transfers {
             for &devices in &plan.job_devices {
                 let dir = parent.join(util::unique_name("job"));
@@ -94,6 +100,9 @@ pub(crate) fn run(plan: &Plan) -> Result<(Vec<Row>, Option<String>)> {
                 rows.extend(r?);
             }
         }
+    }
+    if !plan.job_extras {
+        return Ok((rows, None));
     }
     let dir = PathBuf::from("/dev/shm").join(util::unique_name("jobz"));
     let r = zstd_cell(plan, &agent, &dir);
@@ -346,6 +355,7 @@ fn cell(
         }
         b.io.push(write_alone(&plain, &stripes, transfer)?);
         b.cpu.push(generate_alone(devices, size, transfer));
+        b.work.push(backup_work(&plain, &stripes, size, transfer)?);
         if !agent_first {
             stripes = backup(&mut b)?;
         }
@@ -358,6 +368,7 @@ fn cell(
         let read = read_alone(&files)?;
         r.io.push(read);
         r.cpu.push(check_alone(devices, size, transfer));
+        r.work.push(restore_work(&files, size, transfer)?);
         if !agent_first {
             restore(&mut r)?;
         }
@@ -368,21 +379,25 @@ fn cell(
         }
         v.io.push(read_alone(&files)?);
         v.cpu.push(xxh3_alone(&stripes, transfer));
+        v.work.push(verify_work(&files, transfer)?);
         if !agent_first {
             verify(&mut v)?;
         }
         let bytes: u64 = stripes.iter().sum();
         eprintln!(
-            "  main job {place} {devices:>2} devices x {:>4} KiB, round {}/{}: backup {:.2}s (bound {:.2}s)  restore {:.2}s ({:.2}s)  verify {:.2}s ({:.2}s), {} MiB",
+            "  main job {place} {devices:>2} devices x {:>4} KiB, round {}/{}: backup {:.2}s (bound {:.2}s, work {:.2}s)  restore {:.2}s ({:.2}s, {:.2}s)  verify {:.2}s ({:.2}s, {:.2}s), {} MiB",
             transfer >> 10,
             round + 1,
             plan.job_rounds,
             b.agent[round].as_secs_f64(),
             b.bound(round).as_secs_f64(),
+            b.work[round].as_secs_f64(),
             r.agent[round].as_secs_f64(),
             r.bound(round).as_secs_f64(),
+            r.work[round].as_secs_f64(),
             v.agent[round].as_secs_f64(),
             v.bound(round).as_secs_f64(),
+            v.work[round].as_secs_f64(),
             bytes >> 20
         );
     }
@@ -400,6 +415,9 @@ pub(crate) struct Samples {
     pub(crate) agent: Vec<Duration>,
     pub(crate) io: Vec<Duration>,
     pub(crate) cpu: Vec<Duration>,
+    /// The same work as the agent's without VDI, I/O and CPU in turn on one thread per
+    /// stripe; empty where the row has none.
+    pub(crate) work: Vec<Duration>,
     pub(crate) rss: u64,
 }
 
@@ -448,6 +466,14 @@ impl Samples {
             .map(|i| self.agent[i].as_secs_f64() / self.bound(i).as_secs_f64())
             .collect();
         let (io, cpu) = (rate(&self.io), rate(&self.cpu));
+        let (work_gbps, over_work) = if self.work.len() == self.agent.len() {
+            let over: Vec<f64> = (0..self.agent.len())
+                .map(|i| self.agent[i].as_secs_f64() / self.work[i].as_secs_f64())
+                .collect();
+            (rate(&self.work), util::median(&over))
+        } else {
+            (f64::NAN, f64::NAN)
+        };
         Row {
             op,
             place,
@@ -459,6 +485,8 @@ impl Samples {
             io_gbps: io,
             cpu_gbps: cpu,
             over_bound: util::median(&over),
+            work_gbps,
+            over_work,
             bound: if io <= cpu { "io" } else { "cpu" },
             agent_peak_rss: self.rss,
             ratios: None,
@@ -699,4 +727,128 @@ fn xxh3_alone(sizes: &[u64], transfer: u32) -> Duration {
         }
     });
     t.elapsed()
+}
+
+/// The backup's work without VDI: one thread per stripe generates its share of the database
+/// into a `transfer`-sized buffer (the engine's part), hashes it once (XXH3, the record's
+/// checksum) and writes it, `fsync` at the end of the file. The time of the slowest.
+fn backup_work(dir: &Path, sizes: &[u64], size: u64, transfer: u32) -> Result<Duration> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let db = Database::new(1, size);
+    let stripes = sizes.len() as u64;
+    let t = Instant::now();
+    let results: Vec<Result<()>> = thread::scope(|s| {
+        let handles: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &file_size)| {
+                let (db, path) = (&db, dir.join(format!("work-{i:02}")));
+                s.spawn(move || -> Result<()> {
+                    let mut buf = vec![0u8; transfer as usize];
+                    let mut f = fs::File::create(&path)
+                        .with_context(|| format!("create {}", path.display()))?;
+                    let mut offset = i as u64 * (size / stripes.max(1));
+                    let mut left = file_size;
+                    let mut x = 0u64;
+                    while left > 0 {
+                        let n = left.min(buf.len() as u64) as usize;
+                        db.fill(offset, &mut buf[..n]);
+                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
+                        f.write_all(&buf[..n]).context("write")?;
+                        offset += n as u64;
+                        left -= n as u64;
+                    }
+                    std::hint::black_box(x);
+                    f.sync_all().context("fsync")
+                })
+            })
+            .collect();
+        join_all(handles)
+    });
+    let elapsed = t.elapsed();
+    results.into_iter().collect::<Result<()>>()?;
+    let _ = fs::remove_dir_all(dir);
+    Ok(elapsed)
+}
+
+/// The restore's work without VDI: one thread per stripe file reads it in `transfer`-sized
+/// reads, hashes each once (XXH3, the record's checksum) and runs the engine's check over a
+/// buffer of the database's bytes (the file's own bytes are records, which the check would
+/// stop at). The time of the slowest.
+fn restore_work(files: &[PathBuf], size: u64, transfer: u32) -> Result<Duration> {
+    let db = Database::new(1, size);
+    let mut right = vec![0u8; transfer as usize];
+    db.fill(0, &mut right);
+    let t = Instant::now();
+    let results: Vec<Result<u64>> = thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|p| {
+                let (db, right) = (&db, &right);
+                s.spawn(move || -> Result<u64> {
+                    let mut f =
+                        fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+                    let mut buf = vec![0u8; transfer as usize];
+                    let mut x = 0u64;
+                    loop {
+                        let n = f.read(&mut buf).context("read")?;
+                        if n == 0 {
+                            return Ok(x);
+                        }
+                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
+                        x = x.wrapping_add(u64::from(db.mismatch(0, &right[..n]).is_none()));
+                    }
+                })
+            })
+            .collect();
+        join_all(handles)
+    });
+    let elapsed = t.elapsed();
+    for r in results {
+        std::hint::black_box(r?);
+    }
+    Ok(elapsed)
+}
+
+/// The verify's work: one thread per stripe file reads it in `transfer`-sized reads and
+/// hashes each once. The time of the slowest.
+fn verify_work(files: &[PathBuf], transfer: u32) -> Result<Duration> {
+    let t = Instant::now();
+    let results: Vec<Result<u64>> = thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|p| {
+                s.spawn(move || -> Result<u64> {
+                    let mut f =
+                        fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+                    let mut buf = vec![0u8; transfer as usize];
+                    let mut x = 0u64;
+                    loop {
+                        let n = f.read(&mut buf).context("read")?;
+                        if n == 0 {
+                            return Ok(x);
+                        }
+                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
+                    }
+                })
+            })
+            .collect();
+        join_all(handles)
+    });
+    let elapsed = t.elapsed();
+    for r in results {
+        std::hint::black_box(r?);
+    }
+    Ok(elapsed)
+}
+
+/// Joins scoped threads, a panic as an error.
+fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>) -> Vec<Result<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::msg("a worker thread panicked")))
+        })
+        .collect()
 }

@@ -108,7 +108,8 @@ const SECTIONS: [&str; 8] = [
 #[cfg(target_os = "linux")]
 fn usage() -> String {
     format!(
-        "usage: vdi-bench [--quick | --smoke] [--out DIR] [--only {}]",
+        "usage: vdi-bench [--quick | --smoke] [--out DIR] [--only {}] \
+         [--job-devices N,..] [--job-places tmpfs,disk] [--job-rounds N] [--job-core]",
         SECTIONS.join(",")
     )
 }
@@ -118,15 +119,38 @@ fn usage() -> String {
 fn parent(args: &[String]) -> util::Result<()> {
     use std::{path::PathBuf, time::Instant};
 
-    use plan::{Mode, Plan};
+    use plan::{JobNarrowing, Mode, Plan};
     use util::{Context, Error};
 
     let mut mode = Mode::Full;
     let mut out = PathBuf::from("target/bench");
     let mut only: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
+    let mut job = JobNarrowing::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--job-devices" => {
+                let list = it.next().with_context(usage)?;
+                let parsed: Result<Vec<u32>, _> = list.split(',').map(str::parse).collect();
+                job.devices = Some(parsed.map_err(|_| Error::msg(usage()))?);
+            }
+            "--job-places" => {
+                let list = it.next().with_context(usage)?;
+                let mut places = Vec::new();
+                for p in list.split(',') {
+                    places.push(match p {
+                        "tmpfs" => "tmpfs",
+                        "disk" => "disk",
+                        _ => return Err(Error::msg(usage())),
+                    });
+                }
+                job.places = Some(places);
+            }
+            "--job-rounds" => {
+                let n = it.next().with_context(usage)?;
+                job.rounds = Some(n.parse().map_err(|_| Error::msg(usage()))?);
+            }
+            "--job-core" => job.core_only = true,
             "--quick" => mode = Mode::Quick,
             "--smoke" => mode = Mode::Smoke,
             "--out" => out = PathBuf::from(it.next().with_context(usage)?),
@@ -153,7 +177,8 @@ fn parent(args: &[String]) -> util::Result<()> {
             }
         }
     }
-    let plan = Plan::new(mode);
+    let mut plan = Plan::new(mode);
+    job.apply(&mut plan);
     let wants = |s: &str| only.iter().any(|o| o == s);
     std::fs::create_dir_all(&out).with_context(|| format!("mkdir {}", out.display()))?;
     // Before pinning: the machine's cores, not the one this thread is about to be held to.

@@ -72,6 +72,10 @@ pub(crate) struct Plan {
     pub(crate) job_rounds: usize,
     /// The main job: the pseudo-database's size.
     pub(crate) job_bytes: u64,
+    /// The main job: the places, of `tmpfs` and `disk`.
+    pub(crate) job_places: Vec<&'static str>,
+    /// The main job: whether the zstd and backend rows run.
+    pub(crate) job_extras: bool,
 }
 
 const KIB: u32 = 1024;
@@ -108,6 +112,8 @@ impl Plan {
             job_devices: vec![1, 4, 16],
             job_rounds: 3,
             job_bytes: 2 << 30,
+            job_places: vec!["tmpfs", "disk"],
+            job_extras: true,
         };
         match mode {
             Mode::Full => full,
@@ -163,6 +169,38 @@ impl Plan {
                 job_bytes: 4 << 20,
                 ..full
             },
+        }
+    }
+}
+
+/// The main job's rows narrowed from the command line (`--job-devices`, `--job-places`,
+/// `--job-rounds`, `--job-core`), for measuring one change without the whole plan.
+#[derive(Debug, Default)]
+pub(crate) struct JobNarrowing {
+    /// Device counts instead of the plan's.
+    pub(crate) devices: Option<Vec<u32>>,
+    /// Places instead of the plan's.
+    pub(crate) places: Option<Vec<&'static str>>,
+    /// Rounds instead of the plan's.
+    pub(crate) rounds: Option<usize>,
+    /// Only backup, restore and verify: no zstd and no backend row.
+    pub(crate) core_only: bool,
+}
+
+impl JobNarrowing {
+    /// Narrows `plan`.
+    pub(crate) fn apply(self, plan: &mut Plan) {
+        if let Some(d) = self.devices {
+            plan.job_devices = d;
+        }
+        if let Some(p) = self.places {
+            plan.job_places = p;
+        }
+        if let Some(r) = self.rounds {
+            plan.job_rounds = r.max(1);
+        }
+        if self.core_only {
+            plan.job_extras = false;
         }
     }
 }
