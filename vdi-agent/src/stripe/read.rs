@@ -63,6 +63,17 @@ impl<R: Read> Source<R> {
     }
 }
 
+/// What loading the next record did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loaded {
+    /// The record's raw data is in the reader's buffer.
+    Buffered,
+    /// The record's raw data (this many bytes) went straight into the caller's buffer.
+    Direct(usize),
+    /// The stripe ended.
+    End,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum ReaderState {
     Running,
@@ -80,7 +91,10 @@ enum ReaderState {
 /// payload's checksum has matched.
 ///
 /// It yields the raw stream through [`Read`] (whose errors are [`io::Error`]s wrapping a
-/// [`StripeError`]) or record by record through [`read_chunk`](Self::read_chunk). A record's
+/// [`StripeError`]) or record by record through [`read_chunk`](Self::read_chunk). A `read`
+/// that starts at a record's beginning with room for all of a stored record's data reads the
+/// payload straight into the caller's buffer and checks it there, with no copy through the
+/// reader's own (on an error the caller's buffer may hold the damaged bytes). A record's
 /// data is yielded only once its checksums have matched; the stream as a whole is confirmed
 /// only at checkpoints, so a consumer should treat what follows the last good checkpoint as
 /// unconfirmed until the reader reaches its end. The end comes only where the stripe is
@@ -239,7 +253,7 @@ impl<R: Read> StripeReader<R> {
     ///
     /// Any [`StripeError`] but the header's.
     pub fn read_chunk(&mut self) -> Result<Option<&[u8]>, StripeError> {
-        if self.pos == self.chunk_len && !self.advance()? {
+        if self.pos == self.chunk_len && self.advance(None)? == Loaded::End {
             return Ok(None);
         }
         let start = self.pos;
@@ -256,7 +270,7 @@ impl<R: Read> StripeReader<R> {
     pub fn finish(mut self) -> Result<Checkpoint, StripeError> {
         loop {
             self.pos = self.chunk_len;
-            if !self.advance()? {
+            if self.advance(None)? == Loaded::End {
                 break;
             }
         }
@@ -269,16 +283,17 @@ impl<R: Read> StripeReader<R> {
         }
     }
 
-    /// Loads the next data record (`true`), or reaches the end (`false`).
-    fn advance(&mut self) -> Result<bool, StripeError> {
+    /// Loads the next data record, into `direct` if it is a stored record that fits there,
+    /// or reaches the end.
+    fn advance(&mut self, direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         match self.state {
             ReaderState::Running => {}
-            ReaderState::End(_) => return Ok(false),
+            ReaderState::End(_) => return Ok(Loaded::End),
             ReaderState::Failed { offset } => return Err(StripeError::Failed { offset }),
         }
         self.chunk_len = 0;
         self.pos = 0;
-        self.next_record().inspect_err(|_| {
+        self.next_record(direct).inspect_err(|_| {
             self.state = ReaderState::Failed {
                 offset: self.src.offset,
             };
@@ -295,7 +310,7 @@ impl<R: Read> StripeReader<R> {
         }
     }
 
-    fn next_record(&mut self) -> Result<bool, StripeError> {
+    fn next_record(&mut self, mut direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         loop {
             let offset = self.src.offset;
             let at = Position::Record {
@@ -311,7 +326,7 @@ impl<R: Read> StripeReader<R> {
                     && cp.stored_bytes == offset
                 {
                     self.state = ReaderState::End(cp);
-                    return Ok(false);
+                    return Ok(Loaded::End);
                 }
                 return Err(self.truncated());
             }
@@ -341,8 +356,7 @@ impl<R: Read> StripeReader<R> {
                         codec,
                         payload_hash,
                     };
-                    self.read_data(spec)?;
-                    return Ok(true);
+                    return self.read_data(spec, direct.take());
                 }
                 KIND_CHECKPOINT => {
                     if codec != CODEC_STORED
@@ -356,7 +370,7 @@ impl<R: Read> StripeReader<R> {
                         )));
                     }
                     if self.read_checkpoint(at, payload_hash)? {
-                        return Ok(false);
+                        return Ok(Loaded::End);
                     }
                 }
                 found => {
@@ -366,8 +380,9 @@ impl<R: Read> StripeReader<R> {
         }
     }
 
-    /// Checks a data record's header, reads, checks and decodes its payload into `buf`.
-    fn read_data(&mut self, d: DataSpec) -> Result<(), StripeError> {
+    /// Checks a data record's header, reads, checks and decodes its payload into `buf`, or
+    /// into `direct` when it is stored raw and fits there.
+    fn read_data(&mut self, d: DataSpec, direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         let DataSpec {
             at,
             raw_len,
@@ -435,6 +450,25 @@ impl<R: Read> StripeReader<R> {
             }
         }
 
+        if codec == CODEC_STORED
+            && let Some(out) = direct
+            && let Some(out) = out.get_mut(..raw_len)
+        {
+            if self.src.read_full(out)? < raw_len {
+                return Err(self.truncated());
+            }
+            let computed = xxh3_64(out);
+            if computed != payload_hash {
+                return Err(at.error(RecordError::PayloadChecksum {
+                    recorded: payload_hash,
+                    computed,
+                }));
+            }
+            self.hasher.update(out);
+            self.raw_bytes += raw_len as u64;
+            self.data_records += 1;
+            return Ok(Loaded::Direct(raw_len));
+        }
         let target = if codec == CODEC_STORED {
             &mut self.buf
         } else {
@@ -459,7 +493,7 @@ impl<R: Read> StripeReader<R> {
         self.data_records += 1;
         self.chunk_len = raw_len;
         self.pos = 0;
-        Ok(())
+        Ok(Loaded::Buffered)
     }
 
     /// Decompresses `stored[..stored_len]` into `buf[..raw_len]`, requiring exactly `raw_len`.
@@ -568,8 +602,12 @@ impl<R: Read> Read for StripeReader<R> {
         if out.is_empty() {
             return Ok(0);
         }
-        if self.pos == self.chunk_len && !self.advance()? {
-            return Ok(0);
+        if self.pos == self.chunk_len {
+            match self.advance(Some(&mut *out))? {
+                Loaded::End => return Ok(0),
+                Loaded::Direct(n) => return Ok(n),
+                Loaded::Buffered => {}
+            }
         }
         let n = out.len().min(self.chunk_len - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);

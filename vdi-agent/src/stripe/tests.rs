@@ -965,6 +965,70 @@ fn compression_scratch_is_reused() {
     assert_eq!(w.scratch.as_ptr(), ptr);
 }
 
+/// A `read` with room for a whole stored record gets it straight from the input, checked,
+/// with nothing through the reader's buffer; a smaller one goes through the buffer; damage and
+/// truncation found on the direct path are the same errors.
+#[test]
+fn stored_records_are_read_straight_into_a_buffer_that_fits_them() {
+    let chunks = [noise(1000, 1), noise(500, 2), noise(2000, 3)];
+    let (file, cps) = write_stripe(&chunks, &[true], Codec::Stored);
+    let mut reader = StripeReader::new(&file[..]).unwrap();
+    let mut out = vec![0u8; 4096];
+    for c in &chunks {
+        assert_eq!(reader.read(&mut out).unwrap(), c.len());
+        assert_eq!(out[..c.len()], c[..]);
+    }
+    assert_eq!(reader.read(&mut out).unwrap(), 0);
+    assert_eq!(
+        reader.buf.capacity(),
+        0,
+        "nothing went through the reader's buffer"
+    );
+    assert_eq!(reader.finish().unwrap(), *cps.last().unwrap());
+
+    // Smaller than the first record: buffered, then direct again at the next record.
+    let mut reader = StripeReader::new(&file[..]).unwrap();
+    assert_eq!(reader.read(&mut out[..700]).unwrap(), 700);
+    assert_eq!(reader.read(&mut out).unwrap(), 300);
+    assert_eq!(out[..300], chunks[0][700..]);
+    assert_eq!(reader.read(&mut out).unwrap(), 500);
+    assert_eq!(out[..500], chunks[1][..]);
+
+    // A changed byte in the second record's payload: the first is served, the second fails.
+    let second_payload = HEADER_LEN + RECORD_HEADER_LEN + 1000 + RECORD_HEADER_LEN;
+    let mut bad = file.clone();
+    bad[second_payload + 17] ^= 0x40;
+    let mut reader = StripeReader::new(&bad[..]).unwrap();
+    assert_eq!(reader.read(&mut out).unwrap(), 1000);
+    let e = reader.read(&mut out).unwrap_err();
+    let e = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<StripeError>())
+        .unwrap();
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::PayloadChecksum { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(reader.read(&mut out).is_err(), "the reader stays failed");
+
+    // Cut in the middle of the second record's payload.
+    let cut = &file[..second_payload + 100];
+    let mut reader = StripeReader::new(cut).unwrap();
+    assert_eq!(reader.read(&mut out).unwrap(), 1000);
+    let e = reader.read(&mut out).unwrap_err();
+    let e = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<StripeError>())
+        .unwrap();
+    assert!(matches!(e, StripeError::Truncated { .. }), "{e}");
+}
+
 #[test]
 fn read_chunk_and_read_mix() {
     let chunks = [pattern(1000, 1), noise(500, 2)];
