@@ -14,7 +14,8 @@
 //!   completed with `ERROR_OPERATION_ABORTED` (995) and a warning.
 //! - Byte streams in stream order: [`BackupReader`] ([`tokio::io::AsyncRead`] and
 //!   [`tokio::io::AsyncBufRead`]) and the drivers [`backup_to`] (into a [`BackupSink`]) and
-//!   [`restore_from`] (from any `AsyncRead`). Flush and Complete are durability barriers:
+//!   [`restore_from`] (from any `AsyncRead`), or [`restore_from_reader`] (from a blocking
+//!   `Read`, on a thread of its own, straight into the engine's buffers). Flush and Complete are durability barriers:
 //!   acknowledged only once the data before them is durable.
 //! - [`serve_all`]: every device of a set served at once (the engine synchronizes the streams,
 //!   so serving devices one after another can deadlock).
@@ -103,6 +104,6 @@ mod set;
 pub use backup::{BackupReader, BackupSink, Summary, WriterSink, backup_to, io_error_code};
 pub use command::AsyncCommand;
 pub use device::{AsyncDevice, CommandStream, DEFAULT_MAX_OUTSTANDING};
-pub use restore::restore_from;
+pub use restore::{restore_from, restore_from_reader};
 pub use serve::serve_all;
 pub use set::AsyncSet;

@@ -1,7 +1,7 @@
-//! Restore from a byte source: each Read filled in full, the final short one answered with
-//! `ERROR_HANDLE_EOF`.
+//! Restore from a byte source, async or blocking: each Read filled in full, the final short one
+//! answered with `ERROR_HANDLE_EOF`.
 
-use std::io;
+use std::{future::Future, io};
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -41,15 +41,71 @@ where
     R: AsyncRead + Unpin + Send + ?Sized,
 {
     let span = device.span().clone();
-    restore_loop(device.commands(), source)
+    restore_loop(device.commands(), &mut AsyncSource(source))
         .instrument(span)
         .await
 }
 
-async fn restore_loop<D, R>(mut commands: CommandStream<D>, source: &mut R) -> io::Result<Summary>
+/// Serves a restore to `device` from a blocking `source`, on the calling thread, which it
+/// blocks until the engine closes the device; returns what was moved. The rules are
+/// [`restore_from`]'s; each Read is filled by `source.read` calls straight into the engine's
+/// buffer, on this thread, so a source that can read into the buffer it is given (a file, a
+/// verifying reader) moves each byte once.
+///
+/// For a source that blocks: call it on a thread of its own (`std::thread::spawn`, or
+/// `tokio::task::spawn_blocking`), never on an async runtime's worker. It needs no runtime:
+/// the device's commands are waited for as [`restore_from`] waits for them, with the
+/// device's own waiter thread doing the waiting.
+///
+/// # Errors
+///
+/// As [`restore_from`].
+pub fn restore_from_reader<D, R>(device: &AsyncDevice<D>, source: &mut R) -> io::Result<Summary>
 where
     D: ClientDevice + 'static,
-    R: AsyncRead + Unpin + Send + ?Sized,
+    R: io::Read + ?Sized,
+{
+    let _span = device.span().clone().entered();
+    futures::executor::block_on(restore_loop(device.commands(), &mut BlockingSource(source)))
+}
+
+/// Where a restore's bytes come from.
+trait Source {
+    /// Reads into `buf` as `read` does.
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + 'a;
+}
+
+/// An [`AsyncRead`] source.
+struct AsyncSource<'r, R: ?Sized>(&'r mut R);
+
+impl<R: AsyncRead + Unpin + ?Sized> Source for AsyncSource<'_, R> {
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        self.0.read(buf)
+    }
+}
+
+/// A blocking source, read on the thread that drives the loop.
+struct BlockingSource<'r, R: ?Sized>(&'r mut R);
+
+impl<R: io::Read + ?Sized> Source for BlockingSource<'_, R> {
+    fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        std::future::ready(self.0.read(buf))
+    }
+}
+
+async fn restore_loop<D, S>(mut commands: CommandStream<D>, source: &mut S) -> io::Result<Summary>
+where
+    D: ClientDevice + 'static,
+    S: Source,
 {
     let mut summary = Summary::default();
     let mut failure: Option<(io::Error, CompletionCode)> = None;
@@ -83,7 +139,7 @@ where
             if filled == want {
                 break Ok(());
             }
-            match source.read(&mut buf[filled..]).await {
+            match source.read_into(&mut buf[filled..]).await {
                 Ok(0) => {
                     at_end = true;
                     break Ok(());

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::{Checker, ChildProc, Outcome, Plan, Source};
 use tokio::io::AsyncReadExt;
-use vdi_async::{AsyncSet, BackupReader, BackupSink, backup_to, restore_from, serve_all};
+use vdi_async::{
+    AsyncSet, BackupReader, BackupSink, backup_to, restore_from, restore_from_reader, serve_all,
+};
 use vdi_core::{ClientConfig, CommandCode, Completion, Features};
 use vdi_shm::{ClientSet, ShmClient};
 
@@ -191,6 +193,57 @@ async fn restore_1_device_from_async_read() {
     let mut source = Source::new(0, plan.bytes, 70_001);
     let summary = restore_from(&device, &mut source).await.unwrap();
     assert_eq!((summary.bytes, summary.completes), (plan.bytes, 1));
+    drop(device);
+    finish(set, engine).await;
+}
+
+/// Two devices restored from blocking readers, each on a thread of its own
+/// (`restore_from_reader`): the same rules, the engine checks every byte, and one device's
+/// reader stopped early by the engine (it reads 4 blocks and closes) ends cleanly too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_from_blocking_readers_on_their_own_threads() {
+    common::init_tracing();
+    common::watchdog(Duration::from_secs(120));
+    let plan = restore_plan(2);
+    let name = common::unique_name("restoreblk");
+    let set = create(&name, plan.devices).await;
+    let engine = ChildProc::spawn("child_engine", "restore", &plan.params(&name));
+    set.configuration().await.unwrap();
+    let bytes = plan.bytes;
+    let results = serve_all(&set, names(&name, plan.devices), |device| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut source = Source::new(device.index(), bytes, 300_001);
+            restore_from_reader(&device, &mut source)
+        })
+        .await
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        results.iter().all(|s| s.bytes == bytes && s.completes == 1),
+        "{results:?}"
+    );
+    finish(set, engine).await;
+
+    // The engine stops after 4 reads: the blocking restore ends cleanly.
+    let plan = restore_plan(1);
+    let name = common::unique_name("restoreblk-early");
+    let set = create(&name, 1).await;
+    let mut params = plan.params(&name);
+    params.push(("VDI_STOP_AFTER", "4".into()));
+    let engine = ChildProc::spawn("child_engine", "restore_early", &params);
+    set.configuration().await.unwrap();
+    let device = set.open_device(&name).await.unwrap();
+    let d = device.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut source = Source::new(0, plan.bytes, 1 << 20);
+        restore_from_reader(&d, &mut source)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((summary.transfers, summary.completes), (4, 0));
     drop(device);
     finish(set, engine).await;
 }

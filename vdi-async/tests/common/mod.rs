@@ -129,6 +129,19 @@ impl Source {
     }
 }
 
+/// The same pieces, blocking (for `restore_from_reader`).
+impl std::io::Read for Source {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let r = self.next_rand();
+        let left = (self.total - self.offset) as usize;
+        let piece = 1 + (r >> 8) as usize % self.max_piece;
+        let n = left.min(piece).min(out.len());
+        fill_any(self.device, self.offset, &mut out[..n], &mut self.scratch);
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 impl AsyncRead for Source {
     fn poll_read(
         mut self: Pin<&mut Self>,
