@@ -1,27 +1,21 @@
-//! `vdi-agent restore`: each stripe back to its device, through a reader thread that checks
-//! every record's checksum before the engine sees a byte of it.
+//! `vdi-agent restore`: each stripe back to its device, read on a thread of the device's own
+//! straight into the engine's buffers, every record's checksum checked before the engine's
+//! Read is completed.
 
 use std::{
     io::{self, IsTerminal, Read},
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
-    thread,
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes};
-use tokio::{
-    io::{AsyncRead, ReadBuf},
-    sync::mpsc,
-};
 use vdi_agent::{
     manifest::ManifestState,
     stripe::{Checkpoint, StripeReader},
 };
-use vdi_async::{AsyncSet, restore_from};
+use vdi_async::{AsyncDevice, AsyncSet, Summary, restore_from_reader};
 use vdi_core::{
-    ClientBackend, ClientConfig, ClientDeviceSet, Config, Features, stripe_device_name,
+    ClientBackend, ClientConfig, ClientDevice, ClientDeviceSet, Config, Features,
+    stripe_device_name,
 };
 
 use crate::{
@@ -261,16 +255,13 @@ async fn serve<S: ClientDeviceSet + 'static>(
             .open_device(&dev_name)
             .await
             .map_err(|e| open_failure("restore", &dev_name, e, engine.hints()))?;
-        devices.push((
-            device,
-            StripeSource::start(i, source, Arc::clone(&counters))?,
-        ));
+        devices.push((device, StripeSource::new(i, source, Arc::clone(&counters))));
     }
     let bars = Progress::start("restore", &counters, expected, progress, false);
     let start = Instant::now();
-    let results = on_every_device(devices, |(device, mut source)| async move {
-        let r = restore_from(&device, &mut source.reader).await;
-        (r, source)
+    let results = on_every_device(devices, |(device, source)| async move {
+        let served = tokio::task::spawn_blocking(move || source.serve(&device)).await;
+        served.map_err(|e| format!("the reader thread failed: {e}"))
     })
     .await?;
     let elapsed = start.elapsed();
@@ -279,10 +270,11 @@ async fn serve<S: ClientDeviceSet + 'static>(
     let mut ended_early = Vec::new();
     let mut first_data_error = None;
     let mut first_device_error = None;
-    for (i, (r, source)) in results.into_iter().enumerate() {
+    for (i, served) in results.into_iter().enumerate() {
         let i = i as u32;
+        let (r, source) = served.map_err(Failure::other)?;
         let label = source.label.clone();
-        let end = source.finish().await;
+        let end = source.finish();
         match end {
             Ok(Some(_)) => {}
             Ok(None) => ended_early.push(i),
@@ -334,113 +326,65 @@ fn check_config(config: &Config, devices: u32, block_size: u32) -> Outcome {
     Ok(())
 }
 
-/// A stripe's reader thread and the async reader the device's task reads it through.
+/// A stripe served to its device: the verifying reader, read straight into the engine's
+/// buffers by [`restore_from_reader`] on a thread of the device's own, and what it met.
 #[derive(Debug)]
 struct StripeSource {
+    index: u32,
     label: String,
-    reader: ChannelReader,
-    thread: Option<thread::JoinHandle<Result<Option<Checkpoint>, String>>>,
+    reader: StripeReader<Box<dyn Read + Send>>,
+    counters: Arc<Counters>,
+    /// The stripe's verified end was reached.
+    ended: bool,
+    /// The stripe's first error.
+    error: Option<String>,
 }
 
-/// How many records may wait between the reader thread and the device.
-const READER_QUEUE: usize = 4;
-
 impl StripeSource {
-    fn start(index: u32, source: Source, counters: Arc<Counters>) -> Outcome<Self> {
-        let (tx, rx) = mpsc::channel(READER_QUEUE);
-        let label = source.label.clone();
-        let thread = thread::Builder::new()
-            .name(format!("stripe-{index}"))
-            .spawn(move || read_stripe(source.reader, &tx))
-            .map_err(|e| Failure::other(format!("cannot start a reader thread: {e}")))?;
-        Ok(Self {
-            label,
-            reader: ChannelReader {
-                index,
-                rx,
-                current: Bytes::new(),
-                done: false,
-                counters,
-            },
-            thread: Some(thread),
-        })
+    fn new(index: u32, source: Source, counters: Arc<Counters>) -> Self {
+        Self {
+            index,
+            label: source.label,
+            reader: source.reader,
+            counters,
+            ended: false,
+            error: None,
+        }
+    }
+
+    /// Serves the device to its end, on the calling thread (one that may block).
+    fn serve<D: ClientDevice + 'static>(
+        mut self,
+        device: &AsyncDevice<D>,
+    ) -> (io::Result<Summary>, Self) {
+        let r = restore_from_reader(device, &mut self);
+        (r, self)
     }
 
     /// The verified totals, `None` if the engine stopped before the end, or the stripe's error.
-    async fn finish(mut self) -> Result<Option<Checkpoint>, String> {
-        // Unblocks the thread if it still waits to hand over a record.
-        drop(self.reader);
-        let Some(t) = self.thread.take() else {
-            return Err("finished twice".to_owned());
-        };
-        match tokio::task::spawn_blocking(move || t.join()).await {
-            Ok(Ok(r)) => r,
-            _ => Err("the reader thread panicked".to_owned()),
+    fn finish(self) -> Result<Option<Checkpoint>, String> {
+        match self.error {
+            Some(e) => Err(e),
+            None if self.ended => Ok(Some(self.reader.totals())),
+            None => Ok(None),
         }
     }
 }
 
-/// The reader thread: records out as they are verified; at the end, the verified totals.
-fn read_stripe(
-    mut reader: StripeReader<Box<dyn Read + Send>>,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<Option<Checkpoint>, String> {
-    loop {
-        match reader.read_chunk() {
-            Ok(Some(chunk)) => {
-                if tx.blocking_send(Ok(Bytes::copy_from_slice(chunk))).is_err() {
-                    // The device ended first: the engine stopped reading early.
-                    return Ok(None);
-                }
+impl Read for StripeSource {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self.reader.read(out) {
+            Ok(0) if !out.is_empty() => {
+                self.ended = true;
+                Ok(0)
             }
-            Ok(None) => return Ok(Some(reader.totals())),
-            Err(e) => {
-                let msg = e.to_string();
-                let _ = tx.blocking_send(Err(io::Error::from(e)));
-                return Err(msg);
-            }
-        }
-    }
-}
-
-/// An [`AsyncRead`] over the records a reader thread sends.
-#[derive(Debug)]
-struct ChannelReader {
-    index: u32,
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-    done: bool,
-    counters: Arc<Counters>,
-}
-
-impl AsyncRead for ChannelReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.current.is_empty() {
-                let n = self.current.len().min(buf.remaining());
-                buf.put_slice(&self.current[..n]);
-                self.current.advance(n);
+            Ok(n) => {
                 self.counters.add(self.index, n as u64, 0);
-                return Poll::Ready(Ok(()));
+                Ok(n)
             }
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(b))) => self.current = b,
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => return Poll::Pending,
+            Err(e) => {
+                self.error.get_or_insert_with(|| e.to_string());
+                Err(e)
             }
         }
     }
