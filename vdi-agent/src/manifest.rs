@@ -170,7 +170,8 @@ pub struct StripeEntry {
     pub data_records: u64,
     /// The file's length at the checkpoint, headers included.
     pub stored_bytes: u64,
-    /// XXH3-64 of the raw stream up to the checkpoint (16 hex digits in JSON).
+    /// The stripe's stream hash at the checkpoint ([`Checkpoint::stream_hash`]; 16 hex digits
+    /// in JSON).
     #[serde(with = "hex_u64")]
     pub stream_xxh3: u64,
     /// Checkpoints up to and including this one.

@@ -41,7 +41,7 @@ pub enum StripeError {
     },
     /// The header's format version is not [`FORMAT_VERSION`].
     #[error(
-        "unsupported stripe format version {found} (this build reads version {FORMAT_VERSION})"
+        "unsupported stripe format version {found} (this build reads versions 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion {
         /// The version in the file.

@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{
-    FLAG_ZSTD, FORMAT_VERSION, HEADER_LEN, KNOWN_FLAGS, MAGIC, MAX_STRIPES, StripeError, array_at,
+    FLAG_ZSTD, FORMAT_VERSION, FORMAT_VERSION_1, HEADER_LEN, KNOWN_FLAGS, MAGIC, MAX_STRIPES,
+    StripeError, array_at,
 };
+
+/// The format version of an encoded file header (not checked).
+pub(super) fn format_version(b: &[u8; HEADER_LEN]) -> u16 {
+    u16::from_le_bytes(array_at(b, 8))
+}
 
 /// The identity and configuration of one stripe: the file header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,7 +82,7 @@ impl StripeHeader {
             return invalid(
                 "flags",
                 self.flags.into(),
-                "0 or 1 (format version 1 defines only bit 0, the zstd codec)".into(),
+                "0 or 1 (format versions 1 and 2 define only bit 0, the zstd codec)".into(),
             );
         }
         Ok(())
@@ -113,8 +119,8 @@ impl StripeHeader {
         if magic != MAGIC {
             return Err(StripeError::BadMagic { found: magic });
         }
-        let version = u16::from_le_bytes(array_at(b, 8));
-        if version != FORMAT_VERSION {
+        let version = format_version(b);
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(StripeError::UnsupportedVersion { found: version });
         }
         let header_len = u16::from_le_bytes(array_at(b, 10));
@@ -122,7 +128,7 @@ impl StripeHeader {
             return Err(StripeError::InvalidHeader {
                 field: "header length",
                 value: header_len.into(),
-                allowed: format!("{HEADER_LEN} (format version 1)"),
+                allowed: format!("{HEADER_LEN} (format versions 1 and 2)"),
             });
         }
         let recorded = u64::from_le_bytes(array_at(b, 56));

@@ -6,6 +6,14 @@
 //! durability point (the agent writes one at each VDI Flush and Complete, and at the end),
 //! carry the totals of the stream so far, which the reader checks against its own.
 //!
+//! The stream hash chains the records: in format version 2 it is the XXH3-64 of the data
+//! records' 32-byte headers, in order, each of which carries its payload's checksum, so the
+//! data is hashed once (by its record's checksum) and still every byte, the records' order and
+//! their count are covered at each checkpoint. (The raw data of a zstd record is what zstd
+//! decodes from its checked payload, to exactly the raw length the header gives.) Version 1,
+//! which this module still reads but no longer writes, hashed the raw data instead: a second
+//! pass over every byte.
+//!
 //! All integers are little-endian. Checksums are XXH3-64 (seed 0).
 //!
 //! # File header ([`HEADER_LEN`] = 64 bytes)
@@ -13,7 +21,7 @@
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8  | magic `VDISTRIP` ([`MAGIC`]) |
-//! | 8  | 2  | format version, 1 ([`FORMAT_VERSION`]) |
+//! | 8  | 2  | format version: 2 ([`FORMAT_VERSION`]), or 1 (read, not written) |
 //! | 10 | 2  | header length, 64 |
 //! | 12 | 4  | flags: bit 0 ([`FLAG_ZSTD`]) set when the stripe was written with the zstd codec; no other bit is defined |
 //! | 16 | 16 | backup id (random per backup, the same in every stripe of a backup) |
@@ -39,8 +47,8 @@
 //! A data record's payload is its data, raw or as one independent zstd frame. A checkpoint's
 //! payload ([`CHECKPOINT_BODY_LEN`] = 40 bytes, stored raw) is five `u64`: the raw bytes of data
 //! so far, the data records so far, the stored bytes (the file's length once this record is
-//! written), the checkpoint's number (1 for the first), and the XXH3-64 of the whole raw stream
-//! so far.
+//! written), the checkpoint's number (1 for the first), and the stream hash so far (XXH3-64 of
+//! the data record headers so far; in version 1, of the raw data so far).
 //!
 //! # Where a stripe ends
 //!
@@ -101,8 +109,10 @@ pub use write::StripeWriter;
 
 /// The magic at the start of every stripe file.
 pub const MAGIC: [u8; 8] = *b"VDISTRIP";
-/// The format version this module writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this module writes (it reads this one and [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u16 = 2;
+/// The first format version, still read: its stream hash is of the raw data.
+pub const FORMAT_VERSION_1: u16 = 1;
 /// The length of the file header.
 pub const HEADER_LEN: usize = 64;
 /// The length of a record header.
@@ -118,7 +128,7 @@ pub const CHECKPOINT_RECORD_LEN: usize = RECORD_HEADER_LEN + CHECKPOINT_BODY_LEN
 pub const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 /// The most stripes a backup may have (VDI's device limit).
 pub const MAX_STRIPES: u32 = vdi_core::MAX_DEVICES;
-/// XXH3-64 of no bytes: the stream hash of a stripe with no data.
+/// XXH3-64 of no bytes: the stream hash of a stripe with no data (in every version).
 pub const EMPTY_STREAM_HASH: u64 = 0x2d06_8005_38d3_94c2;
 
 const _: () = assert!(MAX_RECORD_LEN < u32::MAX as usize);
@@ -149,7 +159,8 @@ pub struct Checkpoint {
     pub stored_bytes: u64,
     /// Checkpoint records, this one included (at a checkpoint, its 1-based number).
     pub checkpoints: u64,
-    /// XXH3-64 of the raw data stream.
+    /// The stream hash: XXH3-64 of the data records' headers (format version 1: of the raw
+    /// data), in stream order.
     pub stream_hash: u64,
 }
 

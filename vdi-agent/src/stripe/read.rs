@@ -6,10 +6,11 @@ use std::io::{self, Read};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use zstd::bulk::Decompressor;
 
+use super::header::format_version;
 use super::{
     CHECKPOINT_BODY_LEN, CHECKPOINT_RECORD_LEN, CODEC_STORED, CODEC_ZSTD, Checkpoint, FLAG_ZSTD,
-    GROW_STEP, HEADER_LEN, KIND_CHECKPOINT, KIND_DATA, MAX_RECORD_LEN, Position, RECORD_HEADER_LEN,
-    RecordError, StripeError, StripeHeader, TotalsField, array_at,
+    FORMAT_VERSION_1, GROW_STEP, HEADER_LEN, KIND_CHECKPOINT, KIND_DATA, MAX_RECORD_LEN, Position,
+    RECORD_HEADER_LEN, RecordError, StripeError, StripeHeader, TotalsField, array_at,
 };
 
 /// The inner reader and the bytes read from it.
@@ -112,6 +113,8 @@ pub struct StripeReader<R> {
     data_records: u64,
     checkpoints: u64,
     hasher: Box<Xxh3>,
+    /// Format version 1: the stream hash is of the raw data, not of the record headers.
+    hashes_raw_data: bool,
     last_checkpoint: Option<Checkpoint>,
     /// The current record's raw data in `buf[..chunk_len]`, yielded up to `pos`.
     pub(super) buf: Vec<u8>,
@@ -223,6 +226,7 @@ impl<R: Read> StripeReader<R> {
             return Err(StripeError::TruncatedHeader { found });
         }
         let header = StripeHeader::decode(&bytes)?;
+        let hashes_raw_data = format_version(&bytes) == FORMAT_VERSION_1;
         let state = match expected {
             Some(Checkpoint::START) => ReaderState::End(Checkpoint::START),
             _ => ReaderState::Running,
@@ -235,6 +239,7 @@ impl<R: Read> StripeReader<R> {
             data_records: 0,
             checkpoints: 0,
             hasher: Box::new(Xxh3::new()),
+            hashes_raw_data,
             last_checkpoint: None,
             buf: Vec::new(),
             chunk_len: 0,
@@ -350,6 +355,7 @@ impl<R: Read> StripeReader<R> {
             match kind {
                 KIND_DATA => {
                     let spec = DataSpec {
+                        header: h,
                         at,
                         raw_len,
                         stored_len,
@@ -384,6 +390,7 @@ impl<R: Read> StripeReader<R> {
     /// into `direct` when it is stored raw and fits there.
     fn read_data(&mut self, d: DataSpec, direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         let DataSpec {
+            header,
             at,
             raw_len,
             stored_len,
@@ -464,7 +471,8 @@ impl<R: Read> StripeReader<R> {
                     computed,
                 }));
             }
-            self.hasher.update(out);
+            self.hasher
+                .update(if self.hashes_raw_data { out } else { &header });
             self.raw_bytes += raw_len as u64;
             self.data_records += 1;
             return Ok(Loaded::Direct(raw_len));
@@ -488,7 +496,11 @@ impl<R: Read> StripeReader<R> {
         if codec == CODEC_ZSTD {
             self.decompress(at, raw_len, stored_len)?;
         }
-        self.hasher.update(&self.buf[..raw_len]);
+        self.hasher.update(if self.hashes_raw_data {
+            &self.buf[..raw_len]
+        } else {
+            &header
+        });
         self.raw_bytes += raw_len as u64;
         self.data_records += 1;
         self.chunk_len = raw_len;
@@ -589,6 +601,7 @@ impl<R: Read> StripeReader<R> {
 /// A data record's header fields.
 #[derive(Clone, Copy)]
 struct DataSpec {
+    header: [u8; RECORD_HEADER_LEN],
     at: Position,
     raw_len: u32,
     stored_len: u32,

@@ -72,6 +72,22 @@ fn write_stripe(
     (file, cps)
 }
 
+/// The stream hash of format version 2 up to `stored_bytes` of `file`, computed apart from the
+/// reader: XXH3-64 of the data records' headers in order.
+fn header_chain(file: &[u8], stored_bytes: u64) -> u64 {
+    let mut headers = Vec::new();
+    let mut at = HEADER_LEN;
+    while at < stored_bytes as usize {
+        let h = &file[at..at + RECORD_HEADER_LEN];
+        let stored = u32::from_le_bytes(h[8..12].try_into().unwrap()) as usize;
+        if h[..4] == KIND_DATA {
+            headers.extend_from_slice(h);
+        }
+        at += RECORD_HEADER_LEN + stored;
+    }
+    xxh3_64(&headers)
+}
+
 /// A small stripe of both kinds of data, with a checkpoint in the middle.
 fn small_stripe(codec: Codec) -> (Vec<u8>, Vec<Checkpoint>, Vec<u8>) {
     let chunks = vec![pattern(300, 1), noise(200, 2), vec![9], pattern(1000, 3)];
@@ -128,7 +144,7 @@ proptest! {
         let data = chunks.concat();
         let last = *cps.last().unwrap();
         prop_assert_eq!(last.raw_bytes, data.len() as u64);
-        prop_assert_eq!(last.stream_hash, xxh3_64(&data));
+        prop_assert_eq!(last.stream_hash, header_chain(&file, last.stored_bytes));
         prop_assert_eq!(last.data_records, chunks.iter().filter(|c| !c.is_empty()).count() as u64);
         prop_assert_eq!(last.checkpoints, cps.len() as u64);
         prop_assert_eq!(last.stored_bytes, file.len() as u64);
@@ -169,7 +185,7 @@ proptest! {
             let mut out = Vec::new();
             reader.read_to_end(&mut out).unwrap();
             prop_assert_eq!(&out[..], prefix);
-            prop_assert_eq!(cp.stream_hash, xxh3_64(prefix));
+            prop_assert_eq!(cp.stream_hash, header_chain(&file, cp.stored_bytes));
             prop_assert_eq!(reader.finish().unwrap(), *cp);
         }
     }
@@ -754,7 +770,7 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
         data_records: 1,
         stored_bytes: ok.len() as u64 + CHECKPOINT_RECORD_LEN as u64,
         checkpoints: 1,
-        stream_hash: xxh3_64(&[4; 1000]),
+        stream_hash: xxh3_64(&ok[HEADER_LEN..HEADER_LEN + RECORD_HEADER_LEN]),
     }
     .encode_body();
     ok.extend_from_slice(&record_header(
@@ -783,11 +799,15 @@ fn file_headers_are_checked() {
     );
 
     let mut bad = good;
-    bad[8] = 2;
+    bad[8] = 3;
     let e = StripeHeader::decode(&bad).unwrap_err();
     assert!(
-        matches!(e, StripeError::UnsupportedVersion { found: 2 }),
+        matches!(e, StripeError::UnsupportedVersion { found: 3 }),
         "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "unsupported stripe format version 3 (this build reads versions 1 to 2)"
     );
 
     let mut bad = good;
@@ -1027,6 +1047,73 @@ fn stored_records_are_read_straight_into_a_buffer_that_fits_them() {
         .and_then(|e| e.downcast_ref::<StripeError>())
         .unwrap();
     assert!(matches!(e, StripeError::Truncated { .. }), "{e}");
+}
+
+/// A stripe of format version 1, whose stream hash is of the raw data, as this module wrote
+/// it before version 2: still read and checked, by direct and buffered reads alike; a stream
+/// hash of the version 2 kind in it is a mismatch.
+#[test]
+fn format_version_1_is_still_read() {
+    let chunks = [noise(1000, 1), pattern(3000, 2)];
+    let v1 = |stream_hash: u64| {
+        let mut file = header().encode();
+        file[8..10].copy_from_slice(&FORMAT_VERSION_1.to_le_bytes());
+        let sum = xxh3_64(&file[..56]);
+        file[56..64].copy_from_slice(&sum.to_le_bytes());
+        let mut file = file.to_vec();
+        for c in &chunks {
+            file.extend_from_slice(&record_header(
+                KIND_DATA,
+                c.len(),
+                c.len(),
+                CODEC_STORED,
+                xxh3_64(c),
+            ));
+            file.extend_from_slice(c);
+        }
+        let totals = Checkpoint {
+            raw_bytes: 4000,
+            data_records: 2,
+            stored_bytes: (file.len() + CHECKPOINT_RECORD_LEN) as u64,
+            checkpoints: 1,
+            stream_hash,
+        };
+        let body = totals.encode_body();
+        file.extend_from_slice(&record_header(
+            KIND_CHECKPOINT,
+            CHECKPOINT_BODY_LEN,
+            CHECKPOINT_BODY_LEN,
+            CODEC_STORED,
+            xxh3_64(&body),
+        ));
+        file.extend_from_slice(&body);
+        (file, totals)
+    };
+    let (file, totals) = v1(xxh3_64(&chunks.concat()));
+    assert_eq!(verify(&file[..]).unwrap(), totals);
+    assert_eq!(read_all(&file).unwrap(), chunks.concat());
+    let mut reader = StripeReader::new(&file[..]).unwrap();
+    let mut small = [0u8; 100];
+    reader.read_exact(&mut small).unwrap();
+    assert_eq!(reader.finish().unwrap(), totals);
+
+    // The same records with the stream hash version 2 would have: wrong for version 1.
+    let (v2_hash, _) = v1(0);
+    let (bad, _) = v1(header_chain(&v2_hash, v2_hash.len() as u64));
+    let e = verify(&bad[..]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StripeError::Record {
+                error: RecordError::CheckpointMismatch {
+                    field: TotalsField::StreamHash,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]

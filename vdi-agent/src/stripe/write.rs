@@ -182,7 +182,9 @@ impl<W: Write> StripeWriter<W> {
         self.stored_bytes += (RECORD_HEADER_LEN + payload.len()) as u64;
         self.raw_bytes += data.len() as u64;
         self.data_records += 1;
-        self.hasher.update(data);
+        // The stream hash chains the headers, which carry the payload's checksum: the data
+        // itself is hashed once.
+        self.hasher.update(&header);
         Ok(())
     }
 
