@@ -226,6 +226,14 @@ fn zstd_cell(plan: &Plan, agent: &Path, dir: &Path) -> Result<Row> {
         }
         let (t, n) = zstd_alone(&data, ZSTD_LEVEL)?;
         b.cpu.push(t);
+        let sizes = vec![size / u64::from(ZSTD_DEVICES); ZSTD_DEVICES as usize];
+        b.work.push(backup_work(
+            &dir.join("work"),
+            &sizes,
+            size,
+            transfer,
+            Some(ZSTD_LEVEL),
+        )?);
         alone_stored = n;
         if round % 2 == 1 {
             stored = agent_run(&mut b)?;
@@ -233,11 +241,12 @@ fn zstd_cell(plan: &Plan, agent: &Path, dir: &Path) -> Result<Row> {
         // No I/O bound here: the comparison is with zstd alone.
         b.io.push(Duration::ZERO);
         eprintln!(
-            "  main job tmpfs zstd {ZSTD_DEVICES} devices, round {}/{}: backup {:.2}s, zstd alone {:.2}s; stored {} MiB, zstd alone {} MiB",
+            "  main job tmpfs zstd {ZSTD_DEVICES} devices, round {}/{}: backup {:.2}s, zstd alone {:.2}s, work {:.2}s; stored {} MiB, zstd alone {} MiB",
             round + 1,
             plan.job_rounds,
             b.agent[round].as_secs_f64(),
             t.as_secs_f64(),
+            b.work[round].as_secs_f64(),
             stored >> 20,
             n >> 20
         );
@@ -355,7 +364,8 @@ fn cell(
         }
         b.io.push(write_alone(&plain, &stripes, transfer)?);
         b.cpu.push(generate_alone(devices, size, transfer));
-        b.work.push(backup_work(&plain, &stripes, size, transfer)?);
+        b.work
+            .push(backup_work(&plain, &stripes, size, transfer, None)?);
         if !agent_first {
             stripes = backup(&mut b)?;
         }
@@ -730,9 +740,16 @@ fn xxh3_alone(sizes: &[u64], transfer: u32) -> Duration {
 }
 
 /// The backup's work without VDI: one thread per stripe generates its share of the database
-/// into a `transfer`-sized buffer (the engine's part), hashes it once (XXH3, the record's
+/// into a `transfer`-sized buffer (the engine's part), compresses it at `zstd` if given (one
+/// frame per buffer, as the agent's records), hashes what it stores once (XXH3, the record's
 /// checksum) and writes it, `fsync` at the end of the file. The time of the slowest.
-fn backup_work(dir: &Path, sizes: &[u64], size: u64, transfer: u32) -> Result<Duration> {
+fn backup_work(
+    dir: &Path,
+    sizes: &[u64],
+    size: u64,
+    transfer: u32,
+    zstd: Option<i32>,
+) -> Result<Duration> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let db = Database::new(1, size);
     let stripes = sizes.len() as u64;
@@ -745,6 +762,13 @@ fn backup_work(dir: &Path, sizes: &[u64], size: u64, transfer: u32) -> Result<Du
                 let (db, path) = (&db, dir.join(format!("work-{i:02}")));
                 s.spawn(move || -> Result<()> {
                     let mut buf = vec![0u8; transfer as usize];
+                    let mut compressor = match zstd {
+                        Some(level) => {
+                            Some(zstd::bulk::Compressor::new(level).context("zstd compressor")?)
+                        }
+                        None => None,
+                    };
+                    let mut packed = Vec::with_capacity(zstd::zstd_safe::compress_bound(buf.len()));
                     let mut f = fs::File::create(&path)
                         .with_context(|| format!("create {}", path.display()))?;
                     let mut offset = i as u64 * (size / stripes.max(1));
@@ -753,8 +777,17 @@ fn backup_work(dir: &Path, sizes: &[u64], size: u64, transfer: u32) -> Result<Du
                     while left > 0 {
                         let n = left.min(buf.len() as u64) as usize;
                         db.fill(offset, &mut buf[..n]);
-                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
-                        f.write_all(&buf[..n]).context("write")?;
+                        let out = match compressor.as_mut() {
+                            Some(c) => {
+                                packed.clear();
+                                c.compress_to_buffer(&buf[..n], &mut packed)
+                                    .context("zstd compress")?;
+                                &packed[..]
+                            }
+                            None => &buf[..n],
+                        };
+                        x ^= xxhash_rust::xxh3::xxh3_64(out);
+                        f.write_all(out).context("write")?;
                         offset += n as u64;
                         left -= n as u64;
                     }

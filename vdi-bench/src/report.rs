@@ -475,7 +475,7 @@ pub(crate) fn markdown(r: &Results) -> String {
             if let Some((agent, alone)) = j.ratios {
                 let _ = writeln!(
                     s,
-                    "| {} (stored {:.3} of the bytes; zstd alone {:.3}) | {} | {} | {} | {:.2} | – | {:.2} (zstd alone) | cpu | {:.2} | {} |",
+                    "| {} (stored {:.3} of the bytes; zstd alone {:.3}) | {} | {} | {} | {:.2} | – | {:.2} (zstd alone) | cpu | {:.2} | {:.2} | {:.2} | {} |",
                     j.op,
                     agent,
                     alone,
@@ -485,6 +485,8 @@ pub(crate) fn markdown(r: &Results) -> String {
                     j.agent_gbps,
                     j.cpu_gbps,
                     j.over_bound,
+                    j.work_gbps,
+                    j.over_work,
                     bytes_text(j.agent_peak_rss)
                 );
                 continue;

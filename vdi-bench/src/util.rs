@@ -64,6 +64,23 @@ pub(crate) const PARENT_CPU: usize = 0;
 /// The core the peer (child) process runs on.
 pub(crate) const CHILD_CPU: usize = 1;
 
+/// Runs `f` with the calling thread unpinned (every core of the machine allowed), then pins it
+/// to [`PARENT_CPU`] again: for the rows that run whole programs (the agent and the engine
+/// it starts, the object store's server), which must have the machine's cores as a user's
+/// would, and whose bounds are measured on the same cores.
+pub(crate) fn unpinned<T>(f: impl FnOnce() -> T) -> T {
+    // Every possible core: the kernel keeps the ones that exist (the current mask would not
+    // do, nor `available_parallelism`, which reads it).
+    let mut set = rustix::thread::CpuSet::new();
+    for cpu in 0..rustix::thread::CpuSet::MAX_CPU {
+        set.set(cpu);
+    }
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+    let r = f();
+    pin(PARENT_CPU);
+    r
+}
+
 /// Pins the calling thread (and the threads and processes it starts from now on) to `cpu`, or
 /// to core 0 when the machine has no such core. Best effort: a failure (a container that
 /// forbids it) leaves the thread where it is. (The mask a process inherits does not limit it:
