@@ -69,7 +69,8 @@ impl<R: Read> Source<R> {
 enum Loaded {
     /// The record's raw data is in the reader's buffer.
     Buffered,
-    /// The record's raw data (this many bytes) went straight into the caller's buffer.
+    /// This many bytes of the record's raw data went straight into the caller's buffer (the
+    /// rest, if any, is in the reader's).
     Direct(usize),
     /// The stripe ended.
     End,
@@ -93,9 +94,10 @@ enum ReaderState {
 ///
 /// It yields the raw stream through [`Read`] (whose errors are [`io::Error`]s wrapping a
 /// [`StripeError`]) or record by record through [`read_chunk`](Self::read_chunk). A `read`
-/// that starts at a record's beginning with room for all of a stored record's data reads the
-/// payload straight into the caller's buffer and checks it there, with no copy through the
-/// reader's own (on an error the caller's buffer may hold the damaged bytes). A record's
+/// that starts at a stored record's beginning reads as much of its payload as fits straight
+/// into the caller's buffer (the rest into the reader's own, for the next reads) and checks
+/// the whole record before it returns: what fits is never copied (on an error the caller's
+/// buffer may hold the damaged bytes). A record's
 /// data is yielded only once its checksums have matched; the stream as a whole is confirmed
 /// only at checkpoints, so a consumer should treat what follows the last good checkpoint as
 /// unconfirmed until the reader reaches its end. The end comes only where the stripe is
@@ -288,8 +290,8 @@ impl<R: Read> StripeReader<R> {
         }
     }
 
-    /// Loads the next data record, into `direct` if it is a stored record that fits there,
-    /// or reaches the end.
+    /// Loads the next data record (a stored one as far as it fits into `direct`, if given), or
+    /// reaches the end.
     fn advance(&mut self, direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         match self.state {
             ReaderState::Running => {}
@@ -386,8 +388,8 @@ impl<R: Read> StripeReader<R> {
         }
     }
 
-    /// Checks a data record's header, reads, checks and decodes its payload into `buf`, or
-    /// into `direct` when it is stored raw and fits there.
+    /// Checks a data record's header, reads, checks and decodes its payload into `buf`, or,
+    /// when it is stored raw, into `direct` as far as it fits and the rest into `buf`.
     fn read_data(&mut self, d: DataSpec, direct: Option<&mut [u8]>) -> Result<Loaded, StripeError> {
         let DataSpec {
             header,
@@ -458,24 +460,45 @@ impl<R: Read> StripeReader<R> {
         }
 
         if codec == CODEC_STORED
-            && let Some(out) = direct
-            && let Some(out) = out.get_mut(..raw_len)
+            && let Some(out) = direct.filter(|out| !out.is_empty())
         {
-            if self.src.read_full(out)? < raw_len {
+            // As much as fits goes straight into the caller's buffer, the rest into ours; the
+            // whole record is checked before any of it is returned.
+            let head = out.len().min(raw_len);
+            let out = &mut out[..head];
+            if self.src.read_full(out)? < head {
                 return Err(self.truncated());
             }
-            let computed = xxh3_64(out);
+            let tail = raw_len - head;
+            if tail > 0 && !self.src.read_growing(&mut self.buf, tail)? {
+                return Err(self.truncated());
+            }
+            let rest = &self.buf[..tail];
+            let computed = if tail == 0 {
+                xxh3_64(out)
+            } else {
+                let mut h = Xxh3::new();
+                h.update(out);
+                h.update(rest);
+                h.digest()
+            };
             if computed != payload_hash {
                 return Err(at.error(RecordError::PayloadChecksum {
                     recorded: payload_hash,
                     computed,
                 }));
             }
-            self.hasher
-                .update(if self.hashes_raw_data { out } else { &header });
+            if self.hashes_raw_data {
+                self.hasher.update(out);
+                self.hasher.update(rest);
+            } else {
+                self.hasher.update(&header);
+            }
             self.raw_bytes += raw_len as u64;
             self.data_records += 1;
-            return Ok(Loaded::Direct(raw_len));
+            self.chunk_len = tail;
+            self.pos = 0;
+            return Ok(Loaded::Direct(head));
         }
         let target = if codec == CODEC_STORED {
             &mut self.buf
