@@ -986,8 +986,8 @@ fn compression_scratch_is_reused() {
 }
 
 /// A `read` with room for a whole stored record gets it straight from the input, checked,
-/// with nothing through the reader's buffer; a smaller one goes through the buffer; damage and
-/// truncation found on the direct path are the same errors.
+/// with nothing through the reader's buffer; a smaller one gets what fits straight, the rest
+/// through the buffer; damage and truncation found on the direct path are the same errors.
 #[test]
 fn stored_records_are_read_straight_into_a_buffer_that_fits_them() {
     let chunks = [noise(1000, 1), noise(500, 2), noise(2000, 3)];
@@ -1006,9 +1006,12 @@ fn stored_records_are_read_straight_into_a_buffer_that_fits_them() {
     );
     assert_eq!(reader.finish().unwrap(), *cps.last().unwrap());
 
-    // Smaller than the first record: buffered, then direct again at the next record.
+    // Smaller than the first record: what fits goes straight in, only the rest through the
+    // reader's buffer; then straight in again at the next record.
     let mut reader = StripeReader::new(&file[..]).unwrap();
     assert_eq!(reader.read(&mut out[..700]).unwrap(), 700);
+    assert_eq!(out[..700], chunks[0][..700]);
+    assert_eq!(reader.buf.len(), 300, "only the rest went through the reader's buffer");
     assert_eq!(reader.read(&mut out).unwrap(), 300);
     assert_eq!(out[..300], chunks[0][700..]);
     assert_eq!(reader.read(&mut out).unwrap(), 500);
