@@ -31,7 +31,8 @@
 //!
 //! Output, in `--out` (default `target/bench`): `results.md` (tables, the aims met or missed),
 //! `results.json`, and SVG plots: `rtt-spinning.svg`, `rtt-asleep.svg`, `streaming.svg`,
-//! `async.svg`, `scale.svg`. Nothing here asserts on timing: the numbers are for people.
+//! `async.svg`, `scale.svg`, `job.svg`. Nothing here asserts on timing: the numbers are for
+//! people.
 
 #![forbid(unsafe_code)]
 
@@ -276,6 +277,9 @@ fn parent(args: &[String]) -> util::Result<()> {
     }
     if !results.scale.is_empty() {
         write("scale.svg", &svg::scale(&results.scale))?;
+    }
+    if !results.job.is_empty() {
+        write("job.svg", &svg::job(&results.job))?;
     }
     println!("{md}");
     eprintln!(

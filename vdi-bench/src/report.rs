@@ -508,7 +508,9 @@ pub(crate) fn markdown(r: &Results) -> String {
                 bytes_text(j.agent_peak_rss)
             );
         }
-        let _ = writeln!(s);
+        if !r.job.is_empty() {
+            let _ = writeln!(s, "\n![the main job](job.svg)\n");
+        }
     }
 
     if let Some(sdk) = &r.sdk {

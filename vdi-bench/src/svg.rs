@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{asynch, rtt, scale, streaming};
+use crate::{asynch, job, rtt, scale, streaming};
 
 const COLORS: [&str; 5] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
 const FONT: &str = "font-family=\"sans-serif\" font-size=\"12\"";
@@ -386,6 +386,43 @@ pub(crate) fn asynchronous(rows: &[asynch::Row]) -> String {
         &[
             ("blocking", rows.iter().map(|r| r.blocking_gbps).collect()),
             ("vdi-async", rows.iter().map(|r| r.async_gbps).collect()),
+        ],
+    )
+}
+
+/// `job.svg`: the main job's rows on tmpfs (backup B, restore R, verify V; devices × transfer),
+/// the agent against the same work alone and against the bound, in GB/s.
+pub(crate) fn job(rows: &[job::Row]) -> String {
+    let rows: Vec<&job::Row> = rows
+        .iter()
+        .filter(|r| r.place == "tmpfs" && matches!(r.op, "backup" | "restore" | "verify"))
+        .collect();
+    let cats: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}×{}M",
+                r.op[..1].to_uppercase(),
+                r.devices,
+                r.transfer >> 20
+            )
+        })
+        .collect();
+    let bound = |r: &job::Row| r.io_gbps.min(r.cpu_gbps);
+    grouped_bars(
+        "The main job on tmpfs: B backup, R restore, V verify (devices × MiB transfers)",
+        "GB/s",
+        &cats,
+        &[
+            ("vdi-agent", rows.iter().map(|r| r.agent_gbps).collect()),
+            (
+                "the same work alone",
+                rows.iter().map(|r| r.work_gbps).collect(),
+            ),
+            (
+                "bound (slower of I/O alone, CPU alone)",
+                rows.iter().map(|r| bound(r)).collect(),
+            ),
         ],
     )
 }
