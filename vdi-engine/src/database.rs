@@ -60,6 +60,13 @@ const NAMES: [&[u8; 24]; 8] = [
 ];
 const ROW_TEXT: &[u8; 32] = b"status=OPEN;region=EU-WEST;qty=0";
 
+/// The 8 bytes of a chunk of exactly 8.
+fn array8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    a
+}
+
 /// The splitmix64 finalizer: a fast, well-mixing 64-bit hash.
 const fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -128,6 +135,18 @@ impl Database {
     /// Writes the whole of page `page` into `out` (whether or not the page lies inside the
     /// database's size).
     pub fn page(&self, page: u64, out: &mut [u8; PAGE_SIZE]) {
+        let (rows, random) = out.split_at_mut(RANDOM_START);
+        let key = self.rows(page, rows);
+        let mut state = key;
+        for word in random.chunks_exact_mut(8) {
+            state = state.wrapping_add(GOLDEN);
+            word.copy_from_slice(&mix(state).to_le_bytes());
+        }
+    }
+
+    /// Writes the structured half of page `page` (its first [`RANDOM_START`] bytes) into
+    /// `out`, and returns the page's key, which seeds the random half.
+    fn rows(&self, page: u64, out: &mut [u8]) -> u64 {
         let key = page_key(self.seed, page);
         out[..8].copy_from_slice(&PAGE_MAGIC);
         out[8..16].copy_from_slice(&page.to_le_bytes());
@@ -145,11 +164,29 @@ impl Database {
             rec[63] = b'0' + (row % 10) as u8;
         }
         rest.fill(b' ');
-        let mut state = key;
-        for word in out[RANDOM_START..].chunks_exact_mut(8) {
-            state = state.wrapping_add(GOLDEN);
-            word.copy_from_slice(&mix(state).to_le_bytes());
+        key
+    }
+
+    /// [`mismatch`](Self::mismatch) of one whole page inside the database: the structured
+    /// half generated and compared, the random half compared word by word as it is generated,
+    /// never written. The index in `got` of the first wrong byte.
+    fn page_mismatch(&self, page: u64, got: &[u8; PAGE_SIZE]) -> Option<usize> {
+        let mut rows = [0u8; RANDOM_START];
+        let key = self.rows(page, &mut rows);
+        let (got_rows, got_random) = got.split_at(RANDOM_START);
+        if got_rows != rows {
+            return got_rows.iter().zip(rows).position(|(a, b)| *a != b);
         }
+        let mut state = key;
+        for (i, word) in got_random.chunks_exact(8).enumerate() {
+            state = state.wrapping_add(GOLDEN);
+            let diff = u64::from_le_bytes(array8(word)) ^ mix(state);
+            if diff != 0 {
+                // Little-endian: the lowest differing byte of the word comes first.
+                return Some(RANDOM_START + i * 8 + (diff.trailing_zeros() / 8) as usize);
+            }
+        }
+        None
     }
 
     /// Fills `buf` with the database's bytes from `offset` on. Bytes at or past the end of the
@@ -188,6 +225,15 @@ impl Database {
             let abs = offset.saturating_add(pos as u64);
             let within = (abs % PAGE_SIZE as u64) as usize;
             let n = (PAGE_SIZE - within).min(data.len() - pos);
+            if let Ok(whole) = <&[u8; PAGE_SIZE]>::try_from(&data[pos..pos + n])
+                && abs.saturating_add(PAGE_SIZE as u64) <= self.size
+            {
+                if let Some(i) = self.page_mismatch(abs / PAGE_SIZE as u64, whole) {
+                    return Some(pos + i);
+                }
+                pos += n;
+                continue;
+            }
             if abs >= self.size {
                 scratch.fill(0);
             } else {
@@ -255,6 +301,40 @@ mod tests {
         data[9000] ^= 0x40;
         assert_eq!(db.mismatch(1000, &data), Some(9000));
         assert_eq!(db.byte_at(10_000), data[9000] ^ 0x40);
+    }
+
+    /// Whole pages are compared without generating their random half into memory: a change
+    /// anywhere, in either half, at any byte of a word, is found at its exact place.
+    #[test]
+    fn mismatch_in_whole_pages_is_exact() {
+        let db = Database::new(5, 6 * PAGE_SIZE as u64);
+        let mut data = vec![0u8; 4 * PAGE_SIZE];
+        db.fill(PAGE_SIZE as u64, &mut data);
+        assert_eq!(db.mismatch(PAGE_SIZE as u64, &data), None);
+        for at in [
+            0, 31, 32, 4095, 4096, 4097, 4103, 5000, 8191, 8192, 20_000, 32_767,
+        ] {
+            for mask in [0x01u8, 0x80] {
+                let mut bad = data.clone();
+                bad[at] ^= mask;
+                assert_eq!(db.mismatch(PAGE_SIZE as u64, &bad), Some(at), "byte {at}");
+            }
+        }
+        // The first of two changes.
+        let mut bad = data.clone();
+        bad[9000] ^= 1;
+        bad[7000] ^= 1;
+        assert_eq!(db.mismatch(PAGE_SIZE as u64, &bad), Some(7000));
+        // The last whole page is cut short by the database's end: compared the other way.
+        let short = Database::new(5, 4 * PAGE_SIZE as u64 - 100);
+        let mut tail = vec![0u8; PAGE_SIZE];
+        short.fill(3 * PAGE_SIZE as u64, &mut tail);
+        assert_eq!(short.mismatch(3 * PAGE_SIZE as u64, &tail), None);
+        tail[PAGE_SIZE - 50] = 1;
+        assert_eq!(
+            short.mismatch(3 * PAGE_SIZE as u64, &tail),
+            Some(PAGE_SIZE - 50)
+        );
     }
 
     #[test]
