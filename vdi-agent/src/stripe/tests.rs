@@ -1011,7 +1011,11 @@ fn stored_records_are_read_straight_into_a_buffer_that_fits_them() {
     let mut reader = StripeReader::new(&file[..]).unwrap();
     assert_eq!(reader.read(&mut out[..700]).unwrap(), 700);
     assert_eq!(out[..700], chunks[0][..700]);
-    assert_eq!(reader.buf.len(), 300, "only the rest went through the reader's buffer");
+    assert_eq!(
+        reader.buf.len(),
+        300,
+        "only the rest went through the reader's buffer"
+    );
     assert_eq!(reader.read(&mut out).unwrap(), 300);
     assert_eq!(out[..300], chunks[0][700..]);
     assert_eq!(reader.read(&mut out).unwrap(), 500);
