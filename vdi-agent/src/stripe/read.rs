@@ -459,76 +459,62 @@ impl<R: Read> StripeReader<R> {
             }
         }
 
-        if codec == CODEC_STORED
-            && let Some(out) = direct.filter(|out| !out.is_empty())
-        {
-            // As much as fits goes straight into the caller's buffer, the rest into ours; the
-            // whole record is checked before any of it is returned.
-            let head = out.len().min(raw_len);
-            let out = &mut out[..head];
-            if self.src.read_full(out)? < head {
+        if codec == CODEC_ZSTD {
+            if !self.src.read_growing(&mut self.stored, stored_len)? {
                 return Err(self.truncated());
             }
-            let tail = raw_len - head;
-            if tail > 0 && !self.src.read_growing(&mut self.buf, tail)? {
-                return Err(self.truncated());
-            }
-            let rest = &self.buf[..tail];
-            let computed = if tail == 0 {
-                xxh3_64(out)
+            check_payload(at, payload_hash, xxh3_64(&self.stored[..stored_len]))?;
+            self.decompress(at, raw_len, stored_len)?;
+            self.hasher.update(if self.hashes_raw_data {
+                &self.buf[..raw_len]
             } else {
+                &header
+            });
+            self.raw_bytes += raw_len as u64;
+            self.data_records += 1;
+            self.chunk_len = raw_len;
+            self.pos = 0;
+            return Ok(Loaded::Buffered);
+        }
+        // Stored: as much as fits goes straight into the caller's buffer, the rest into ours;
+        // the whole record is checked before any of it is returned.
+        let out = direct.unwrap_or_default();
+        let head = out.len().min(raw_len);
+        let out = &mut out[..head];
+        if self.src.read_full(out)? < head {
+            return Err(self.truncated());
+        }
+        let tail = raw_len - head;
+        if tail > 0 && !self.src.read_growing(&mut self.buf, tail)? {
+            return Err(self.truncated());
+        }
+        let rest = &self.buf[..tail];
+        let computed = match (head, tail) {
+            (0, _) => xxh3_64(rest),
+            (_, 0) => xxh3_64(out),
+            _ => {
                 let mut h = Xxh3::new();
                 h.update(out);
                 h.update(rest);
                 h.digest()
-            };
-            if computed != payload_hash {
-                return Err(at.error(RecordError::PayloadChecksum {
-                    recorded: payload_hash,
-                    computed,
-                }));
             }
-            if self.hashes_raw_data {
-                self.hasher.update(out);
-                self.hasher.update(rest);
-            } else {
-                self.hasher.update(&header);
-            }
-            self.raw_bytes += raw_len as u64;
-            self.data_records += 1;
-            self.chunk_len = tail;
-            self.pos = 0;
-            return Ok(Loaded::Direct(head));
-        }
-        let target = if codec == CODEC_STORED {
-            &mut self.buf
-        } else {
-            &mut self.stored
         };
-        if !self.src.read_growing(target, stored_len)? {
-            return Err(self.truncated());
-        }
-        let payload = &target[..stored_len];
-        let computed = xxh3_64(payload);
-        if computed != payload_hash {
-            return Err(at.error(RecordError::PayloadChecksum {
-                recorded: payload_hash,
-                computed,
-            }));
-        }
-        if codec == CODEC_ZSTD {
-            self.decompress(at, raw_len, stored_len)?;
-        }
-        self.hasher.update(if self.hashes_raw_data {
-            &self.buf[..raw_len]
+        check_payload(at, payload_hash, computed)?;
+        if self.hashes_raw_data {
+            self.hasher.update(out);
+            self.hasher.update(rest);
         } else {
-            &header
-        });
+            self.hasher.update(&header);
+        }
         self.raw_bytes += raw_len as u64;
         self.data_records += 1;
-        self.chunk_len = raw_len;
+        self.chunk_len = tail;
         self.pos = 0;
-        Ok(Loaded::Buffered)
+        Ok(if head > 0 {
+            Loaded::Direct(head)
+        } else {
+            Loaded::Buffered
+        })
     }
 
     /// Decompresses `stored[..stored_len]` into `buf[..raw_len]`, requiring exactly `raw_len`.
@@ -575,13 +561,7 @@ impl<R: Read> StripeReader<R> {
         if self.src.read_full(&mut body)? < CHECKPOINT_BODY_LEN {
             return Err(self.truncated());
         }
-        let computed = xxh3_64(&body);
-        if computed != payload_hash {
-            return Err(at.error(RecordError::PayloadChecksum {
-                recorded: payload_hash,
-                computed,
-            }));
-        }
+        check_payload(at, payload_hash, xxh3_64(&body))?;
         let recorded = Checkpoint::decode_body(&body);
         let counted = Checkpoint {
             checkpoints: self.checkpoints + 1,
@@ -618,6 +598,15 @@ impl<R: Read> StripeReader<R> {
             }
         }
         Ok(false)
+    }
+}
+
+/// A payload's checksum error unless `computed` is the `recorded` one.
+fn check_payload(at: Position, recorded: u64, computed: u64) -> Result<(), StripeError> {
+    if computed == recorded {
+        Ok(())
+    } else {
+        Err(at.error(RecordError::PayloadChecksum { recorded, computed }))
     }
 }
 
