@@ -293,13 +293,7 @@ fn zstd_alone(data: &[u8], level: i32) -> Result<(Duration, u64)> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::msg("zstd thread panicked")))
-            })
-            .collect()
+        join_all(handles)
     });
     let elapsed = t.elapsed();
     let mut total = 0;
@@ -611,13 +605,7 @@ fn write_alone(dir: &Path, sizes: &[u64], transfer: u32) -> Result<Duration> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::msg("writer panicked")))
-            })
-            .collect()
+        join_all(handles)
     });
     let elapsed = t.elapsed();
     results.into_iter().collect::<Result<()>>()?;
@@ -627,33 +615,38 @@ fn write_alone(dir: &Path, sizes: &[u64], transfer: u32) -> Result<Duration> {
 
 /// Reads every file to its end, one thread each (1 MiB reads). The time of the slowest.
 fn read_alone(files: &[PathBuf]) -> Result<Duration> {
+    read_files(files, 1 << 20, |b| u64::from(b[b.len() - 1]))
+}
+
+/// Reads every file to its end in `chunk`-sized reads, one thread each, calling `per_read` on
+/// each read's bytes. The time of the slowest.
+fn read_files(
+    files: &[PathBuf],
+    chunk: usize,
+    per_read: impl Fn(&[u8]) -> u64 + Sync,
+) -> Result<Duration> {
     let t = Instant::now();
     let results: Vec<Result<u64>> = thread::scope(|s| {
         let handles: Vec<_> = files
             .iter()
             .map(|p| {
+                let per_read = &per_read;
                 s.spawn(move || -> Result<u64> {
                     let mut f =
                         fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
-                    let mut buf = vec![0u8; 1 << 20];
+                    let mut buf = vec![0u8; chunk];
                     let mut x = 0u64;
                     loop {
                         let n = f.read(&mut buf).context("read")?;
                         if n == 0 {
                             return Ok(x);
                         }
-                        x = x.wrapping_add(u64::from(buf[n - 1]));
+                        x = x.wrapping_add(per_read(&buf[..n]));
                     }
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::msg("reader panicked")))
-            })
-            .collect()
+        join_all(handles)
     });
     let elapsed = t.elapsed();
     for r in results {
@@ -812,67 +805,16 @@ fn restore_work(files: &[PathBuf], size: u64, transfer: u32) -> Result<Duration>
     let db = Database::new(1, size);
     let mut right = vec![0u8; transfer as usize];
     db.fill(0, &mut right);
-    let t = Instant::now();
-    let results: Vec<Result<u64>> = thread::scope(|s| {
-        let handles: Vec<_> = files
-            .iter()
-            .map(|p| {
-                let (db, right) = (&db, &right);
-                s.spawn(move || -> Result<u64> {
-                    let mut f =
-                        fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
-                    let mut buf = vec![0u8; transfer as usize];
-                    let mut x = 0u64;
-                    loop {
-                        let n = f.read(&mut buf).context("read")?;
-                        if n == 0 {
-                            return Ok(x);
-                        }
-                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
-                        x = x.wrapping_add(u64::from(db.mismatch(0, &right[..n]).is_none()));
-                    }
-                })
-            })
-            .collect();
-        join_all(handles)
-    });
-    let elapsed = t.elapsed();
-    for r in results {
-        std::hint::black_box(r?);
-    }
-    Ok(elapsed)
+    read_files(files, transfer as usize, |b| {
+        xxhash_rust::xxh3::xxh3_64(b)
+            .wrapping_add(u64::from(db.mismatch(0, &right[..b.len()]).is_none()))
+    })
 }
 
 /// The verify's work: one thread per stripe file reads it in `transfer`-sized reads and
 /// hashes each once. The time of the slowest.
 fn verify_work(files: &[PathBuf], transfer: u32) -> Result<Duration> {
-    let t = Instant::now();
-    let results: Vec<Result<u64>> = thread::scope(|s| {
-        let handles: Vec<_> = files
-            .iter()
-            .map(|p| {
-                s.spawn(move || -> Result<u64> {
-                    let mut f =
-                        fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
-                    let mut buf = vec![0u8; transfer as usize];
-                    let mut x = 0u64;
-                    loop {
-                        let n = f.read(&mut buf).context("read")?;
-                        if n == 0 {
-                            return Ok(x);
-                        }
-                        x ^= xxhash_rust::xxh3::xxh3_64(&buf[..n]);
-                    }
-                })
-            })
-            .collect();
-        join_all(handles)
-    });
-    let elapsed = t.elapsed();
-    for r in results {
-        std::hint::black_box(r?);
-    }
-    Ok(elapsed)
+    read_files(files, transfer as usize, xxhash_rust::xxh3::xxh3_64)
 }
 
 /// Joins scoped threads, a panic as an error.
