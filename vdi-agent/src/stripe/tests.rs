@@ -500,6 +500,19 @@ fn with_record(kind: [u8; 4], raw_len: usize, codec: u8, payload: &[u8]) -> Vec<
     file
 }
 
+/// Appends a checkpoint record of `totals`, made by hand (valid checksums).
+fn push_checkpoint(file: &mut Vec<u8>, totals: &Checkpoint) {
+    let body = totals.encode_body();
+    file.extend_from_slice(&record_header(
+        KIND_CHECKPOINT,
+        CHECKPOINT_BODY_LEN,
+        CHECKPOINT_BODY_LEN,
+        CODEC_STORED,
+        xxh3_64(&body),
+    ));
+    file.extend_from_slice(&body);
+}
+
 fn first_error(file: &[u8]) -> StripeError {
     let mut reader = StripeReader::new(file).unwrap();
     let e = reader.read_chunk().unwrap_err();
@@ -765,22 +778,14 @@ fn bad_zstd_payloads_with_valid_checksums_are_errors() {
     let mut ok = with_record(KIND_DATA, 1000, CODEC_ZSTD, &frame);
     let mut r = StripeReader::new(&ok[..]).unwrap();
     assert_eq!(r.read_chunk().unwrap().unwrap(), &[4; 1000]);
-    let body = Checkpoint {
+    let totals = Checkpoint {
         raw_bytes: 1000,
         data_records: 1,
         stored_bytes: ok.len() as u64 + CHECKPOINT_RECORD_LEN as u64,
         checkpoints: 1,
         stream_hash: xxh3_64(&ok[HEADER_LEN..HEADER_LEN + RECORD_HEADER_LEN]),
-    }
-    .encode_body();
-    ok.extend_from_slice(&record_header(
-        KIND_CHECKPOINT,
-        CHECKPOINT_BODY_LEN,
-        CHECKPOINT_BODY_LEN,
-        CODEC_STORED,
-        xxh3_64(&body),
-    ));
-    ok.extend_from_slice(&body);
+    };
+    push_checkpoint(&mut ok, &totals);
     assert_eq!(verify(&ok[..]).unwrap().raw_bytes, 1000);
 }
 
@@ -1085,15 +1090,7 @@ fn format_version_1_is_still_read() {
             checkpoints: 1,
             stream_hash,
         };
-        let body = totals.encode_body();
-        file.extend_from_slice(&record_header(
-            KIND_CHECKPOINT,
-            CHECKPOINT_BODY_LEN,
-            CHECKPOINT_BODY_LEN,
-            CODEC_STORED,
-            xxh3_64(&body),
-        ));
-        file.extend_from_slice(&body);
+        push_checkpoint(&mut file, &totals);
         (file, totals)
     };
     let (file, totals) = v1(xxh3_64(&chunks.concat()));
